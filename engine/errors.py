@@ -1,0 +1,8 @@
+"""The one exception type that reaches users as a one-line message instead of a traceback."""
+
+
+class LstmgenError(Exception):
+    """A problem the user can fix: the message names what is wrong and how to fix it.
+
+    The CLI prints it as a single line on stderr and exits with code 2; library users catch it.
+    """

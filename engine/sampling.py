@@ -1,0 +1,430 @@
+"""Choosing the next token: temperature, top-k, top-p, min-p, repetition penalty, greedy.
+
+`sample_rows` is the Numba kernel every generation path calls (the engine and the PyTorch reference
+loop alike). Randomness is not drawn inside: each row brings one uniform number per step, drawn from
+its own NumPy generator seeded by (seed, row) (`RowRandom`), so row i's text depends only on the seed
+and i, whatever the batch, device or backend. `sample_rows_reference` is a plain NumPy twin used by
+the tests.
+
+The kernel's order: penalise recently seen tokens, scale by 1/temperature, keep the candidates
+(top-k, then nucleus top-p of what top-k kept, then min-p, all on the sorted distribution), and
+invert the CDF of the renormalised candidates at the row's uniform number (in id order when no
+filter is on, which needs no sort).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LstmgenError
+
+# Numba caches compiled code beside this file; where that is read-only (a system install) it falls
+# back to its user cache dir. An explicit NUMBA_CACHE_DIR from the user wins.
+from numba import njit  # noqa: E402
+
+GROUPS = 16  # top-k scans the vocabulary as GROUPS strided groups (see sample_rows)
+STATUS_OK = 0
+STATUS_NAN = 1
+STATUS_ALL_NEG_INF = 2
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated sampling settings (one set for a whole batch)."""
+
+    temperature: float = 0.8  # 0 = greedy; higher = more random
+    top_k: int = 0  # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p; 1 = all
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one; 0 = off
+    repetition_penalty: float = 1.0  # >1 discourages tokens seen in the recent window; 1 = off
+    repetition_window: int = 32  # number of recent tokens the penalty looks at
+
+    def __post_init__(self) -> None:
+        check_sampling(self)
+
+
+def check_sampling(p: SamplingParams) -> None:
+    """One definition of the valid ranges, shared by the API, the CLI and the server."""
+
+    def bad(msg: str) -> None:
+        raise LstmgenError(msg)
+
+    if not _finite(p.temperature) or p.temperature < 0:
+        bad(f"temperature must be a number >= 0 (0 = greedy), got {p.temperature!r}")
+    if p.temperature > 100:
+        bad(f"temperature {p.temperature} is absurdly high (use at most 100)")
+    if not _is_int(p.top_k) or p.top_k < 0:
+        bad(f"top-k must be an integer >= 1 (or 0 for off), got {p.top_k!r}")
+    if not _finite(p.top_p) or not (0 < p.top_p <= 1):
+        bad(f"top-p must be in (0, 1], got {p.top_p!r}")
+    if not _finite(p.min_p) or not (0 <= p.min_p < 1):
+        bad(f"min-p must be in [0, 1), got {p.min_p!r}")
+    if not _finite(p.repetition_penalty) or p.repetition_penalty < 1 or p.repetition_penalty > 10:
+        bad(f"repetition penalty must be in [1, 10] (1 = off), got {p.repetition_penalty!r}")
+    if not _is_int(p.repetition_window) or p.repetition_window < 1 or p.repetition_window > 4096:
+        bad(f"repetition window must be an integer in [1, 4096], got {p.repetition_window!r}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+class RowRandom:
+    """Per-row uniform streams: row i draws from np.random.default_rng([seed, i]) and nothing else."""
+
+    BLOCK = 256  # uniforms drawn per row at a time
+
+    def __init__(self, seed: int, rows: range | list[int]) -> None:
+        self.rows = list(rows)
+        self._gens = [np.random.default_rng([seed, i]) for i in self.rows]
+        self._buf = np.empty((len(self.rows), self.BLOCK), dtype=np.float64)
+        self._pos = self.BLOCK
+
+    def next(self) -> np.ndarray:
+        """One uniform per row (in the order of `rows`), for the next step."""
+        if self._pos == self.BLOCK:
+            for j, g in enumerate(self._gens):
+                self._buf[j] = g.random(self.BLOCK)
+            self._pos = 0
+        u = self._buf[:, self._pos]
+        self._pos += 1
+        return u
+
+
+def new_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _key_less(p, i, q, j):
+    # Order of preference: higher probability first, lower id first among equals.
+    return p < q or (p == q and i > j)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sift_down_min(heap_p, heap_i, start, n):
+    # Min-heap on the key (p, -id): the root is the least preferred candidate kept so far.
+    pos = start
+    while True:
+        left = 2 * pos + 1
+        if left >= n:
+            break
+        child = left
+        right = left + 1
+        if right < n and _key_less(heap_p[right], heap_i[right], heap_p[left], heap_i[left]):
+            child = right
+        if _key_less(heap_p[child], heap_i[child], heap_p[pos], heap_i[pos]):
+            heap_p[pos], heap_p[child] = heap_p[child], heap_p[pos]
+            heap_i[pos], heap_i[child] = heap_i[child], heap_i[pos]
+            pos = child
+        else:
+            break
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _row_max(x):
+    # fastmath lets LLVM vectorise the reduction; NaN is detected separately on the bits.
+    m = x[0]
+    for j in range(1, x.shape[0]):
+        if x[j] > m:
+            m = x[j]
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _has_nan(bits):
+    # float32 NaN <=> exponent all ones and mantissa non-zero; an integer max-reduction vectorises.
+    worst = 0
+    for j in range(bits.shape[0]):
+        worst = max(worst, bits[j] & 0x7FFFFFFF)
+    return worst > 0x7F800000
+
+
+@njit(cache=True, nogil=True)
+def _sample_one(row, bm, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
+                probs, cand_p, cand_i):
+    """Returns (token, status). Scratch arrays are passed in so that a batch allocates once.
+
+    bm: the row's group maxima (see `sample_rows`), or an empty array when not computed.
+    """
+    V = row.shape[0]
+    S = bm.shape[0]
+    if S > 0:
+        if _has_nan(bm.view(np.int32)) or _has_nan(row[S * GROUPS:].view(np.int32)):
+            return -1, STATUS_NAN
+    elif _has_nan(row.view(np.int32)):
+        return -1, STATUS_NAN
+    x = row
+    if penalty != 1.0 and history.shape[0] > 0:
+        scratch[:] = row
+        for t in range(history.shape[0]):
+            tok = history[t]
+            if tok >= 0 and stamp[tok] != stamp_value:
+                stamp[tok] = stamp_value
+                if scratch[tok] > 0:
+                    scratch[tok] = scratch[tok] / penalty
+                else:
+                    scratch[tok] = scratch[tok] * penalty
+        x = scratch
+    if S > 0 and x is row:
+        m = max(_row_max(bm), _row_max(row[S * GROUPS:])) if V > S * GROUPS else _row_max(bm)
+    else:
+        m = _row_max(x)
+    if m == -np.inf:
+        return -1, STATUS_ALL_NEG_INF
+    if temperature == 0.0:
+        for j in range(V):
+            if x[j] == m:
+                return j, STATUS_OK
+    inv_t = 1.0 / temperature
+    k = top_k if (top_k > 0 and top_k < V) else V
+    n = 0
+    total = 0.0
+    if k < V and S >= k:
+        # top-k from group maxima: the k-th largest group maximum is a threshold that at least k
+        # tokens pass, and only the groups whose maximum reaches it can hold tokens above it.
+        for a in range(k):
+            cand_p[a] = bm[a]
+            cand_i[a] = a
+        for s in range(k // 2 - 1, -1, -1):
+            _sift_down_min(cand_p, cand_i, s, k)
+        for a in range(k, S):
+            if _key_less(cand_p[0], cand_i[0], bm[a], a):
+                cand_p[0] = bm[a]
+                cand_i[0] = a
+                _sift_down_min(cand_p, cand_i, 0, k)
+        thr = cand_p[0]
+        n = 0
+        for a in range(S):
+            if bm[a] >= thr:
+                for g in range(GROUPS):
+                    j = g * S + a
+                    if x[j] >= thr:
+                        probs[n] = j  # probs doubles as an id buffer until the heap below
+                        n += 1
+        for j in range(S * GROUPS, V):
+            if x[j] >= thr:
+                probs[n] = j
+                n += 1
+        for a in range(n):
+            cand_i[a] = np.int64(probs[a])
+            cand_p[a] = x[cand_i[a]]
+        for s in range(k // 2 - 1, -1, -1):
+            _sift_down_min(cand_p, cand_i, s, k)
+        for a in range(k, n):
+            if _key_less(cand_p[0], cand_i[0], cand_p[a], cand_i[a]):
+                cand_p[0] = cand_p[a]
+                cand_i[0] = cand_i[a]
+                _sift_down_min(cand_p, cand_i, 0, k)
+        n = k
+        for a in range(n):
+            e = math.exp((x[cand_i[a]] - m) * inv_t)
+            probs[cand_i[a]] = e
+            total += e
+    elif k < V:
+        # top-k never needs the whole distribution: gather the tokens above a threshold that at least
+        # k tokens pass (halving the probability ratio until they do), then keep the best k of those.
+        ratio = 8.0
+        while True:
+            thr = m - ratio * temperature
+            n = 0
+            for j in range(V):
+                if x[j] >= thr:
+                    cand_i[n] = j
+                    n += 1
+            if n >= k or ratio > 1e4:
+                break
+            ratio *= 4.0
+        if n > k:
+            for a in range(n):
+                cand_p[a] = x[cand_i[a]]
+            # Min-heap on the key (x, -id) over the first k; the root is the least preferred kept.
+            for s in range(k // 2 - 1, -1, -1):
+                _sift_down_min(cand_p, cand_i, s, k)
+            for a in range(k, n):
+                if _key_less(cand_p[0], cand_i[0], cand_p[a], cand_i[a]):
+                    cand_p[0] = cand_p[a]
+                    cand_i[0] = cand_i[a]
+                    _sift_down_min(cand_p, cand_i, 0, k)
+            n = k
+        for a in range(n):
+            e = math.exp((x[cand_i[a]] - m) * inv_t)
+            probs[cand_i[a]] = e
+            total += e
+    else:
+        for j in range(V):
+            e = math.exp((x[j] - m) * inv_t)
+            probs[j] = e
+            total += e
+        if top_p >= 1.0 and min_p <= 0.0:
+            # Full distribution: invert the CDF in id order, no sorting needed.
+            target = u * total
+            acc = 0.0
+            last = 0
+            for j in range(V):
+                if probs[j] > 0.0:
+                    acc += probs[j]
+                    last = j
+                    if acc > target:
+                        return j, STATUS_OK
+            return last, STATUS_OK
+        # top-p / min-p: every token of the nucleus has p >= t for a threshold t whose mass already
+        # reaches top_p; lowering t by 64x per pass finds one in a pass or two on real models.
+        floor = min_p  # relative to the max, which is 1.0 after the shift
+        t = 1.0 / 64.0 if top_p < 1.0 else floor
+        if t < floor:
+            t = floor
+        while True:
+            mass = 0.0
+            for j in range(V):
+                if probs[j] >= t:
+                    mass += probs[j]
+            if mass >= top_p * total or t <= floor or t == 0.0:
+                break
+            t = t / 64.0
+            if t < 1e-300:
+                t = 0.0
+            if t < floor:
+                t = floor
+        for j in range(V):
+            if probs[j] >= t:
+                cand_i[n] = j
+                n += 1
+    # Sort candidates by preference: id ascending first, then a stable sort by probability descending.
+    ids = np.sort(cand_i[:n])
+    ps = np.empty(n, dtype=np.float64)
+    for a in range(n):
+        ps[a] = probs[ids[a]]
+    order = np.argsort(-ps, kind="mergesort")
+    # Cut: nucleus (include the token that crosses top_p), then min-p. As in the usual chain of
+    # filters, top-p is taken of the mass that top-k left.
+    limit = top_p * total
+    if k < V:
+        kmass = 0.0
+        for a in range(n):
+            kmass += ps[a]
+        limit = top_p * kmass
+    pmax = ps[order[0]]
+    acc = 0.0
+    kept = 0
+    for a in range(n):
+        pa = ps[order[a]]
+        if a > 0 and pa < min_p * pmax:
+            break
+        acc += pa
+        kept += 1
+        if acc >= limit:
+            break
+    target = u * acc
+    run = 0.0
+    for a in range(kept):
+        run += ps[order[a]]
+        if run > target:
+            return ids[order[a]], STATUS_OK
+    return ids[order[kept - 1]], STATUS_OK
+
+
+@njit(cache=True, nogil=True)
+def _sample_rows_kernel(logits, group_max, uniforms, temperature, top_k, top_p, min_p, penalty, history, out,
+                        status):
+    B, V = logits.shape
+    scratch = np.empty(V, dtype=np.float32)
+    stamp = np.zeros(V, dtype=np.int64)
+    probs = np.empty(V, dtype=np.float64)
+    cand_p = np.empty(V, dtype=np.float32)
+    cand_i = np.empty(V, dtype=np.int64)
+    for b in range(B):
+        tok, st = _sample_one(logits[b], group_max[b], uniforms[b], temperature, top_k, top_p, min_p, penalty, history[b],
+                              scratch, stamp, b + 1, probs, cand_p, cand_i)
+        out[b] = tok
+        status[b] = st
+
+
+_NO_HISTORY = np.full((1, 0), -1, dtype=np.int64)
+_NO_GROUPS = np.zeros((1024, 0), dtype=np.float32)
+
+
+def sample_rows(logits: np.ndarray, uniforms: np.ndarray, params: SamplingParams,
+                history: np.ndarray | None = None) -> np.ndarray:
+    """Next token id for each row of logits [batch, vocab], one uniform in [0, 1) per row.
+
+    history: [batch, window] recent token ids (-1 for none), used only by the repetition penalty.
+    Raises LstmgenError when a row's logits hold NaN or are all -inf.
+    """
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    B = logits.shape[0]
+    uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
+    if history is None or params.repetition_penalty == 1.0:
+        history = np.broadcast_to(_NO_HISTORY, (B, 0))
+    history = np.ascontiguousarray(history, dtype=np.int64)
+    V = logits.shape[1]
+    S = V // GROUPS
+    if 0 < params.top_k < V and S >= params.top_k and history.shape[1] == 0:
+        # Maxima of the strided groups {s, s+S, s+2S, ...}: one SIMD pass in NumPy that lets the
+        # kernel skip most of the vocabulary for top-k.
+        group_max = logits[:, : S * GROUPS].reshape(B, GROUPS, S).max(axis=1)
+    else:
+        group_max = _NO_GROUPS[:B] if B <= len(_NO_GROUPS) else np.zeros((B, 0), dtype=np.float32)
+    out = np.empty(B, dtype=np.int64)
+    status = np.empty(B, dtype=np.int8)
+    _sample_rows_kernel(logits, group_max, uniforms, float(params.temperature), int(params.top_k), float(params.top_p),
+                        float(params.min_p), float(params.repetition_penalty), history, out, status)
+    if status.any():
+        _raise_status(status)
+    return out
+
+
+def _raise_status(status: np.ndarray) -> None:
+    row = int(np.flatnonzero(status)[0])
+    what = "NaN" if status[row] == STATUS_NAN else "only -inf"
+    raise LstmgenError(f"the model produced {what} logits (row {row}); the model or its inputs are broken")
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain NumPy reference (tests compare the kernel against it)
+# ------------------------------------------------------------------------------------------------
+def sample_rows_reference(logits: np.ndarray, uniforms: np.ndarray, params: SamplingParams,
+                          history: np.ndarray | None = None) -> np.ndarray:
+    out = []
+    for b in range(logits.shape[0]):
+        x = logits[b].astype(np.float64).copy()
+        if np.isnan(x).any() or np.all(x == -np.inf):
+            raise LstmgenError("bad logits")
+        if history is not None and params.repetition_penalty != 1.0:
+            seen = np.unique(history[b][history[b] >= 0])
+            x[seen] = np.where(x[seen] > 0, x[seen] / params.repetition_penalty, x[seen] * params.repetition_penalty)
+        if params.temperature == 0:
+            out.append(int(np.argmax(x)))
+            continue
+        p = np.exp((x - x.max()) / params.temperature)
+        if params.top_k in (0,) or params.top_k >= len(p):
+            if params.top_p >= 1.0 and params.min_p <= 0:
+                cum = np.cumsum(p)  # unfiltered: the CDF is inverted in id order, as the kernel does
+                out.append(int(np.searchsorted(cum, uniforms[b] * cum[-1], side="right")))
+                continue
+        order = np.argsort(-p, kind="stable")
+        ps = p[order]
+        keep = len(ps)
+        if 0 < params.top_k < keep:
+            keep = params.top_k
+        if params.top_p < 1.0:
+            cum = np.cumsum(ps[:keep])
+            keep = min(keep, int(np.searchsorted(cum, params.top_p * cum[-1])) + 1)
+        if params.min_p > 0:
+            keep = min(keep, max(1, int(np.sum(ps[:keep] >= params.min_p * ps[0]))))
+        ps, order = ps[:keep], order[:keep]
+        cum = np.cumsum(ps)
+        j = int(np.searchsorted(cum, uniforms[b] * cum[-1], side="right"))
+        out.append(int(order[min(j, keep - 1)]))
+    return np.array(out, dtype=np.int64)

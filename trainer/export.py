@@ -1,0 +1,227 @@
+"""Checkpoint -> artifact folder: model.onnx (ONNX LSTM ops), manifest.json, records.u64.
+
+The graph is built directly from the state_dict with onnx.helper rather than traced: the model is
+small and fixed (Gather -> LSTM per layer -> MatMul + Add), so writing it out keeps the ONNX `LSTM`
+op (which ONNX Runtime runs fastest and quantizes to int8) and named inputs with dynamic batch and
+time axes, whatever torch.onnx's exporter of the day emits. Export then proves itself: PyTorch and
+ONNX Runtime must agree on random inputs (batch > 1, time > 1, non-zero state) within 1e-4.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import lstmgen
+from lstmgen.errors import LstmgenError
+from lstmgen.generator import Generator
+from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, IONames, Manifest, SamplingDefaults,
+                              sha256_file, write_artifact_atomically)
+from lstmgen.tokenizer import Tokenizer
+
+from . import checkpoint
+from .config import RunConfig
+from .model import LSTMLanguageModel
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+INT8_MAX_LOSS_INCREASE = 0.01  # relative; an int8 export that loses more is reported as failing
+
+
+def build_onnx(model: LSTMLanguageModel) -> onnx.ModelProto:
+    """One step of the model as ONNX: tokens [B,T], h0/c0 [L,B,H] -> logits [B,T,V], h1/c1 [L,B,H]."""
+    cfg = model.cfg
+    L, H, V, E = cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.embed_dim
+    io = IONames()
+    sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+    inits = [numpy_helper.from_array(sd["embed.weight"], "embedding")]
+    nodes = [
+        helper.make_node("Transpose", [io.tokens], ["tokens_tb"], perm=[1, 0]),  # [B,T] -> [T,B]
+        helper.make_node("Gather", ["embedding", "tokens_tb"], ["x0"]),  # [T,B,E]
+    ]
+
+    def gates(w: np.ndarray) -> np.ndarray:
+        i, f, g, o = np.split(w, 4, axis=0)  # PyTorch order i, f, g, o; ONNX wants i, o, f, c
+        return np.concatenate([i, o, f, g], axis=0)
+
+    x = "x0"
+    for layer in range(L):
+        W = gates(sd[f"lstm.weight_ih_l{layer}"])[None]  # [1, 4H, in]
+        R = gates(sd[f"lstm.weight_hh_l{layer}"])[None]  # [1, 4H, H]
+        B = np.concatenate([gates(sd[f"lstm.bias_ih_l{layer}"]), gates(sd[f"lstm.bias_hh_l{layer}"])])[None]  # [1, 8H]
+        inits += [numpy_helper.from_array(W, f"W{layer}"), numpy_helper.from_array(R, f"R{layer}"),
+                  numpy_helper.from_array(B, f"B{layer}"),
+                  numpy_helper.from_array(np.array([layer], np.int64), f"start{layer}"),
+                  numpy_helper.from_array(np.array([layer + 1], np.int64), f"end{layer}")]
+        nodes += [
+            helper.make_node("Slice", [io.h0, f"start{layer}", f"end{layer}", "axis0"], [f"h0_{layer}"]),  # [1,B,H]
+            helper.make_node("Slice", [io.c0, f"start{layer}", f"end{layer}", "axis0"], [f"c0_{layer}"]),
+            helper.make_node("LSTM", [x, f"W{layer}", f"R{layer}", f"B{layer}", "", f"h0_{layer}", f"c0_{layer}"],
+                             [f"y{layer}", f"h1_{layer}", f"c1_{layer}"], hidden_size=H, direction="forward"),
+            helper.make_node("Squeeze", [f"y{layer}", "axis1"], [f"x{layer + 1}"]),  # [T,1,B,H] -> [T,B,H]
+        ]
+        x = f"x{layer + 1}"
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+              numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+              numpy_helper.from_array(np.ascontiguousarray(sd["head.weight"].T), "head_w"),  # [H, V]
+              numpy_helper.from_array(sd["head.bias"], "head_b")]
+    nodes += [
+        helper.make_node("Concat", [f"h1_{i}" for i in range(L)], [io.h1], axis=0),  # [L,B,H]
+        helper.make_node("Concat", [f"c1_{i}" for i in range(L)], [io.c1], axis=0),
+        helper.make_node("Transpose", [x], ["y_bth"], perm=[1, 0, 2]),  # [T,B,H] -> [B,T,H]
+        helper.make_node("MatMul", ["y_bth", "head_w"], ["scores"]),  # [B,T,V]
+        helper.make_node("Add", ["scores", "head_b"], [io.logits]),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "lstmgen_step",
+        [helper.make_tensor_value_info(io.tokens, TensorProto.INT64, ["batch", "time"]),
+         helper.make_tensor_value_info(io.h0, f32, [L, "batch", H]),
+         helper.make_tensor_value_info(io.c0, f32, [L, "batch", H])],
+        [helper.make_tensor_value_info(io.logits, f32, ["batch", "time", V]),
+         helper.make_tensor_value_info(io.h1, f32, [L, "batch", H]),
+         helper.make_tensor_value_info(io.c1, f32, [L, "batch", H])],
+        inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lstmgen",
+                          producer_version=lstmgen.__version__)
+    m.ir_version = 8  # readable by every ONNX Runtime of the last years
+    onnx.checker.check_model(m)
+    return m
+
+
+def parity(model: LSTMLanguageModel, onnx_path: Path, seed: int = 0) -> float:
+    """Max absolute difference of logits and states between PyTorch and ONNX Runtime."""
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    B, T = 3, 7
+    tokens = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
+    h0 = torch.randn(cfg.num_layers, B, cfg.hidden_size, generator=g) * 0.5
+    c0 = torch.randn(cfg.num_layers, B, cfg.hidden_size, generator=g) * 0.5
+    model.eval()
+    with torch.no_grad():
+        logits, (h1, c1) = model(tokens, (h0, c0))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_logits, o_h1, o_c1 = sess.run(None, {"tokens": tokens.numpy(), "h0": h0.numpy(), "c0": c0.numpy()})
+    return float(max(np.abs(o_logits - logits.numpy()).max(), np.abs(o_h1 - h1.numpy()).max(),
+                     np.abs(o_c1 - c1.numpy()).max()))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization: LSTM -> DynamicQuantizeLSTM, MatMul -> int8 MatMul, int8 embedding."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns about optional pre-processing
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul", "Gather"])
+
+
+def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: str = "best", name: str | None = None,
+           log=print, allow_int8_loss: bool = False) -> Manifest:
+    """Export a run's checkpoint to an artifact folder at `out`, atomically."""
+    run_dir, out = Path(run_dir), Path(out)
+    ckpt_path = checkpoint.find(run_dir, which)
+    ckpt = checkpoint.load(ckpt_path)
+    cfg = RunConfig.from_dict(ckpt["config"])
+    tok = Tokenizer.from_dict(ckpt["tokenizer"])
+    model = LSTMLanguageModel(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    records = bool(ckpt["records"])
+    val_path = run_dir / "val.txt"
+    val_text = val_path.read_text(encoding="utf-8") if val_path.is_file() else None
+    rec_path = run_dir / RECORDS_FILE
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32_path = Path(scratch) / "fp32.onnx"
+        onnx.save(build_onnx(model), fp32_path)
+        diff = parity(model, fp32_path)
+        log(f"parity PyTorch vs ONNX Runtime (fp32): max |diff| = {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
+        if not diff <= PARITY_TOLERANCE:
+            raise LstmgenError(f"export failed its parity check: ONNX Runtime differs from PyTorch by {diff:.2e}")
+        d = cfg.model
+        base = Manifest(
+            tokenizer=tok.to_dict(), records=records,
+            dims=Dims(d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers),
+            start_ids=[int(i) for i in ckpt["start_ids"]], model_sha256=sha256_file(fp32_path),
+            defaults=SamplingDefaults(max_tokens=_default_max_tokens(records, tok, val_text)),
+            name=name or out.name,
+            training={"corpus": ckpt.get("corpus", ""), "seed": cfg.train.seed, "steps": ckpt["step"],
+                      "epochs_started": ckpt["epoch"] + 1, "train_seconds": round(ckpt["elapsed"], 1),
+                      "machine": ckpt.get("machine", ""), "checkpoint": ckpt_path.name,
+                      "val_nats_per_token": ckpt["best_val"] if which == "best" else ckpt["last_val"],
+                      "eval_streams": cfg.train.eval_streams, "config": cfg.to_dict()},
+            export={"parity_max_abs_diff": diff, "parity_tolerance": PARITY_TOLERANCE, "opset": OPSET,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "versions": _versions()})
+        model_src = fp32_path
+        fp32_score = None
+        if val_text is not None:
+            fp32_score = _score_file(fp32_path, base, val_text, cfg)
+            base.export["val_nats_per_token_fp32"] = fp32_score
+            log(f"validation (fp32 artifact): {fp32_score:.4f} nats/token")
+        if int8:
+            int8_path = Path(scratch) / "int8.onnx"
+            quantize_int8(fp32_path, int8_path)
+            base.precision = "int8"
+            base.model_sha256 = sha256_file(int8_path)
+            model_src = int8_path
+            if fp32_score is not None:
+                q = _score_file(int8_path, base, val_text, cfg)
+                rel = (q - fp32_score) / fp32_score
+                base.export.update(val_nats_per_token_int8=q, int8_relative_loss_increase=rel)
+                log(f"validation (int8 artifact): {q:.4f} nats/token ({rel:+.2%} vs fp32)")
+                if rel > INT8_MAX_LOSS_INCREASE and not allow_int8_loss:
+                    raise LstmgenError(f"int8 loses {rel:.2%} validation loss (over {INT8_MAX_LOSS_INCREASE:.0%});"
+                                       " not exported (ship fp32, or pass --allow-int8-loss)")
+
+        def fill(tmp: Path) -> None:
+            shutil.copyfile(model_src, tmp / MODEL_FILE)
+            if records and rec_path.is_file():
+                shutil.copyfile(rec_path, tmp / RECORDS_FILE)
+                base.records_sha256 = sha256_file(tmp / RECORDS_FILE)
+            (tmp / MANIFEST_FILE).write_text(base.to_json(), encoding="utf-8")
+            Manifest.from_dict(json.loads((tmp / MANIFEST_FILE).read_text()), "exported manifest")
+
+        write_artifact_atomically(out, fill)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    log(f"exported {base.precision} artifact to {out} ({size / 1e6:.2f} MB)")
+    return base
+
+
+def _score_file(onnx_path: Path, manifest: Manifest, val_text: str, cfg: RunConfig) -> float:
+    """Validation loss of an ONNX file, scored by the engine exactly as training validated."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shutil.copyfile(onnx_path, folder / MODEL_FILE)
+        m = Manifest.from_dict(json.loads(manifest.to_json()))
+        m.model_sha256 = sha256_file(folder / MODEL_FILE)
+        m.records_sha256 = None
+        (folder / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
+        gen = Generator.load(folder, device="cpu")
+        return gen.score(val_text, streams=cfg.train.eval_streams).nats_per_token
+
+
+def _default_max_tokens(records: bool, tok: Tokenizer, val_text: str | None) -> int:
+    if not records:
+        return 200
+    longest = max((len(tok.pieces(r)) for r in (val_text or "").split("\n")), default=30)
+    return int(max(16, 2 * longest + 2))
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"lstmgen": lstmgen.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
