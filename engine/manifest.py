@@ -143,9 +143,15 @@ def _sub(klass, value: Any, where: str):
     if unknown:
         raise LstmgenError(f"{where} has unknown field(s): {', '.join(sorted(unknown))}")
     try:
-        return klass(**value)
+        obj = klass(**value)
     except TypeError as e:
         raise LstmgenError(f"{where} is incomplete ({e})") from None
+    for f in fields(klass):
+        v = getattr(obj, f.name)
+        want = (int, float) if f.type == "float" else {"int": int, "str": str}.get(f.type, object)
+        if isinstance(v, bool) or not isinstance(v, want):
+            raise LstmgenError(f"{where}.{f.name} must be of type {f.type}, got {v!r}")
+    return obj
 
 
 def sha256_file(path: str | os.PathLike) -> str:

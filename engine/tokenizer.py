@@ -120,6 +120,7 @@ class Detokenizer:
         self.line_start = True
         self.glue_next = False  # after '(' or an opening quote the next word attaches
         self.quote_open = False
+        self.prev_dash = False
 
     def piece(self, token_id: int) -> str:
         t = self.tok.tokens[token_id]
@@ -128,13 +129,16 @@ class Detokenizer:
         if self.tok.level == "char":
             return t
         if t == "\n":
-            self.line_start, self.glue_next, self.quote_open = True, False, False
+            self.line_start, self.glue_next, self.quote_open, self.prev_dash = True, False, False, False
             return "\n"
         space = "" if (self.line_start or self.glue_next) else " "
         self.line_start = False
         self.glue_next = False
+        after_dash = self.prev_dash
+        self.prev_dash = t == "-"
         if t in _NO_SPACE_BEFORE:
-            return t
+            # '-' then '--' glued would read back as '--' '-': keep them apart.
+            return space + t if (t == "--" and after_dash) else t
         if t == "(":
             self.glue_next = True
             return space + t

@@ -115,7 +115,7 @@ class RunConfig:
     def same_experiment(self, other: "RunConfig") -> list[str]:
         """Fields that differ in what a resumed run must keep (budgets may change)."""
         free = {"epochs", "max_steps", "time_budget", "patience", "device", "threads", "sample_every", "sample_size",
-                "eval_every", "corpus"}
+                "eval_every", "corpus", "vocab_size"}
         diffs = []
         for section in ("data", "model", "train"):
             a, b = getattr(self, section), getattr(other, section)
