@@ -1,10 +1,8 @@
 """Checkpoint -> artifact folder: model.onnx (ONNX LSTM ops), manifest.json, records.u64.
 
-The graph is built directly from the state_dict with onnx.helper rather than traced: the model is
-small and fixed (Gather -> LSTM per layer -> MatMul + Add), so writing it out keeps the ONNX `LSTM`
-op (which ONNX Runtime runs fastest and quantizes to int8) and named inputs with dynamic batch and
-time axes, whatever torch.onnx's exporter of the day emits. Export then proves itself: PyTorch and
-ONNX Runtime must agree on random inputs (batch > 1, time > 1, non-zero state) within 1e-4.
+The graph is written from the state_dict by lstmgen.graph rather than traced (see there why).
+Export then proves itself: PyTorch and ONNX Runtime must agree on random inputs (batch > 1,
+time > 1, non-zero state) within 1e-4.
 """
 
 from __future__ import annotations
@@ -19,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 import lstmgen
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
+from lstmgen.graph import OPSET, build_step_graph
 from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, IONames, Manifest, SamplingDefaults,
                               sha256_file, write_artifact_atomically)
 from lstmgen.tokenizer import Tokenizer
@@ -32,70 +30,14 @@ from . import checkpoint
 from .config import RunConfig
 from .model import LSTMLanguageModel
 
-OPSET = 17
 PARITY_TOLERANCE = 1e-4
 INT8_MAX_LOSS_INCREASE = 0.01  # relative; an int8 export that loses more is reported as failing
 
 
 def build_onnx(model: LSTMLanguageModel) -> onnx.ModelProto:
-    """One step of the model as ONNX: tokens [B,T], h0/c0 [L,B,H] -> logits [B,T,V], h1/c1 [L,B,H]."""
-    cfg = model.cfg
-    L, H, V, E = cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.embed_dim
-    io = IONames()
+    """The model's weights as the engine's step graph (lstmgen.graph)."""
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
-    inits = [numpy_helper.from_array(sd["embed.weight"], "embedding")]
-    nodes = [
-        helper.make_node("Transpose", [io.tokens], ["tokens_tb"], perm=[1, 0]),  # [B,T] -> [T,B]
-        helper.make_node("Gather", ["embedding", "tokens_tb"], ["x0"]),  # [T,B,E]
-    ]
-
-    def gates(w: np.ndarray) -> np.ndarray:
-        i, f, g, o = np.split(w, 4, axis=0)  # PyTorch order i, f, g, o; ONNX wants i, o, f, c
-        return np.concatenate([i, o, f, g], axis=0)
-
-    x = "x0"
-    for layer in range(L):
-        W = gates(sd[f"lstm.weight_ih_l{layer}"])[None]  # [1, 4H, in]
-        R = gates(sd[f"lstm.weight_hh_l{layer}"])[None]  # [1, 4H, H]
-        B = np.concatenate([gates(sd[f"lstm.bias_ih_l{layer}"]), gates(sd[f"lstm.bias_hh_l{layer}"])])[None]  # [1, 8H]
-        inits += [numpy_helper.from_array(W, f"W{layer}"), numpy_helper.from_array(R, f"R{layer}"),
-                  numpy_helper.from_array(B, f"B{layer}"),
-                  numpy_helper.from_array(np.array([layer], np.int64), f"start{layer}"),
-                  numpy_helper.from_array(np.array([layer + 1], np.int64), f"end{layer}")]
-        nodes += [
-            helper.make_node("Slice", [io.h0, f"start{layer}", f"end{layer}", "axis0"], [f"h0_{layer}"]),  # [1,B,H]
-            helper.make_node("Slice", [io.c0, f"start{layer}", f"end{layer}", "axis0"], [f"c0_{layer}"]),
-            helper.make_node("LSTM", [x, f"W{layer}", f"R{layer}", f"B{layer}", "", f"h0_{layer}", f"c0_{layer}"],
-                             [f"y{layer}", f"h1_{layer}", f"c1_{layer}"], hidden_size=H, direction="forward"),
-            helper.make_node("Squeeze", [f"y{layer}", "axis1"], [f"x{layer + 1}"]),  # [T,1,B,H] -> [T,B,H]
-        ]
-        x = f"x{layer + 1}"
-    inits += [numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-              numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-              numpy_helper.from_array(np.ascontiguousarray(sd["head.weight"].T), "head_w"),  # [H, V]
-              numpy_helper.from_array(sd["head.bias"], "head_b")]
-    nodes += [
-        helper.make_node("Concat", [f"h1_{i}" for i in range(L)], [io.h1], axis=0),  # [L,B,H]
-        helper.make_node("Concat", [f"c1_{i}" for i in range(L)], [io.c1], axis=0),
-        helper.make_node("Transpose", [x], ["y_bth"], perm=[1, 0, 2]),  # [T,B,H] -> [B,T,H]
-        helper.make_node("MatMul", ["y_bth", "head_w"], ["scores"]),  # [B,T,V]
-        helper.make_node("Add", ["scores", "head_b"], [io.logits]),
-    ]
-    f32 = TensorProto.FLOAT
-    graph = helper.make_graph(
-        nodes, "lstmgen_step",
-        [helper.make_tensor_value_info(io.tokens, TensorProto.INT64, ["batch", "time"]),
-         helper.make_tensor_value_info(io.h0, f32, [L, "batch", H]),
-         helper.make_tensor_value_info(io.c0, f32, [L, "batch", H])],
-        [helper.make_tensor_value_info(io.logits, f32, ["batch", "time", V]),
-         helper.make_tensor_value_info(io.h1, f32, [L, "batch", H]),
-         helper.make_tensor_value_info(io.c1, f32, [L, "batch", H])],
-        inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lstmgen",
-                          producer_version=lstmgen.__version__)
-    m.ir_version = 8  # readable by every ONNX Runtime of the last years
-    onnx.checker.check_model(m)
-    return m
+    return build_step_graph(sd, model.cfg.num_layers)
 
 
 def parity(model: LSTMLanguageModel, onnx_path: Path, seed: int = 0) -> float:

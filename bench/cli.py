@@ -1,0 +1,110 @@
+"""`lstmgen bench`: parse flags, run lstmgen.bench.suite, print the table, write JSON and a chart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lstmgen.errors import LstmgenError
+
+from .models import SPECS, ModelSpec
+from .suite import BACKENDS, chart, run_suite, table
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstmgen bench", description="Tokens/s of the engine against PyTorch, and"
+                                " how close each comes to this machine's limits.")
+    p.add_argument("--quick", action="store_true", help="batch sizes 1 and 64, fewer steps (about 2 minutes)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    p.add_argument("--chart", metavar="PATH", help="write a PNG chart of tokens/s by batch size (default: beside --json)")
+    p.add_argument("--model", help="bench this artifact folder instead of the standard random-weight models")
+    p.add_argument("--models", default=",".join(SPECS), help="standard models to run (default: %(default)s)")
+    p.add_argument("--batch-sizes", help="comma-separated (default 1,8,64,256; quick 1,64)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="default: %(default)s")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both PyTorch and the engine run")
+    p.add_argument("--steps", type=int, help="tokens per row per timed run (default 64; quick 32)")
+    p.add_argument("--repeats", type=int, help="timed runs per row; the median is reported (default 5; quick 3)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for PyTorch and the engine")
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the tuned PyTorch row")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LstmgenError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 or v > 4096 for v in vals):
+        raise LstmgenError(f"{flag} values must be in [1, 4096], got {text!r}")
+    return vals
+
+
+def main(argv: Sequence[str]) -> int:
+    rest = list(argv[1:])
+    try:
+        return _run(_parser().parse_args(rest))
+    except LstmgenError as e:
+        if "--debug" in rest:
+            raise
+        print(f"lstmgen: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    batch_sizes = _ints(args.batch_sizes, "--batch-sizes") if args.batch_sizes else ([1, 64] if args.quick else [1, 8, 64, 256])
+    steps = args.steps or (32 if args.quick else 64)
+    repeats = args.repeats or (3 if args.quick else 5)
+    if steps < 2 or repeats < 1 or args.threads < 1:
+        raise LstmgenError("--steps must be >= 2, --repeats and --threads >= 1")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise LstmgenError(f"unknown backend(s) {', '.join(sorted(unknown))} (known: {', '.join(BACKENDS)})")
+    if args.model:
+        from lstmgen.generator import resolve_model
+        from lstmgen.manifest import read_manifest
+
+        folder = resolve_model(args.model)
+        m = read_manifest(folder)
+        d = m.dims
+        models = [ModelSpec(m.name or folder.name, d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers)]
+        backends = [b for b in backends if b != "engine-int8"]
+        if m.precision == "int8":
+            backends = [b for b in backends if b.startswith("engine")]
+        artifact = str(folder)
+    else:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        bad = [n for n in names if n not in SPECS]
+        if bad:
+            raise LstmgenError(f"unknown model(s) {', '.join(bad)} (known: {', '.join(SPECS)})")
+        models = [SPECS[n] for n in names]
+        artifact = None
+    if args.device == "cuda":
+        _check_cuda(backends)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    result = run_suite(models=models, backends=backends, batch_sizes=batch_sizes, steps=steps, repeats=repeats,
+                       device=args.device, threads=args.threads, compile_torch=not (args.quick or args.no_compile),
+                       artifact=artifact, log=log)
+    print(table(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        log(f"wrote {path}")
+    chart_path = Path(args.chart) if args.chart else (Path(args.json).with_suffix(".png") if args.json else None)
+    if chart_path is not None:
+        log(f"wrote {chart_path}" if chart(result, chart_path) else "no chart: matplotlib is not installed")
+    return 0
+
+
+def _check_cuda(backends: list[str]) -> None:
+    import onnxruntime
+
+    if any(b.startswith("engine") for b in backends) and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise LstmgenError("--device cuda: onnxruntime has no CUDA provider here (pip install onnxruntime-gpu), "
+                           "or bench PyTorch alone with --backends torch-default,torch-tuned")

@@ -1,0 +1,182 @@
+"""One bench process: one backend on one model over the batch sizes; prints one JSON line.
+
+Run as `python -m lstmgen.bench.worker '<json job>'` by lstmgen.bench.suite, so that each backend's
+peak memory and thread settings are its own. Every backend does the same work: from one start
+token, generate `steps` tokens for each of `batch` rows, sampling (temperature 0.8, top-k 40)
+inside the timed loop.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+TEMPERATURE, TOP_K = 0.8, 40
+
+
+def _timed(run_once, repeats: int) -> dict:
+    run_once(warmup=True)
+    totals, firsts = [], []
+    for _ in range(repeats):
+        first, total = run_once(warmup=False)
+        firsts.append(first)
+        totals.append(total)
+    return {"seconds": statistics.median(totals), "seconds_all": totals, "ttft_s": statistics.median(firsts)}
+
+
+# -- engine ----------------------------------------------------------------------------------------
+def engine_rows(job: dict) -> list[dict]:
+    from lstmgen.generator import Generator, decode_loop
+    from lstmgen.sampling import SamplingParams
+
+    gen = Generator.load(job["artifact"], device=job["device"], threads=job["threads"])
+    params = SamplingParams(temperature=TEMPERATURE, top_k=min(TOP_K, gen.manifest.dims.vocab_size))
+    start = list(gen.manifest.start_ids)
+    rows = []
+    for B in job["batch_sizes"]:
+        def run_once(warmup: bool, B=B):
+            n = 4 if warmup else job["steps"]
+            t0 = time.perf_counter()
+            loop = decode_loop(gen.backend, start, range(B), n, params, 1234, None)
+            next(loop)
+            first = time.perf_counter() - t0
+            for _ in loop:
+                pass
+            return first, time.perf_counter() - t0
+
+        rows.append({"batch_size": B, **_timed(run_once, job["repeats"]), "variant": gen.backend.device})
+    return rows
+
+
+# -- PyTorch ------------------------------------------------------------------------------------------
+def torch_rows(job: dict, tuned: bool) -> list[dict]:
+    import torch
+
+    from lstmgen.bench.models import ModelSpec, random_weights
+    from lstmgen.trainer.config import ModelConfig
+    from lstmgen.trainer.model import LSTMLanguageModel
+
+    torch.set_num_threads(job["threads"])
+    device = torch.device("cuda" if job["device"] == "cuda" else "cpu")
+    spec = ModelSpec(**job["spec"])
+    if job.get("onnx"):
+        import onnx
+
+        from lstmgen.graph import read_step_weights
+
+        sd_np, _ = read_step_weights(onnx.load(job["onnx"]))
+    else:
+        sd_np = random_weights(spec, job["seed"])
+    model = LSTMLanguageModel(ModelConfig(spec.vocab, spec.embed, spec.hidden, spec.layers, dropout=0.0))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd_np.items()})
+    model.eval().to(device)
+    k = min(TOP_K, spec.vocab)
+
+    def sample(logits):  # as users write it: top-k, softmax, multinomial
+        v, i = torch.topk(logits / TEMPERATURE, k, dim=-1)
+        return i.gather(1, torch.multinomial(torch.softmax(v, dim=-1), 1))[:, 0]
+
+    def default_step(tokens, state):
+        logits, state = model(tokens[:, None], state)
+        return logits[:, -1], state
+
+    variants = {"eager nn.LSTM": (default_step, torch.no_grad, None)}
+    if tuned:
+        variants = {"nn.LSTM, oneDNN off": (default_step, torch.inference_mode, False),
+                    "fused cell loop": (_fused_step(model), torch.inference_mode, None)}
+        if job.get("compile"):
+            variants["fused cell loop, torch.compile"] = (torch.compile(_fused_step(model), dynamic=False),
+                                                          torch.inference_mode, None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for B in job["batch_sizes"]:
+        best = None
+        for name, (step, ctx, mkldnn) in variants.items():
+            def run_once(warmup: bool, B=B, step=step, ctx=ctx, mkldnn=mkldnn):
+                n = 4 if warmup else job["steps"]
+                flags = torch.backends.mkldnn.flags(enabled=mkldnn) if mkldnn is not None else _null()
+                with ctx(), flags:
+                    torch.manual_seed(0)
+                    state = model.zero_state(B, device)
+                    tokens = torch.zeros(B, dtype=torch.long, device=device)
+                    sync()
+                    t0 = time.perf_counter()
+                    logits, state = step(tokens, state)
+                    tokens = sample(logits)
+                    sync()
+                    first = time.perf_counter() - t0
+                    for _ in range(n - 1):
+                        logits, state = step(tokens, state)
+                        tokens = sample(logits)
+                    sync()
+                    return first, time.perf_counter() - t0
+
+            r = {"batch_size": B, **_timed(run_once, job["repeats"]), "variant": name}
+            if best is None or r["seconds"] < best["seconds"]:
+                best = r
+        rows.append(best)
+    return rows
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fused_step(model):
+    """What a careful user writes: one addmm per layer over [x, h], gates by hand, no nn.LSTM."""
+    import torch
+
+    layers = []
+    for layer in range(model.cfg.num_layers):
+        W = torch.cat([getattr(model.lstm, f"weight_ih_l{layer}"), getattr(model.lstm, f"weight_hh_l{layer}")], 1)
+        b = getattr(model.lstm, f"bias_ih_l{layer}") + getattr(model.lstm, f"bias_hh_l{layer}")
+        layers.append((W.t().contiguous().detach(), b.detach()))
+    emb = model.embed.weight.detach()
+    head_w, head_b = model.head.weight.t().contiguous().detach(), model.head.bias.detach()
+
+    def step(tokens, state):
+        h, c = state
+        x = emb[tokens]
+        hs, cs = [], []
+        for layer, (W, b) in enumerate(layers):
+            gates = torch.addmm(b, torch.cat([x, h[layer]], 1), W)
+            i, f, g, o = gates.chunk(4, 1)
+            c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c_new)
+            hs.append(x)
+            cs.append(c_new)
+        return torch.addmm(head_b, x, head_w), (torch.stack(hs), torch.stack(cs))
+
+    return step
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(argv[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        if job["backend"].startswith("engine") and not job.get("artifact"):
+            from lstmgen.bench.models import ModelSpec, random_weights, write_artifact
+
+            spec = ModelSpec(**job["spec"])
+            job["artifact"] = str(write_artifact(Path(tmp) / "a", spec, random_weights(spec, job["seed"]),
+                                                 int8=job["backend"] == "engine-int8"))
+        if job["backend"].startswith("engine"):
+            rows = engine_rows(job)
+        else:
+            rows = torch_rows(job, tuned=job["backend"] == "torch-tuned")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "peak_rss_mb": round(peak, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
