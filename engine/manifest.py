@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import faults
 from .errors import LstmgenError
 from .tokenizer import Tokenizer
 
@@ -204,10 +205,17 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
     """Build an artifact in a temporary sibling folder with `fill(tmp_dir)`, then move it into place.
 
     An interrupted export leaves at most a hidden temporary folder, never a half-written artifact.
-    An existing artifact is replaced only once the new one is complete.
+    An existing artifact is replaced only once the new one is complete. Replacing takes two renames
+    (old aside, new in place); a kill between them leaves the old one at `.NAME.old`, which the next
+    export puts back before it starts. Temporary folders of killed exports are removed then too.
     """
     final = Path(final).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
+    stale_old = final.with_name(f".{final.name}.old")
+    if stale_old.exists() and not final.exists():
+        os.replace(stale_old, final)
+    for leftover in final.parent.glob(f".{final.name}.*.tmp"):
+        _rmtree(leftover)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     old = None
     try:
@@ -215,6 +223,7 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        faults.pause("export-write")
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             if old.exists():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from lstmgen import faults
 from lstmgen.errors import LstmgenError
 
 CHECKPOINT_FORMAT = "lstmgen-checkpoint"
@@ -32,10 +33,20 @@ def save_atomically(obj: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **obj}, f)
             f.flush()
             os.fsync(f.fileno())
+        faults.pause("checkpoint-write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporary files left by a write that was killed (they are never read)."""
+    n = 0
+    for p in Path(folder).glob(".*.pt.*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -195,6 +195,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
         log(f"resumed {run_dir} at step {step} (epoch {epoch + 1}, batch {index})")
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint.remove_stale_temporaries(run_dir):
+        log(f"removed temporary files of an interrupted checkpoint write in {run_dir}")
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     (run_dir / "val.txt").write_text(data.val_text, encoding="utf-8")
     if data.all_records is not None:
