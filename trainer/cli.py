@@ -50,6 +50,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="one item a line, each generated on its own (default for .csv files)")
     p.add_argument("--out", help="run folder for checkpoints and logs (default runs/<corpus name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on CUDA)")
     p.add_argument("--tie-weights", action="store_true", default=None, help="share embedding and output weights")
     p.add_argument("--keep-case", action="store_true", help="word level: do not lowercase")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,6 +124,12 @@ def _train(argv: list[str]) -> int:
 
     args = _train_parser().parse_args(argv)
     cfg = build_config(args)
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        from .distributed import launch
+
+        rest = [a for i, a in enumerate(argv) if a != "--nproc" and not (i > 0 and argv[i - 1] == "--nproc")
+                and not a.startswith("--nproc=")]
+        return launch(args.nproc, rest)
     out = args.out or os.path.join("runs", Path(cfg.data.corpus).stem)
     result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
                    log=lambda m: print(m, file=sys.stderr, flush=True))

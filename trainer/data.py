@@ -59,14 +59,18 @@ def prepare(cfg: DataConfig, text: str | None = None) -> PreparedData:
 
 
 class StreamBatches:
-    """Running text as `batch_size` parallel streams, read `seq_len` tokens at a time."""
+    """Running text as `batch_size` parallel streams, read `seq_len` tokens at a time.
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
+    With several processes, rank r of `world` reads its own contiguous block of the streams.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world: int = 1) -> None:
         per_stream = len(ids) // batch_size
         if per_stream < 2:
             raise LstmgenError(f"the training text ({len(ids)} tokens) is too short for --batch-size {batch_size};"
                                " lower --batch-size")
-        self.streams = ids[: per_stream * batch_size].reshape(batch_size, per_stream)  # [B, N]
+        share = batch_size // world
+        self.streams = ids[: per_stream * batch_size].reshape(batch_size, per_stream)[rank * share: (rank + 1) * share]
         self.seq_len = min(seq_len, per_stream - 1)
         self.steps_per_epoch = (per_stream - 1) // self.seq_len
 
@@ -77,13 +81,18 @@ class StreamBatches:
 
 
 class RecordBatches:
-    """Records shuffled by (seed, epoch), padded to the longest in each batch."""
+    """Records shuffled by (seed, epoch), padded to the longest in each batch.
 
-    def __init__(self, seqs: list[np.ndarray], batch_size: int, seed: int, pad_id: int) -> None:
+    With several processes, every rank draws the same global batch and keeps rows rank::world.
+    """
+
+    def __init__(self, seqs: list[np.ndarray], batch_size: int, seed: int, pad_id: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.seqs = seqs
         self.batch_size = min(batch_size, len(seqs))
         self.seed = seed
         self.pad_id = pad_id
+        self.rank, self.world = rank, world
         self.steps_per_epoch = -(-len(seqs) // self.batch_size)
         self._order_epoch = -1
         self._order = np.arange(len(seqs))
@@ -93,7 +102,10 @@ class RecordBatches:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.seqs))
             self._order_epoch = epoch
         picked = [self.seqs[j] for j in self._order[i * self.batch_size: (i + 1) * self.batch_size]]
-        return pad_records(picked, self.pad_id)
+        mine = picked[self.rank:: self.world]
+        if not mine:  # a short last batch left this rank nothing: a row that counts for nothing keeps ranks in step
+            return np.full((1, 1), self.pad_id, dtype=np.int64), np.full((1, 1), IGNORE, dtype=np.int64)
+        return pad_records(mine, self.pad_id)
 
 
 def pad_records(seqs: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ from lstmgen.tokenizer import Tokenizer
 from . import checkpoint
 from .config import RunConfig
 from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records, prepare
+from .distributed import Dist
 from .model import LSTMLanguageModel
 
 CALIBRATE_AT = 30  # step at which a --time-budget run fixes its schedule length from measured speed
@@ -64,12 +65,12 @@ def lr_at(step: int, cfg: RunConfig, planned: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: LSTMLanguageModel, data: PreparedData, streams: int, device: torch.device,
-             records_text: list[str] | None = None) -> Score:
-    """The validation figure (lstmgen.scoring's definition), in torch."""
+             rank: int = 0, world: int = 1) -> Score:
+    """The validation figure (lstmgen.scoring's definition), in torch; rank r scores its share only."""
     model.eval()
     nats, tokens = 0.0, 0
     if data.records:
-        seqs = sorted(data.val, key=len)
+        seqs = sorted(data.val, key=len)[rank::world]
         for a in range(0, len(seqs), 256):
             x, y = pad_records(seqs[a: a + 256], data.tokenizer.eos_id)
             logits, _ = model(torch.from_numpy(x).to(device))
@@ -77,14 +78,11 @@ def evaluate(model: LSTMLanguageModel, data: PreparedData, streams: int, device:
             nats += F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE,
                                     reduction="sum").item()
             tokens += int((yt != IGNORE).sum())
-        chars = sum(len(s) - 1 for s in data.val) if data.tokenizer.level == "char" else None
-        if chars is None:
-            chars = len(data.val_text)
+        chars = sum(len(s) - 1 for s in data.val) if data.tokenizer.level == "char" else len(data.val_text)
     else:
         ids = data.val
-        segs = stream_segments(len(ids), streams)
         groups: dict[int, list[int]] = {}
-        for start, length in segs:
+        for start, length in stream_segments(len(ids), streams)[rank::world]:
             groups.setdefault(length, []).append(start)
         for length, starts in groups.items():
             x = np.stack([ids[s: s + length] for s in starts])
@@ -95,7 +93,7 @@ def evaluate(model: LSTMLanguageModel, data: PreparedData, streams: int, device:
                 nats += F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(y[:, a: a + 512]).flatten().to(device),
                                         reduction="sum").item()
             tokens += y.size
-        chars = tokens if data.tokenizer.level == "char" else len(data.val_text)
+        chars = len(ids) - 1 if data.tokenizer.level == "char" else len(data.val_text)
     model.train()
     return Score(nats, tokens, chars)
 
@@ -142,11 +140,29 @@ def machine_description() -> str:
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, interrupt_at_step: int | None = None) -> TrainResult:
-    """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests)."""
+    """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests).
+
+    Under torchrun (WORLD_SIZE > 1) this runs data-parallel; see trainer/distributed.py.
+    """
     run_dir = Path(run_dir)
     cfg.validate()
     t = cfg.train
-    device = pick_device(t.device)
+    ranks = Dist()
+    if ranks.enabled and t.batch_size % ranks.world:
+        raise LstmgenError(f"--batch-size {t.batch_size} must be divisible by the {ranks.world} processes")
+    if not ranks.is_main:
+        progress, log = False, (lambda m: None)
+    device = ranks.start(pick_device(t.device))
+    try:
+        return _train(cfg, run_dir, resume, progress, log, interrupt_at_step, ranks, device)
+    finally:
+        ranks.stop()
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Callable[[str], None],
+           interrupt_at_step: int | None, ranks: Dist, device: torch.device) -> TrainResult:
+    t = cfg.train
+    main = ranks.is_main
     if t.threads:
         torch.set_num_threads(t.threads)
     ckpt = None
@@ -157,6 +173,9 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
         if diffs:
             raise LstmgenError(f"--resume with a different config than {run_dir} was trained with ({'; '.join(diffs)});"
                                " drop --resume to start over, or use the same settings")
+        if ckpt.get("world_size", 1) != ranks.world:
+            raise LstmgenError(f"{run_dir} was trained with {ckpt.get('world_size', 1)} process(es); resume it with"
+                               f" the same number (now {ranks.world})")
     elif (run_dir / checkpoint.LAST).exists():
         raise LstmgenError(f"{run_dir} already holds a run; add --resume to continue it, or pick another --out")
 
@@ -168,9 +187,12 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
     cfg.model.vocab_size = tok.vocab_size
     torch.manual_seed(t.seed)
     model = LSTMLanguageModel(cfg.model).to(device)
+    if ranks.enabled:
+        torch.manual_seed(t.seed * 1000 + ranks.rank)  # same weights everywhere, different dropout per rank
+    net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model
     opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
-    batches = (RecordBatches(data.train, t.batch_size, t.seed, tok.eos_id) if data.records
-               else StreamBatches(data.train, t.batch_size, t.seq_len))
+    batches = (RecordBatches(data.train, t.batch_size, t.seed, tok.eos_id, ranks.rank, ranks.world) if data.records
+               else StreamBatches(data.train, t.batch_size, t.seq_len, ranks.rank, ranks.world))
     spe = batches.steps_per_epoch
     planned = t.epochs * spe if not t.max_steps else min(t.max_steps, t.epochs * spe)
     step, epoch, index, elapsed = 0, 0, 0, 0.0
@@ -179,7 +201,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"][ranks.rank] if ranks.enabled else ckpt["torch_rng"])
         step, epoch, index, elapsed = ckpt["step"], ckpt["epoch"], ckpt["index"], ckpt["elapsed"]
         best_val, last_val, bad_evals = ckpt["best_val"], ckpt["last_val"], ckpt["bad_evals"]
         calibrated = ckpt["calibrated"]
@@ -191,52 +213,67 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
             calibrated = False
             log(f"budget changed on resume: the schedule now plans {planned} steps")
         if ckpt.get("carry") is not None:
-            carry = tuple(s.to(device) for s in ckpt["carry"])
+            share = t.batch_size // ranks.world
+            carry = tuple(s[:, ranks.rank * share: (ranks.rank + 1) * share].to(device) for s in ckpt["carry"])
         log(f"resumed {run_dir} at step {step} (epoch {epoch + 1}, batch {index})")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint.remove_stale_temporaries(run_dir):
-        log(f"removed temporary files of an interrupted checkpoint write in {run_dir}")
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    (run_dir / "val.txt").write_text(data.val_text, encoding="utf-8")
-    if data.all_records is not None:
-        record_hashes(data.all_records).astype("<u8").tofile(run_dir / "records.u64")
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    metrics = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint.remove_stale_temporaries(run_dir):
+            log(f"removed temporary files of an interrupted checkpoint write in {run_dir}")
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        (run_dir / "val.txt").write_text(data.val_text, encoding="utf-8")
+        if data.all_records is not None:
+            record_hashes(data.all_records).astype("<u8").tofile(run_dir / "records.u64")
+        metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     log(f"{'records' if data.records else 'running text'}, {tok.level} level, vocabulary {tok.vocab_size},"
-        f" {n_params / 1e6:.2f}M parameters, {spe} steps/epoch, planning {planned} steps on {device}")
+        f" {n_params / 1e6:.2f}M parameters, {spe} steps/epoch, planning {planned} steps on {device}"
+        + (f" x {ranks.world} processes" if ranks.enabled else ""))
 
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
-    def state_dict(best: bool = False) -> dict:
+    def state_dict() -> dict:
+        rng = ranks.gather(torch.get_rng_state()) if ranks.enabled else torch.get_rng_state()
+        full_carry = None
+        if carry is not None:
+            full_carry = tuple(torch.cat(ranks.gather(s.detach()), dim=1) for s in carry)
         return {"config": cfg.to_dict(), "tokenizer": tok.to_dict(), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch,
+                "optimizer": opt.state_dict(), "torch_rng": rng, "step": step, "epoch": epoch,
                 "index": index, "elapsed": elapsed, "planned": planned, "calibrated": calibrated,
-                "best_val": best_val, "last_val": last_val, "bad_evals": bad_evals,
-                "carry": None if carry is None else tuple(s.detach().cpu() for s in carry),
+                "best_val": best_val, "last_val": last_val, "bad_evals": bad_evals, "carry": full_carry,
                 "start_ids": data.start_ids, "records": data.records, "machine": machine_description(),
-                "corpus": os.path.basename(cfg.data.corpus)}
+                "corpus": os.path.basename(cfg.data.corpus), "world_size": ranks.world}
+
+    def save(name: str) -> None:
+        sd = state_dict()  # every rank takes part in the gathers inside
+        if main:
+            checkpoint.save_atomically(sd, run_dir / name)
 
     def validate() -> None:
         nonlocal best_val, last_val, bad_evals
-        score = evaluate(model, data, t.eval_streams, device)
+        part = evaluate(model, data, t.eval_streams, device, ranks.rank, ranks.world)
+        nats, tokens = ranks.sum(part.nats, part.tokens)
+        score = Score(nats, int(tokens), part.chars)
         last_val = score.nats_per_token
         improved = last_val < best_val - 1e-6
-        row = {"step": step, "epoch": epoch + 1, "val_nats_per_token": last_val, "val_perplexity": score.perplexity,
-               "val_bits_per_char": score.bits_per_char, "elapsed": round(elapsed, 2)}
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
+        if main:
+            row = {"step": step, "epoch": epoch + 1, "val_nats_per_token": last_val, "val_perplexity": score.perplexity,
+                   "val_bits_per_char": score.bits_per_char, "elapsed": round(elapsed, 2)}
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
         if improved:
             best_val, bad_evals = last_val, 0
-            checkpoint.save_atomically(state_dict(), run_dir / checkpoint.BEST)
+            save(checkpoint.BEST)
         else:
             bad_evals += 1
         bpc = f", {score.bits_per_char:.3f} bits/char" if tok.level == "char" else ""
         log(f"step {step}: validation {last_val:.4f} nats/token, perplexity {score.perplexity:.2f}{bpc}"
             f"{' (best)' if improved else ''}")
 
-    def save_samples() -> None:
+    def print_samples() -> None:
         from .reference import torch_generate
 
         texts = torch_generate(model, tok, data.start_ids, data.records, num=t.sample_size, seed=step,
@@ -267,18 +304,23 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
                 if epoch >= t.epochs:
                     status = "finished"
                     break
-            if data.records:
-                carry = None
-            elif index == 0:
+            if data.records or index == 0:
                 carry = None
             x, y = batches.batch(epoch, index)
-            xt, yt = torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(y)).to(device)
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            yt = torch.from_numpy(np.ascontiguousarray(y)).to(device)
+            n_tok = int((yt != IGNORE).sum())
+            # Sum over this rank's tokens / tokens of the whole global batch: DDP's gradient average
+            # then equals the single-process mean over the global batch exactly.
+            global_tok = ranks.sum(n_tok)[0]
             lr = lr_at(step, cfg, planned)
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, new_state = model(xt, carry)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE)
+                logits, new_state = net(xt, carry)
+                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE,
+                                           reduction="sum")
+                loss = loss_sum * (ranks.world / max(1.0, global_tok))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip)
@@ -290,55 +332,69 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
             now = time.perf_counter()
             elapsed += now - last_clock
             last_clock = now
-            n_tok = int((yt != IGNORE).sum())
-            window_tokens += n_tok
+            window_tokens += global_tok
+            shown_loss = loss.item() / ranks.world
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
                     rate = window_tokens / max(1e-9, now - window_start)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{shown_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
             if step % 50 == 0:
                 rate = window_tokens / max(1e-9, now - window_start)
-                metrics.write(json.dumps({"step": step, "epoch": epoch + 1, "train_loss": loss.item(), "lr": lr,
-                                          "tokens_per_s": round(rate, 1), "elapsed": round(elapsed, 2)}) + "\n")
+                if main:
+                    metrics.write(json.dumps({"step": step, "epoch": epoch + 1, "train_loss": shown_loss, "lr": lr,
+                                              "tokens_per_s": round(rate, 1), "elapsed": round(elapsed, 2)}) + "\n")
                 window_tokens, window_start = 0, now
             if t.time_budget and not calibrated and step >= CALIBRATE_AT:
-                per_step = elapsed / step if ckpt is None else elapsed / max(1, step)
-                fit = step + int((t.time_budget - elapsed) / per_step * 0.92)  # keep ~8% for validation
-                planned = max(step + 1, min(planned, fit))
+                fit = step + int((t.time_budget - elapsed) / (elapsed / step) * 0.92)  # keep ~8% for validation
+                planned = ranks.broadcast_int(max(step + 1, min(planned, fit)))
                 calibrated = True
                 if bar is not None:
                     bar.total = planned
                     bar.refresh()
-            if t.sample_every and step % t.sample_every == 0:
-                save_samples()
+            if t.sample_every and step % t.sample_every == 0 and main:
+                print_samples()
             if step % t.eval_every == 0 or step >= planned:
                 validate()
-                checkpoint.save_atomically(state_dict(), run_dir / checkpoint.LAST)
+                save(checkpoint.LAST)
                 last_clock = time.perf_counter()
                 if t.patience and bad_evals >= t.patience:
                     status = "early-stopped"
                     break
             if interrupt_at_step is not None and step == interrupt_at_step:
                 stop.signal = signal.SIGINT
-            if stop.signal is not None:
+            # Every rank must stop at the same step; one small all-reduce per step agrees on it.
+            halt, over_budget = ranks.any(stop.signal is not None, bool(t.time_budget and elapsed >= t.time_budget))
+            if halt:
                 status = "interrupted"
+                break
+            if over_budget:
+                status = "budget"
                 break
     if bar is not None:
         bar.close()
-    if status != "interrupted" and (step % t.eval_every != 0 and step < planned):
+    if status == "budget" and step % t.eval_every != 0:
         validate()
-    checkpoint.save_atomically(state_dict(), run_dir / checkpoint.LAST)
-    if not (run_dir / checkpoint.BEST).exists():
-        checkpoint.save_atomically(state_dict(), run_dir / checkpoint.BEST)
-    metrics.close()
-    plot_curve(run_dir)
+    save(checkpoint.LAST)
+    if ranks.broadcast_int(int(main and not (run_dir / checkpoint.BEST).exists())):
+        save(checkpoint.BEST)
+    _dump_rank_weights(model, ranks)
+    if main:
+        metrics.close()
+        plot_curve(run_dir)
     if status == "interrupted":
         log(f"interrupted at step {step}; a resumable checkpoint is in {run_dir / checkpoint.LAST}"
             f" (continue with the same command and --resume)")
     else:
         log(f"{status} at step {step}: best validation {best_val:.4f} nats/token; checkpoints in {run_dir}")
     return TrainResult(status, step, best_val, last_val, run_dir)
+
+
+def _dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
+    """Tests set LSTMGEN_DUMP_RANK_WEIGHTS=DIR to compare the weights every rank ends with."""
+    folder = os.environ.get("LSTMGEN_DUMP_RANK_WEIGHTS")
+    if folder:
+        torch.save(model.state_dict(), Path(folder) / f"rank{ranks.rank}.pt")
 
 
 def plot_curve(run_dir: Path) -> None:
