@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(s)
 
+    v = sub.add_parser("serve", help="serve models over HTTP with dynamic batching")
+    v.add_argument("models", nargs="*", help="artifact folders or shipped model names (default: the default model)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: %(default)s)")
+    v.add_argument("--port", type=int, default=8088, help="TCP port (default %(default)s; 0 = any free port)")
+    v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes")
+    v.add_argument("--max-tokens-limit", type=int, default=2000, help="largest max_tokens a request may ask")
+    v.add_argument("--max-batch", type=int, default=256, help="rows in one model's step loop at once")
+    v.add_argument("--max-streams", type=int, default=32, help="concurrent streaming responses")
+    v.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    add_runtime_flags(v)
+
     i = sub.add_parser("info", help="describe an artifact")
     i.add_argument("model", nargs="?", help="artifact folder or shipped model name")
     i.add_argument("--json", action="store_true", help="print the manifest")
@@ -92,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return module.main(argv)
         args = _parser().parse_args(argv)
-        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info}[args.command](args)
+        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve}[args.command](args)
     except LstmgenError as e:
         if debug:
             raise
@@ -163,6 +174,34 @@ def cmd_score(args) -> int:
     else:
         print(f"{score.nats_per_token:.4f} nats/token, perplexity {score.perplexity:.3f},"
               f" {score.bits_per_char:.4f} bits/char over {score.tokens} tokens ({score.chars} chars)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .generator import Generator
+    from .server import Limits, make_server, serve
+
+    _check_runtime(args)
+    for flag, v in (("--max-body", args.max_body), ("--max-tokens-limit", args.max_tokens_limit),
+                    ("--max-batch", args.max_batch), ("--max-streams", args.max_streams)):
+        if v < 1:
+            raise LstmgenError(f"{flag} must be >= 1, got {v}")
+    if not (0 <= args.port <= 65535):
+        raise LstmgenError(f"--port must be in [0, 65535], got {args.port}")
+    models = {}
+    for ref in args.models or [None]:
+        g = Generator.load(ref, device=args.device, threads=args.threads)
+        name = g.manifest.name or g.folder.name
+        if name in models:
+            raise LstmgenError(f"two models are named {name!r}; serve each once")
+        models[name] = g
+    try:
+        server = make_server(models, args.host, args.port,
+                             Limits(args.max_body, args.max_tokens_limit, args.max_batch, args.max_streams))
+    except OSError as e:
+        raise LstmgenError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
+    server.verbose = args.verbose
+    serve(server, log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 
 
