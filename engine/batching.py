@@ -42,6 +42,7 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     sent: list[int] = field(default_factory=list)
     rng: RowRandom | None = None
+    banned: list[int] = field(default_factory=list)
 
     def results(self) -> list[str]:
         return [t.final() for t in self.texts]
@@ -62,7 +63,7 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------------------
     def job(self, *, num: int = 1, prompt: str | None = None, max_tokens: int | None = None, seed: int | None = None,
-            stop=(), on_piece=None, **sampling) -> Job:
+            stop=(), on_piece=None, allow_unk: bool = False, **sampling) -> Job:
         """Validate like Generator.generate (same checks, same messages) and build the job."""
         gen = self.gen
         if not isinstance(num, int) or isinstance(num, bool) or not (1 <= num <= self.max_batch):
@@ -73,6 +74,7 @@ class Scheduler:
         seed = new_seed() if seed is None else _check_seed(seed)
         prompt_ids = gen.encode_prompt(prompt)
         job = Job(list(gen.manifest.start_ids) + prompt_ids, prompt_ids, num, mt, params, seed, stop, on_piece)
+        job.banned = gen.banned_ids(allow_unk)
         job.texts = [_RowText(gen.tokenizer, prompt_ids, stop) for _ in range(num)]
         job.sent = [0] * num
         return job
@@ -147,6 +149,8 @@ class Scheduler:
                 rows = np.flatnonzero(j.live)
                 n = len(rows)
                 u = j.rng.next()[rows]
+                if j.banned:
+                    logits[pos: pos + n, j.banned] = -np.inf
                 try:
                     t = sample_rows(logits[pos: pos + n], u, j.params, None if j.history is None else j.history[rows])
                 except LstmgenError as e:

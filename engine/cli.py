@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="end a sample where this text appears (repeatable)")
     g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample)")
     g.add_argument("--novel", action="store_true", help="records models: only items not in the training data")
+    g.add_argument("--allow-unk", action="store_true", help="word models: let samples contain <unk>")
     g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list")
     add_runtime_flags(g)
 
@@ -136,13 +137,14 @@ def cmd_generate(args) -> int:
     if args.stream:
         if num != 1 or args.json or args.novel:
             raise LstmgenError("--stream prints one sample as it is written: use it without --num > 1, --json or --novel")
-        for piece in gen.stream(args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop, **sampling):
+        for piece in gen.stream(args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
+                                allow_unk=args.allow_unk, **sampling):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
     samples = gen.generate(num, args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
-                           novel=args.novel, **sampling)
+                           novel=args.novel, allow_unk=args.allow_unk, **sampling)
     if args.novel and len(samples) < num:
         print(f"lstmgen: warning: found only {len(samples)} novel samples of {num} asked for", file=sys.stderr)
     if args.json:

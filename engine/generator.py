@@ -42,12 +42,12 @@ class Backend(Protocol):
 
 def decode_loop(backend: Backend, context: Sequence[int], rows: Sequence[int], max_tokens: int,
                 params: SamplingParams, seed: int, eos_id: int | None,
-                stopped: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                stopped: np.ndarray | None = None, banned: Sequence[int] = ()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (row positions, sampled tokens) once per step for the rows still running.
 
     The context is prefilled once at batch 1 and its state copied into every row. A row stops at
     <eos>, after max_tokens, or when the consumer sets stopped[position] (a stop string); stopped
-    rows are dropped from the batch, so they cost nothing after.
+    rows are dropped from the batch, so they cost nothing after. `banned` ids are never sampled.
     """
     n = len(rows)
     rng = RowRandom(seed, rows)
@@ -62,8 +62,11 @@ def decode_loop(backend: Backend, context: Sequence[int], rows: Sequence[int], m
         tail = list(context)[-window:]
         if tail:
             history[:, -len(tail):] = tail
+    banned = list(banned)
     for t in range(max_tokens):
         u = rng.next()[active]
+        if banned:
+            logits[:, banned] = -np.inf
         tokens = sample_rows(logits, u, params, None if history is None else history[active])
         yield active, tokens
         if t == max_tokens - 1:
@@ -284,12 +287,12 @@ class Generator:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None, repetition_penalty: float | None = None,
                  repetition_window: int | None = None, seed: int | None = None, stop: Sequence[str] = (),
-                 novel: bool = False) -> list[str]:
+                 novel: bool = False, allow_unk: bool = False) -> list[str]:
         """`num` samples, each the prompt followed by what the model wrote.
 
         Records models stop each sample at its end marker; `stop` strings end a sample where they
         appear (they are not included); `novel` keeps only records not in the training corpus and
-        not repeated (records models only).
+        not repeated (records models only). Word models never write <unk> unless `allow_unk`.
         """
         if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or not (1 <= num <= MAX_NUM):
             raise LstmgenError(f"num must be an integer in [1, {MAX_NUM}], got {num!r}")
@@ -299,8 +302,9 @@ class Generator:
         stop = _check_stop(stop)
         seed = new_seed() if seed is None else _check_seed(seed)
         prompt_ids = self.encode_prompt(prompt)
+        banned = self.banned_ids(allow_unk)
         if not novel:
-            return self._generate_rows(prompt_ids, list(range(num)), mt, params, seed, stop)
+            return self._generate_rows(prompt_ids, list(range(num)), mt, params, seed, stop, banned)
         if not self.records:
             raise LstmgenError("--novel works with records models only (it filters out items of the training data)")
         known = self._known_records()
@@ -312,7 +316,7 @@ class Generator:
             rows = list(range(next_row, next_row + want))
             next_row += want
             tries += 1
-            for text in self._generate_rows(prompt_ids, rows, mt, params, seed, stop):
+            for text in self._generate_rows(prompt_ids, rows, mt, params, seed, stop, banned):
                 key = text.strip()
                 if key and key not in seen and not _member(known, record_hash(key)):
                     seen.add(key)
@@ -329,15 +333,19 @@ class Generator:
             self._record_hashes = read_record_hashes(self.folder)
         return self._record_hashes
 
+    def banned_ids(self, allow_unk: bool = False) -> list[int]:
+        unk = self.tokenizer.unk_id
+        return [] if allow_unk or unk is None else [unk]
+
     def _generate_rows(self, prompt_ids: list[int], rows: list[int], max_tokens: int, params: SamplingParams,
-                       seed: int, stop: list[str]) -> list[str]:
+                       seed: int, stop: list[str], banned: list[int]) -> list[str]:
         n = len(rows)
         eos = self.tokenizer.eos_id
         out = np.zeros((n, max_tokens), dtype=np.int64)
         lengths = np.zeros(n, dtype=np.int64)
         stopped = np.zeros(n, dtype=bool)
         texts: list[_RowText] | None = [_RowText(self.tokenizer, prompt_ids, stop) for _ in range(n)] if stop else None
-        for t, (active, tokens) in enumerate(self._loop(prompt_ids, rows, max_tokens, params, seed, stopped)):
+        for t, (active, tokens) in enumerate(self._loop(prompt_ids, rows, max_tokens, params, seed, stopped, banned)):
             real = tokens != eos if eos is not None else np.ones(len(tokens), dtype=bool)
             out[active[real], t] = tokens[real]
             lengths[active[real]] += 1
@@ -349,14 +357,16 @@ class Generator:
             return [r.final() for r in texts]
         return [self.tokenizer.decode([*prompt_ids, *out[i, : lengths[i]]]) for i in range(n)]
 
-    def _loop(self, prompt_ids, rows, max_tokens, params, seed, stopped=None):
+    def _loop(self, prompt_ids, rows, max_tokens, params, seed, stopped, banned):
         context = list(self.manifest.start_ids) + list(prompt_ids)
-        return decode_loop(self.backend, context, rows, max_tokens, params, seed, self.tokenizer.eos_id, stopped)
+        return decode_loop(self.backend, context, rows, max_tokens, params, seed, self.tokenizer.eos_id, stopped,
+                           banned)
 
     def stream(self, prompt: str | None = None, *, max_tokens: int | None = None, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                repetition_penalty: float | None = None, repetition_window: int | None = None,
-               seed: int | None = None, stop: Sequence[str] = (), row: int = 0) -> Iterator[str]:
+               seed: int | None = None, stop: Sequence[str] = (), row: int = 0,
+               allow_unk: bool = False) -> Iterator[str]:
         """Yield one sample's text piece by piece as it is generated (the prompt first).
 
         The pieces join to exactly what `generate(...)[row]` returns with the same seed; text that
@@ -371,7 +381,7 @@ class Generator:
         text = _RowText(self.tokenizer, prompt_ids, stop)
         stopped = np.zeros(1, dtype=bool)
         sent = 0
-        for _, tokens in self._loop(prompt_ids, [row], mt, params, seed, stopped):
+        for _, tokens in self._loop(prompt_ids, [row], mt, params, seed, stopped, self.banned_ids(allow_unk)):
             tok = int(tokens[0])
             if tok == self.tokenizer.eos_id:
                 break

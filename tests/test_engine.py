@@ -94,6 +94,15 @@ def test_novel_names_are_not_in_the_corpus_and_not_repeated(gens, artifacts):
         gens["shakespeare"].generate(num=2, novel=True)
 
 
+def test_word_models_write_no_unk_unless_allowed(gens):
+    g = gens["moe"]
+    unk = g.tokenizer.tokens[g.tokenizer.unk_id]
+    plain = g.generate(num=16, seed=2, max_tokens=60, temperature=1.5)
+    assert not any(unk in s for s in plain)
+    allowed = g.generate(num=16, seed=2, max_tokens=60, temperature=1.5, allow_unk=True)
+    assert any(unk in s for s in allowed), "the check above would pass vacuously"
+
+
 def test_prompts_the_vocabulary_cannot_encode(gens):
     with pytest.raises(LstmgenError, match="'Q'"):
         gens["names"].generate(prompt="Qx")

@@ -44,13 +44,14 @@ class TorchBackend:
 
 def torch_generate(model: LSTMLanguageModel, tokenizer: Tokenizer, start_ids: list[int], records: bool, *,
                    num: int, seed: int, max_tokens: int, params: SamplingParams | None = None,
-                   prompt_ids: list[int] = (), device: torch.device | str = "cpu") -> list[str]:
+                   prompt_ids: list[int] = (), device: torch.device | str = "cpu", allow_unk: bool = False) -> list[str]:
     """`num` samples as texts (prompt included), exactly as lstmgen.Generator.generate builds them."""
     params = params or SamplingParams()
     out: list[list[int]] = [[] for _ in range(num)]
     eos = tokenizer.eos_id
+    banned = [] if allow_unk or tokenizer.unk_id is None else [tokenizer.unk_id]
     for active, tokens in decode_loop(TorchBackend(model, device), [*start_ids, *prompt_ids], list(range(num)),
-                                      max_tokens, params, seed, eos):
+                                      max_tokens, params, seed, eos, banned=banned):
         for a, t in zip(active, tokens):
             if t != eos:
                 out[a].append(int(t))

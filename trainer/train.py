@@ -194,7 +194,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
     batches = (RecordBatches(data.train, t.batch_size, t.seed, tok.eos_id, ranks.rank, ranks.world) if data.records
                else StreamBatches(data.train, t.batch_size, t.seq_len, ranks.rank, ranks.world))
     spe = batches.steps_per_epoch
-    planned = t.epochs * spe if not t.max_steps else min(t.max_steps, t.epochs * spe)
+    cap = t.epochs * spe if not t.max_steps else min(t.max_steps, t.epochs * spe)  # never plan past this
+    planned = cap
     step, epoch, index, elapsed = 0, 0, 0, 0.0
     best_val, last_val, bad_evals, calibrated = math.inf, math.inf, 0, False
     carry = None
@@ -356,8 +357,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
                 print_samples()
             if step % t.eval_every == 0 or step >= planned:
                 validate()
+                if t.time_budget and calibrated and step < planned:
+                    # Re-fit the plan to the speed seen so far (the machine may have been busier or
+                    # quieter than at calibration); validation time is inside `elapsed` from here.
+                    fit = step + int((t.time_budget - elapsed) / (elapsed / step) * 0.95)
+                    planned = ranks.broadcast_int(max(step + 1, min(cap, fit)))
+                    if bar is not None:
+                        bar.total = planned
+                        bar.refresh()
                 save(checkpoint.LAST)
-                last_clock = time.perf_counter()
+                if not t.time_budget:
+                    last_clock = time.perf_counter()
                 if t.patience and bad_evals >= t.patience:
                     status = "early-stopped"
                     break
