@@ -130,7 +130,7 @@ def cmd_generate(args) -> int:
 
     _check_runtime(args)
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
-    num = args.num if args.num is not None else (10 if gen.records else 1)
+    num = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
     seed = args.seed if args.seed is not None else new_seed()
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty, repetition_window=args.repetition_window)
