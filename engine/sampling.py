@@ -24,8 +24,10 @@ from .errors import LstmgenError
 
 # Numba caches compiled code beside this file; where that is read-only (a system install) it falls
 # back to its user cache dir. An explicit NUMBA_CACHE_DIR from the user wins.
-from numba import njit  # noqa: E402
+from numba import get_num_threads, njit, prange  # noqa: E402
 
+PARALLEL_MIN_ROWS = 4  # rows per thread below which one thread samples the whole batch
+PARALLEL_MIN_WORK = 20_000  # logits in a batch below which threads cost more than they save
 GROUPS = 16  # top-k scans the vocabulary as GROUPS strided groups (see sample_rows)
 STATUS_OK = 0
 STATUS_NAN = 1
@@ -142,6 +144,22 @@ def _row_max(x):
     return m
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _group_max(x, out):
+    # Maxima of the strided groups {s, s+S, s+2S, ...}: the inner loop runs over contiguous memory,
+    # so it vectorises. NaN is detected separately on the bits.
+    S = out.shape[0]
+    for s in range(S):
+        out[s] = x[s]
+    for g in range(1, GROUPS):
+        base = g * S
+        for s in range(S):
+            v = x[base + s]
+            if v > out[s]:
+                out[s] = v
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _has_nan(bits):
     # float32 NaN <=> exponent all ones and mantissa non-zero; an integer max-reduction vectorises.
@@ -152,19 +170,16 @@ def _has_nan(bits):
 
 
 @njit(cache=True, nogil=True)
-def _sample_one(row, bm, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
-                probs, cand_p, cand_i):
-    """Returns (token, status). Scratch arrays are passed in so that a batch allocates once.
-
-    bm: the row's group maxima (see `sample_rows`), or an empty array when not computed.
-    """
+def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
+                probs, cand_p, cand_i, bmbuf):
+    """Returns (token, status). Scratch arrays are passed in so that a batch allocates once."""
     V = row.shape[0]
-    S = bm.shape[0]
-    if S > 0:
-        if _has_nan(bm.view(np.int32)) or _has_nan(row[S * GROUPS:].view(np.int32)):
-            return -1, STATUS_NAN
-    elif _has_nan(row.view(np.int32)):
+    if _has_nan(row.view(np.int32)):
         return -1, STATUS_NAN
+    S = 0
+    if 0 < top_k < V and V // GROUPS >= top_k and (penalty == 1.0 or history.shape[0] == 0):
+        S = V // GROUPS
+    bm = _group_max(row, bmbuf[:S])
     x = row
     if penalty != 1.0 and history.shape[0] > 0:
         scratch[:] = row
@@ -336,23 +351,39 @@ def _sample_one(row, bm, u, temperature, top_k, top_p, min_p, penalty, history, 
 
 
 @njit(cache=True, nogil=True)
-def _sample_rows_kernel(logits, group_max, uniforms, temperature, top_k, top_p, min_p, penalty, history, out,
-                        status):
-    B, V = logits.shape
+def _sample_rows_range(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status, lo, hi):
+    V = logits.shape[1]
+    bmbuf = np.empty(V // GROUPS + 1, dtype=np.float32)
     scratch = np.empty(V, dtype=np.float32)
     stamp = np.zeros(V, dtype=np.int64)
     probs = np.empty(V, dtype=np.float64)
     cand_p = np.empty(V, dtype=np.float32)
     cand_i = np.empty(V, dtype=np.int64)
-    for b in range(B):
-        tok, st = _sample_one(logits[b], group_max[b], uniforms[b], temperature, top_k, top_p, min_p, penalty, history[b],
-                              scratch, stamp, b + 1, probs, cand_p, cand_i)
+    for b in range(lo, hi):
+        tok, st = _sample_one(logits[b], uniforms[b], temperature, top_k, top_p, min_p, penalty, history[b],
+                              scratch, stamp, b + 1, probs, cand_p, cand_i, bmbuf)
         out[b] = tok
         status[b] = st
 
 
+@njit(cache=True, nogil=True)
+def _sample_rows_kernel(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status):
+    _sample_rows_range(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status,
+                       0, logits.shape[0])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sample_rows_parallel(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status,
+                          chunks):
+    # The cores are idle between model steps: rows are split into one chunk per thread. Each row's
+    # result depends only on its own logits and uniform, so the split changes nothing in the output.
+    B = logits.shape[0]
+    for c in prange(chunks):
+        _sample_rows_range(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status,
+                           c * B // chunks, (c + 1) * B // chunks)
+
+
 _NO_HISTORY = np.full((1, 0), -1, dtype=np.int64)
-_NO_GROUPS = np.zeros((1024, 0), dtype=np.float32)
 
 
 def sample_rows(logits: np.ndarray, uniforms: np.ndarray, params: SamplingParams,
@@ -369,17 +400,15 @@ def sample_rows(logits: np.ndarray, uniforms: np.ndarray, params: SamplingParams
         history = np.broadcast_to(_NO_HISTORY, (B, 0))
     history = np.ascontiguousarray(history, dtype=np.int64)
     V = logits.shape[1]
-    S = V // GROUPS
-    if 0 < params.top_k < V and S >= params.top_k and history.shape[1] == 0:
-        # Maxima of the strided groups {s, s+S, s+2S, ...}: one SIMD pass in NumPy that lets the
-        # kernel skip most of the vocabulary for top-k.
-        group_max = logits[:, : S * GROUPS].reshape(B, GROUPS, S).max(axis=1)
-    else:
-        group_max = _NO_GROUPS[:B] if B <= len(_NO_GROUPS) else np.zeros((B, 0), dtype=np.float32)
     out = np.empty(B, dtype=np.int64)
     status = np.empty(B, dtype=np.int8)
-    _sample_rows_kernel(logits, group_max, uniforms, float(params.temperature), int(params.top_k), float(params.top_p),
-                        float(params.min_p), float(params.repetition_penalty), history, out, status)
+    args = (logits, uniforms, float(params.temperature), int(params.top_k), float(params.top_p),
+            float(params.min_p), float(params.repetition_penalty), history, out, status)
+    threads = min(get_num_threads(), B // PARALLEL_MIN_ROWS)
+    if threads > 1 and B * V >= PARALLEL_MIN_WORK:
+        _sample_rows_parallel(*args, threads)
+    else:
+        _sample_rows_kernel(*args)
     if status.any():
         _raise_status(status)
     return out
