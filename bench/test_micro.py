@@ -23,12 +23,13 @@ def logits():
     return (rng.standard_normal((B, V)) * 3).astype(np.float32), rng.random(B)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_sampler_numba(benchmark, logits, setting):
+def test_sampler_numba(benchmark, logits, setting, threads):
     x, u = logits
-    sample_rows(x, u, SETTINGS[setting])  # compile or load the cache outside the timing
+    sample_rows(x, u, SETTINGS[setting], threads=threads)  # compile or load the cache outside the timing
     benchmark.group = f"sampler {setting}, batch {B}, vocab {V}"
-    benchmark(sample_rows, x, u, SETTINGS[setting])
+    benchmark(sample_rows, x, u, SETTINGS[setting], threads=threads)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

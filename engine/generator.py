@@ -71,18 +71,20 @@ def decode_loop(backend: Backend, context: Sequence[int], rows: Sequence[int], m
         yield active, tokens
         if t == max_tokens - 1:
             return
-        done = tokens == eos_id if eos_id is not None else np.zeros(len(tokens), dtype=bool)
-        if stopped is not None:
-            done |= stopped[active]
         if history is not None:
             history[active, :-1] = history[active, 1:]
             history[active, -1] = tokens
-        if done.all():
-            return
-        if done.any():
-            keep = np.flatnonzero(~done)
-            active, tokens = active[keep], tokens[keep]
-            state = backend.select(state, keep)
+        if eos_id is not None or stopped is not None:
+            done = tokens == eos_id if eos_id is not None else np.zeros(len(tokens), dtype=bool)
+            if stopped is not None:
+                done |= stopped[active]
+            n_done = int(done.sum())
+            if n_done == len(done):
+                return
+            if n_done:
+                keep = np.flatnonzero(~done)
+                active, tokens = active[keep], tokens[keep]
+                state = backend.select(state, keep)
         logits, state = backend.step(tokens, state)
 
 

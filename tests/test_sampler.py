@@ -34,6 +34,7 @@ def test_kernel_matches_reference(params, vocab):
     got = sample_rows(logits, uniforms, params, history)
     want = sample_rows_reference(logits, uniforms, params, history)
     assert np.array_equal(got, want)
+    assert np.array_equal(sample_rows(logits, uniforms, params, history, threads=2), want)
 
 
 def _chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
