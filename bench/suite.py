@@ -19,7 +19,7 @@ import numpy as np
 
 from lstmgen.graph import step_flops
 
-from .models import SPECS, ModelSpec, random_weights
+from .models import ModelSpec, random_weights
 
 BACKENDS = ["torch-default", "torch-tuned", "engine-fp32", "engine-int8"]
 TORCH_BACKENDS = {"torch-default", "torch-tuned"}

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ModuleNotFoundError as e:
                 if e.name and e.name.split(".")[0] in ("torch", "onnx", "tqdm", "matplotlib"):
                     raise LstmgenError(f"`lstmgen {argv[0]}` needs {e.name}, which is not installed; install the"
-                                       " training extra: pip install 'lstmgen[train]' (torch==2.13.0 for the CPU wheel)")
+                                       " training extra: pip install 'lstmgen[train]' (torch==2.13.0 for the CPU wheel)") from None
                 raise
             return module.main(argv)
         args = _parser().parse_args(argv)

@@ -417,7 +417,7 @@ class Generator:
             for s in seqs:
                 by_len.setdefault(len(s), []).append(s)
             nats, tokens = 0.0, 0
-            for length, group in by_len.items():
+            for group in by_len.values():
                 for a in range(0, len(group), 512):
                     arr = np.array(group[a: a + 512], dtype=np.int64)
                     logits, _, _ = self.backend.run(arr[:, :-1])

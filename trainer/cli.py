@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from lstmgen.errors import LstmgenError
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, level_defaults, load_recipe
+from .config import RunConfig, apply_overrides, level_defaults, load_recipe
 
 # flag -> (section, field); every flag defaults to None so that only what the user typed overrides.
 _FLAGS: dict[str, tuple[str, str, Any, str]] = {

@@ -22,7 +22,7 @@ import lstmgen
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graph import OPSET, build_step_graph
-from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, IONames, Manifest, SamplingDefaults,
+from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, Manifest, SamplingDefaults,
                               sha256_file, write_artifact_atomically)
 from lstmgen.tokenizer import Tokenizer
 
