@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Reproduces the shipped models' exports and every figure in bench/results/ and docs/MODELS.md.
+# Run from the repository root with the venv's bin on PATH; takes about an hour on a 2-core CPU
+# after the recipes' training (recipes/*.toml, up to an hour each).
+set -euo pipefail
+R=bench/results
+mkdir -p "$R"
+step() { echo "== $(date +%H:%M:%S) $*" >&2; }
+
+if [ "${SKIP_EXPORT:-0}" != 1 ]; then
+  for m in names moe shakespeare; do
+    step "export $m"
+    lstmgen export runs/$m --out exported/$m
+    lstmgen export runs/$m --out exported/$m-int8 --int8 || echo "int8 $m not shipped (over 1% loss)" >&2
+  done
+fi
+
+step "names, default settings, 10-minute budget (figure for the trainer issue)"
+rm -rf runs/names-default
+lstmgen train ../shared/data/names.txt --level char --records --out runs/names-default --time-budget 600 \
+  --no-progress 2> "$R/names-default.log"
+tail -n 3 "$R/names-default.log" >&2
+
+step "data-parallel: 1 vs 2 processes, same global batch and seed"
+for n in 1 2; do
+  rm -rf runs/ddp-$n
+  /usr/bin/time -f "%e s wall" lstmgen train ../shared/data/tinyshakespeare.txt --out runs/ddp-$n --nproc $n \
+    --hidden-size 256 --batch-size 32 --seq-len 100 --max-steps 300 --eval-every 150 --dropout 0 \
+    --no-progress 2> "$R/ddp-$n.log"
+  tail -n 2 "$R/ddp-$n.log" >&2
+done
+python - <<'PY' > "$R/ddp.json"
+import json
+out = {}
+for n in (1, 2):
+    rows = [json.loads(l) for l in open(f"runs/ddp-{n}/metrics.jsonl")]
+    out[n] = {"val": [r["val_nats_per_token"] for r in rows if "val_nats_per_token" in r],
+              "tokens_per_s": [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]}
+print(json.dumps(out, indent=1))
+PY
+
+step "bench: full suite"
+lstmgen bench --json "$R/cpu.json" > "$R/cpu.txt"
+step "bench: shipped models"
+for m in names moe shakespeare; do
+  lstmgen bench --model exported/$m --batch-sizes 1,64 --backends engine-fp32,torch-default,torch-tuned \
+    --no-compile --json "$R/model-$m.json" > "$R/model-$m.txt"
+done
+python - <<'PY'
+import json
+rows, base = [], None
+for m in ("names", "moe", "shakespeare"):
+    r = json.load(open(f"bench/results/model-{m}.json"))
+    base = base or r
+    rows += r["rows"]
+base["rows"] = rows
+json.dump(base, open("bench/results/models.json", "w"), indent=1)
+PY
+
+step "serve load test"
+python -m lstmgen.bench.serve_load --model moe --clients 32 --requests 128 --max-tokens 64 > "$R/serve_load.json"
+
+step "cold start: process start to first text of lstmgen generate"
+python - <<'PY' > "$R/cold_start.json"
+import json, shutil, statistics, subprocess, time
+exe = shutil.which("lstmgen")
+subprocess.run([exe, "generate", "--num", "1"], capture_output=True)  # warm the Numba cache
+def once(args):
+    t0 = time.perf_counter(); p = subprocess.Popen([exe, *args], stdout=subprocess.PIPE)
+    p.stdout.read(1); first = time.perf_counter() - t0; p.stdout.read(); p.wait()
+    return first, time.perf_counter() - t0
+out = {}
+for label, args in {"names --stream": ["generate", "names", "--stream", "--seed", "1"],
+                    "shakespeare --stream": ["generate", "shakespeare", "--stream", "--seed", "1", "--max-tokens", "200"],
+                    "names --num 10": ["generate", "names", "--num", "10", "--seed", "1"]}.items():
+    runs = [once(args) for _ in range(7)]
+    out[label] = {"first_text_s": statistics.median(r[0] for r in runs), "total_s": statistics.median(r[1] for r in runs)}
+print(json.dumps(out, indent=1))
+PY
+
+step "models page"
+python -m lstmgen.bench.models_page --bench "$R/models.json"
+step "done"
