@@ -42,14 +42,15 @@ PY
 step "bench: full suite"
 lstmgen bench --json "$R/cpu.json" > "$R/cpu.txt"
 step "bench: shipped models"
-for m in names moe shakespeare; do
+MODELS=$(cd exported && ls -d */ | tr -d / | grep -v __pycache__)
+for m in $MODELS; do
   lstmgen bench --model exported/$m --batch-sizes 1,64 --backends engine-fp32,torch-default,torch-tuned \
     --no-compile --json "$R/model-$m.json" > "$R/model-$m.txt"
 done
-python - <<'PY'
-import json
+MODELS="$MODELS" python - <<'PY'
+import json, os
 rows, base = [], None
-for m in ("names", "moe", "shakespeare"):
+for m in os.environ["MODELS"].split():
     r = json.load(open(f"bench/results/model-{m}.json"))
     base = base or r
     rows += r["rows"]
