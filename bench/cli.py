@@ -73,9 +73,9 @@ def _run(args) -> int:
         m = read_manifest(folder)
         d = m.dims
         models = [ModelSpec(m.name or folder.name, d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers)]
-        backends = [b for b in backends if b != "engine-int8"]
-        if m.precision == "int8":
-            backends = [b for b in backends if b.startswith("engine")]
+        engine_row = "engine-int8" if m.precision == "int8" else "engine-fp32"
+        backends = [engine_row if b.startswith("engine") else b for b in backends]
+        backends = list(dict.fromkeys(b for b in backends if m.precision == "fp32" or b.startswith("engine")))
         artifact = str(folder)
     else:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
