@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: the model's; none = all)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off)")
     p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
     p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off)")

@@ -264,6 +264,8 @@ class Generator:
     # -- parameters -------------------------------------------------------------------------------
     def sampling(self, **overrides) -> SamplingParams:
         """The manifest's defaults with the given settings (None = default) applied and validated."""
+        if overrides.get("top_k") == 0:
+            raise LstmgenError("top-k must be an integer >= 1 (leave it out to sample from the whole vocabulary)")
         d = self.manifest.defaults
         base = SamplingParams(d.temperature, d.top_k, d.top_p, d.min_p, d.repetition_penalty, d.repetition_window)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

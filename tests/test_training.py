@@ -90,6 +90,8 @@ def test_checkpoints_load_weights_only_and_refuse_pickled_code(tmp_path):
     (["train", "{names}", "--batch-size", "0"], "--batch-size"),
     (["train", "{names}", "--time-budget", "-5"], "--time-budget"),
     (["train", "{names}", "--level", "byte"], "--level"),
+    (["train", "{names}", "--tie-weights", "--embed-dim", "16", "--hidden-size", "32"], "--tie-weights"),
+    (["train", "{names}", "--lr", "0"], "--lr"),
     (["train", "{d}"], "directory"),
     (["train", "{one}", "--records"], "at least 2"),
     (["train", "{names}", "--config", "{d}/nope.toml"], "config file not found"),
