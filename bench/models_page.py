@@ -40,7 +40,6 @@ def _rate(bench: dict | None, model: str, batch: int) -> str:
 
 
 def build(root: Path, bench: dict | None) -> str:
-    exported = root / "exported"
     img = root / "docs" / "img"
     img.mkdir(parents=True, exist_ok=True)
     out = ["# Shipped models", "",

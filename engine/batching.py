@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import LstmgenError
-from .generator import Generator, _RowText, _check_seed, _check_stop
-from .sampling import RowRandom, SamplingParams, new_seed, sample_rows
+from .generator import Generator, _RowText
+from .sampling import RowRandom, SamplingParams, sample_rows
 
 
 @dataclass(eq=False)
@@ -66,17 +66,13 @@ class Scheduler:
             stop=(), on_piece=None, allow_unk: bool = False, **sampling) -> Job:
         """Validate like Generator.generate (same checks, same messages) and build the job."""
         gen = self.gen
-        if not isinstance(num, int) or isinstance(num, bool) or not (1 <= num <= self.max_batch):
-            raise LstmgenError(f"num must be an integer in [1, {self.max_batch}] here, got {num!r}")
-        params = gen.sampling(**sampling)
-        mt = gen._max_tokens(max_tokens)
-        stop = _check_stop(stop)
-        seed = new_seed() if seed is None else _check_seed(seed)
-        prompt_ids = gen.encode_prompt(prompt)
-        job = Job(list(gen.manifest.start_ids) + prompt_ids, prompt_ids, num, mt, params, seed, stop, on_piece)
-        job.banned = gen.banned_ids(allow_unk)
-        job.texts = [_RowText(gen.tokenizer, prompt_ids, stop) for _ in range(num)]
-        job.sent = [0] * num
+        r = gen.request(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, allow_unk=allow_unk,
+                        max_num=self.max_batch, **sampling)
+        job = Job(list(gen.manifest.start_ids) + r.prompt_ids, r.prompt_ids, r.num, r.max_tokens, r.params, r.seed,
+                  r.stop, on_piece)
+        job.banned = r.banned
+        job.texts = [_RowText(gen.tokenizer, r.prompt_ids, r.stop) for _ in range(r.num)]
+        job.sent = [0] * r.num
         return job
 
     def submit(self, job: Job) -> Job:

@@ -9,7 +9,7 @@ from the same seed. Row i draws its random numbers from (seed, i) alone (lstmgen
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -240,6 +240,19 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.joinpath("manifest.json").is_file())
 
 
+@dataclass(frozen=True)
+class Request:
+    """A checked generation request (see Generator.request)."""
+
+    num: int
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    seed: int
+    stop: list[str]
+    banned: list[int]
+
+
 class Generator:
     """A loaded artifact: `generate`, `stream` and `score` text. Safe to share between threads."""
 
@@ -286,6 +299,17 @@ class Generator:
             raise LstmgenError("the prompt contains the end-of-record token text; remove it")
         return ids
 
+    def request(self, *, num: int = 1, prompt: str | None = None, max_tokens: int | None = None,
+                seed: int | None = None, stop: Sequence[str] = (), allow_unk: bool = False,
+                max_num: int = MAX_NUM, **sampling) -> "Request":
+        """Every argument of a generation checked once, here, for the API, the CLI and the server."""
+        if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or not (1 <= num <= max_num):
+            raise LstmgenError(f"num must be an integer in [1, {max_num}], got {num!r}")
+        params = self.sampling(**sampling)
+        seed = new_seed() if seed is None else _check_seed(seed)
+        return Request(int(num), self.encode_prompt(prompt), self._max_tokens(max_tokens), params, seed,
+                       _check_stop(stop), self.banned_ids(allow_unk))
+
     # -- generation -------------------------------------------------------------------------------
     def generate(self, num: int = 1, prompt: str | None = None, *, max_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -298,15 +322,10 @@ class Generator:
         appear (they are not included); `novel` keeps only records not in the training corpus and
         not repeated (records models only). Word models never write <unk> unless `allow_unk`.
         """
-        if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or not (1 <= num <= MAX_NUM):
-            raise LstmgenError(f"num must be an integer in [1, {MAX_NUM}], got {num!r}")
-        params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                               repetition_penalty=repetition_penalty, repetition_window=repetition_window)
-        mt = self._max_tokens(max_tokens)
-        stop = _check_stop(stop)
-        seed = new_seed() if seed is None else _check_seed(seed)
-        prompt_ids = self.encode_prompt(prompt)
-        banned = self.banned_ids(allow_unk)
+        r = self.request(num=num, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                         repetition_window=repetition_window, seed=seed, stop=stop, allow_unk=allow_unk)
+        prompt_ids, mt, params, seed, stop, banned = r.prompt_ids, r.max_tokens, r.params, r.seed, r.stop, r.banned
         if not novel:
             return self._generate_rows(prompt_ids, list(range(num)), mt, params, seed, stop, banned)
         if not self.records:
@@ -376,16 +395,13 @@ class Generator:
         The pieces join to exactly what `generate(...)[row]` returns with the same seed; text that
         could be the start of a stop string is held back until it is known not to be one.
         """
-        params = self.sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                               repetition_penalty=repetition_penalty, repetition_window=repetition_window)
-        mt = self._max_tokens(max_tokens)
-        stop = _check_stop(stop)
-        seed = new_seed() if seed is None else _check_seed(seed)
-        prompt_ids = self.encode_prompt(prompt)
-        text = _RowText(self.tokenizer, prompt_ids, stop)
+        r = self.request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, repetition_penalty=repetition_penalty, repetition_window=repetition_window,
+                         seed=seed, stop=stop, allow_unk=allow_unk)
+        text = _RowText(self.tokenizer, r.prompt_ids, r.stop)
         stopped = np.zeros(1, dtype=bool)
         sent = 0
-        for _, tokens in self._loop(prompt_ids, [row], mt, params, seed, stopped, self.banned_ids(allow_unk)):
+        for _, tokens in self._loop(r.prompt_ids, [row], r.max_tokens, r.params, r.seed, stopped, r.banned):
             tok = int(tokens[0])
             if tok == self.tokenizer.eos_id:
                 break

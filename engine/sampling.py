@@ -189,6 +189,33 @@ def _has_nan(bits):
 
 
 @njit(cache=True, nogil=True)
+def _keep_best_k(x, cand_p, cand_i, n, k):
+    """Keep the k most preferred of the n candidate ids in cand_i[:k] (unordered); returns k."""
+    for a in range(n):
+        cand_p[a] = x[cand_i[a]]
+    # Min-heap on the key (x, -id) over the first k; the root is the least preferred kept.
+    for s in range(k // 2 - 1, -1, -1):
+        _sift_down_min(cand_p, cand_i, s, k)
+    for a in range(k, n):
+        if _key_less(cand_p[0], cand_i[0], cand_p[a], cand_i[a]):
+            cand_p[0] = cand_p[a]
+            cand_i[0] = cand_i[a]
+            _sift_down_min(cand_p, cand_i, 0, k)
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _exp_candidates(x, cand_i, n, m, inv_t, probs):
+    """probs[id] = exp((x[id] - max) / T) for the candidates; returns their sum."""
+    total = 0.0
+    for a in range(n):
+        e = math.exp((x[cand_i[a]] - m) * inv_t)
+        probs[cand_i[a]] = e
+        total += e
+    return total
+
+
+@njit(cache=True, nogil=True)
 def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
                 probs, cand_p, cand_i, bmbuf):
     """Returns (token, status). Scratch arrays are passed in so that a batch allocates once."""
@@ -259,19 +286,8 @@ def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scra
                 n += 1
         for a in range(n):
             cand_i[a] = np.int64(probs[a])
-            cand_p[a] = x[cand_i[a]]
-        for s in range(k // 2 - 1, -1, -1):
-            _sift_down_min(cand_p, cand_i, s, k)
-        for a in range(k, n):
-            if _key_less(cand_p[0], cand_i[0], cand_p[a], cand_i[a]):
-                cand_p[0] = cand_p[a]
-                cand_i[0] = cand_i[a]
-                _sift_down_min(cand_p, cand_i, 0, k)
-        n = k
-        for a in range(n):
-            e = math.exp((x[cand_i[a]] - m) * inv_t)
-            probs[cand_i[a]] = e
-            total += e
+        n = _keep_best_k(x, cand_p, cand_i, n, k)
+        total = _exp_candidates(x, cand_i, n, m, inv_t, probs)
     elif k < V:
         # top-k never needs the whole distribution: gather the tokens above a threshold that at least
         # k tokens pass (halving the probability ratio until they do), then keep the best k of those.
@@ -286,22 +302,8 @@ def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scra
             if n >= k or ratio > 1e4:
                 break
             ratio *= 4.0
-        if n > k:
-            for a in range(n):
-                cand_p[a] = x[cand_i[a]]
-            # Min-heap on the key (x, -id) over the first k; the root is the least preferred kept.
-            for s in range(k // 2 - 1, -1, -1):
-                _sift_down_min(cand_p, cand_i, s, k)
-            for a in range(k, n):
-                if _key_less(cand_p[0], cand_i[0], cand_p[a], cand_i[a]):
-                    cand_p[0] = cand_p[a]
-                    cand_i[0] = cand_i[a]
-                    _sift_down_min(cand_p, cand_i, 0, k)
-            n = k
-        for a in range(n):
-            e = math.exp((x[cand_i[a]] - m) * inv_t)
-            probs[cand_i[a]] = e
-            total += e
+        n = _keep_best_k(x, cand_p, cand_i, n, min(k, n))
+        total = _exp_candidates(x, cand_i, n, m, inv_t, probs)
     else:
         for j in range(V):
             e = math.exp((x[j] - m) * inv_t)
