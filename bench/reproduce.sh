@@ -40,7 +40,7 @@ print(json.dumps(out, indent=1))
 PY
 
 step "bench: full suite"
-lstmgen bench --json "$R/cpu.json" > "$R/cpu.txt"
+lstmgen bench --steps 32 --repeats 3 --json "$R/cpu.json" > "$R/cpu.txt"
 step "bench: shipped models"
 MODELS=$(cd exported && ls -d */ | tr -d / | grep -v __pycache__)
 for m in $MODELS; do
