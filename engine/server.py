@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .batching import Scheduler
 from .errors import LstmgenError
 from .generator import Generator
+from .sampling import new_seed
 
 GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self"}
 SCORE_FIELDS = {"text", "records", "streams"}
@@ -149,8 +150,9 @@ class Handler(BaseHTTPRequestHandler):
     def _generate(self, name: str, args: dict) -> None:
         gen = self.app.models[name]
         if args.pop("novel", False):
-            seed = args.setdefault("seed", None) or 0
-            self._json(200, {"model": name, "seed": seed, "samples": gen.generate(novel=True, **args)})
+            if args.get("seed") is None:
+                args["seed"] = new_seed()  # chosen here so that the response can report it
+            self._json(200, {"model": name, "seed": args["seed"], "samples": gen.generate(novel=True, **args)})
             return
         sched = self.app.schedulers[name]
         job = sched.submit(sched.job(**args))

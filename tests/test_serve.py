@@ -80,6 +80,12 @@ def test_generate_equals_the_library(server):
     assert out["samples"] == server.app.models["names"].generate(num=5, temperature=0.9, seed=1)
 
 
+def test_novel_requests_report_the_seed_they_used(server):
+    status, out = _post(server, "/v1/generate", {"model": "names", "num": 4, "novel": True})
+    assert status == 200 and len(out["samples"]) == 4
+    assert out["samples"] == server.app.models["names"].generate(num=4, novel=True, seed=out["seed"])
+
+
 def test_stream_sends_pieces_that_join_to_the_sample(server):
     body = {"model": "moe", "prompt": "moe_szyslak:", "max_tokens": 40, "seed": 3}
     pieces, final = _sse(server, body)
