@@ -283,6 +283,15 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
         for s in texts:
             log(f"  sample: {s!r}")
 
+    def fit_plan(margin: float) -> int:
+        """Steps that fit the time budget at the speed so far (never past the epoch/step cap)."""
+        fit = step + int((t.time_budget - elapsed) / (elapsed / step) * margin)
+        new = ranks.broadcast_int(max(step + 1, min(cap, fit)))
+        if bar is not None:
+            bar.total = new
+            bar.refresh()
+        return new
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -347,12 +356,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
                                               "tokens_per_s": round(rate, 1), "elapsed": round(elapsed, 2)}) + "\n")
                 window_tokens, window_start = 0, now
             if t.time_budget and not calibrated and step >= CALIBRATE_AT:
-                fit = step + int((t.time_budget - elapsed) / (elapsed / step) * 0.92)  # keep ~8% for validation
-                planned = ranks.broadcast_int(max(step + 1, min(planned, fit)))
+                planned = fit_plan(0.92)  # keep ~8% for validation
                 calibrated = True
-                if bar is not None:
-                    bar.total = planned
-                    bar.refresh()
             if t.sample_every and step % t.sample_every == 0 and main:
                 print_samples()
             if step % t.eval_every == 0 or step >= planned:
@@ -360,11 +365,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
                 if t.time_budget and calibrated and step < planned:
                     # Re-fit the plan to the speed seen so far (the machine may have been busier or
                     # quieter than at calibration); validation time is inside `elapsed` from here.
-                    fit = step + int((t.time_budget - elapsed) / (elapsed / step) * 0.95)
-                    planned = ranks.broadcast_int(max(step + 1, min(cap, fit)))
-                    if bar is not None:
-                        bar.total = planned
-                        bar.refresh()
+                    planned = fit_plan(0.95)
                 save(checkpoint.LAST)
                 if not t.time_budget:
                     last_clock = time.perf_counter()
