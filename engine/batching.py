@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import LstmgenError
 from .generator import Generator, _RowText
-from .sampling import RowRandom, SamplingParams, sample_rows
+from .sampling import RowSampler
 
 
 @dataclass(eq=False)
@@ -29,20 +29,17 @@ class Job:
     prompt_ids: list[int]
     num: int
     max_tokens: int
-    params: SamplingParams
+    sampler: RowSampler  # the request's sampling settings, random streams and banned ids
     seed: int
     stop: list[str]
     on_piece: Callable[[int, str], None] | None = None
     texts: list[_RowText] = field(default_factory=list)
     steps: int = 0
     live: np.ndarray | None = None  # per row: still generating
-    history: np.ndarray | None = None
     error: Exception | None = None
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     sent: list[int] = field(default_factory=list)
-    rng: RowRandom | None = None
-    banned: list[int] = field(default_factory=list)
 
     def results(self) -> list[str]:
         return [t.final() for t in self.texts]
@@ -68,9 +65,9 @@ class Scheduler:
         gen = self.gen
         r = gen.request(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, stop=stop, allow_unk=allow_unk,
                         max_num=self.max_batch, **sampling)
-        job = Job(list(gen.manifest.start_ids) + r.prompt_ids, r.prompt_ids, r.num, r.max_tokens, r.params, r.seed,
-                  r.stop, on_piece)
-        job.banned = r.banned
+        context = list(gen.manifest.start_ids) + r.prompt_ids
+        sampler = RowSampler(r.params, r.seed, range(r.num), context, r.banned)
+        job = Job(context, r.prompt_ids, r.num, r.max_tokens, sampler, r.seed, r.stop, on_piece)
         job.texts = [_RowText(gen.tokenizer, r.prompt_ids, r.stop) for _ in range(r.num)]
         job.sent = [0] * r.num
         return job
@@ -126,13 +123,7 @@ class Scheduler:
                     h, c = _arrays(state)
                     state = (np.concatenate([h, h_new], axis=1), np.concatenate([c, c_new], axis=1))
                     logits = np.concatenate([logits, np.repeat(lg, j.num, axis=0)], axis=0)
-                j.rng = RowRandom(j.seed, range(j.num))
                 j.live = np.ones(j.num, dtype=bool)
-                if j.params.repetition_penalty != 1.0:
-                    w = j.params.repetition_window
-                    j.history = np.full((j.num, w), -1, dtype=np.int64)
-                    tail = j.context[-w:]
-                    j.history[:, w - len(tail):] = tail
                 jobs.append(j)
                 owners += [(j, r) for r in range(j.num)]
             if not owners:
@@ -144,11 +135,8 @@ class Scheduler:
             for j in jobs:
                 rows = np.flatnonzero(j.live)
                 n = len(rows)
-                u = j.rng.next()[rows]
-                if j.banned:
-                    logits[pos: pos + n, j.banned] = -np.inf
                 try:
-                    t = sample_rows(logits[pos: pos + n], u, j.params, None if j.history is None else j.history[rows])
+                    t = j.sampler.sample(logits[pos: pos + n], rows)
                 except LstmgenError as e:
                     j.error, j.cancelled = e, True
                     t = np.zeros(n, dtype=np.int64)
@@ -158,9 +146,6 @@ class Scheduler:
                     ended = j.cancelled or (eos is not None and tok == eos)
                     if not ended:
                         ended = j.texts[r].add(int(tok)) or j.steps >= j.max_tokens
-                        if j.history is not None:
-                            j.history[r, :-1] = j.history[r, 1:]
-                            j.history[r, -1] = tok
                         if j.on_piece is not None:
                             self._emit(j, r, final=ended)
                     elif j.on_piece is not None and not j.cancelled:

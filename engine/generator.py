@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import LstmgenError
 from .manifest import MODEL_FILE, Manifest, read_manifest, read_record_hashes, record_hash
-from .sampling import RowRandom, SamplingParams, new_seed, sample_rows
+from .sampling import RowSampler, SamplingParams, new_seed
 from .scoring import Score, stream_segments
 from .tokenizer import Detokenizer, Tokenizer
 
@@ -50,30 +50,16 @@ def decode_loop(backend: Backend, context: Sequence[int], rows: Sequence[int], m
     rows are dropped from the batch, so they cost nothing after. `banned` ids are never sampled.
     """
     n = len(rows)
-    rng = RowRandom(seed, rows)
+    sampler = RowSampler(params, seed, rows, context, banned)
     logits, state = backend.prefill(np.asarray([context], dtype=np.int64))
     logits = np.repeat(logits, n, axis=0)
     state = backend.expand(state, n)
     active = np.arange(n)
-    window = params.repetition_window
-    history = None
-    if params.repetition_penalty != 1.0:
-        history = np.full((n, window), -1, dtype=np.int64)
-        tail = list(context)[-window:]
-        if tail:
-            history[:, -len(tail):] = tail
-    banned = list(banned)
     for t in range(max_tokens):
-        u = rng.next()[active]
-        if banned:
-            logits[:, banned] = -np.inf
-        tokens = sample_rows(logits, u, params, None if history is None else history[active])
+        tokens = sampler.sample(logits, active)
         yield active, tokens
         if t == max_tokens - 1:
             return
-        if history is not None:
-            history[active, :-1] = history[active, 1:]
-            history[active, -1] = tokens
         if eos_id is not None or stopped is not None:
             done = tokens == eos_id if eos_id is not None else np.zeros(len(tokens), dtype=bool)
             if stopped is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,42 @@ class RowRandom:
         u = self._buf[:, self._pos]
         self._pos += 1
         return u
+
+
+class RowSampler:
+    """The sampling state of one request's rows: random streams, banned ids, repetition history.
+
+    The decode loop and the server's batch scheduler both sample through this, so a request gets the
+    same tokens whether it runs alone or shares a batch with others.
+    """
+
+    def __init__(self, params: SamplingParams, seed: int, rows: range | list[int], context: Sequence[int],
+                 banned: Sequence[int] = ()) -> None:
+        self.params = params
+        self.rng = RowRandom(seed, rows)
+        self.banned = list(banned)
+        self.history = None  # [rows, window] most recent token ids, -1 for none
+        if params.repetition_penalty != 1.0:
+            window = params.repetition_window
+            self.history = np.full((len(self.rng.rows), window), -1, dtype=np.int64)
+            tail = list(context)[-window:]
+            if tail:
+                self.history[:, -len(tail):] = tail
+
+    def sample(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Next token of each active row; logits [len(active), vocab] is modified (banned ids masked).
+
+        Every row's random stream advances, active or not, so a row's draws depend on the step alone.
+        """
+        u = self.rng.next()[active]
+        if self.banned:
+            logits[:, self.banned] = -np.inf
+        history = None if self.history is None else self.history[active]
+        tokens = sample_rows(logits, u, self.params, history)
+        if self.history is not None:
+            self.history[active, :-1] = self.history[active, 1:]
+            self.history[active, -1] = tokens
+        return tokens
 
 
 def new_seed() -> int:
