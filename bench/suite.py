@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmgen.graph import step_flops
+from lstmgen.machine import cpu_name
 
 from .models import ModelSpec, random_weights
 
@@ -26,17 +27,9 @@ TORCH_BACKENDS = {"torch-default", "torch-tuned"}
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import onnxruntime
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
             "ort_providers": onnxruntime.get_available_providers()}
     if importlib.util.find_spec("torch") is not None:

@@ -226,8 +226,7 @@ def cmd_info(args) -> int:
         f"  trained on  {t.get('corpus', '?')} for {t.get('steps', '?')} steps ({t.get('train_seconds', '?')} s)"
         f" on {t.get('machine', '?')}",
     ]
-    val = m.export.get("val_nats_per_token_int8" if m.precision == "int8" else "val_nats_per_token_fp32",
-                       t.get("val_nats_per_token"))
+    val = m.validation_nats if m.validation_nats is not None else t.get("val_nats_per_token")
     if val is not None:
         lines.append(f"  validation  {val:.4f} nats/token")
     lines.append(f"  parity      max |diff| {m.export.get('parity_max_abs_diff', float('nan')):.1e} vs PyTorch")

@@ -76,6 +76,11 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
+    @property
+    def validation_nats(self) -> float | None:
+        """The exporter's validation score (nats/token) of this artifact at its own precision, if recorded."""
+        return self.export.get("val_nats_per_token_int8" if self.precision == "int8" else "val_nats_per_token_fp32")
+
     def to_json(self) -> str:
         d = asdict(self)
         # The header comes first so that a person (or `head`) sees what the file is.
