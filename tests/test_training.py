@@ -8,16 +8,21 @@ import pickle
 import pytest
 
 from lstmgen.errors import LstmgenError
+from lstmgen.machine import cpu_name
 
 from .conftest import needs_torch, tiny_config
 
 pytestmark = needs_torch
 
 
-def _weights(run_dir):
+def _last_checkpoint(run_dir):
     from lstmgen.trainer import checkpoint
 
-    return checkpoint.load(run_dir / "last.pt")["model"]
+    return checkpoint.load(run_dir / "last.pt")
+
+
+def _weights(run_dir):
+    return _last_checkpoint(run_dir)["model"]
 
 
 def test_overfits_a_tiny_corpus(tmp_path):
@@ -33,6 +38,7 @@ def test_overfits_a_tiny_corpus(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_nats_per_token" in r] == [100, 200, 300]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert _last_checkpoint(tmp_path / "run")["machine"].startswith(cpu_name() + ", ")  # provenance names the CPU
 
 
 @pytest.mark.parametrize("corpus, level, records", [("names", "char", True), ("shakespeare", "char", False),
@@ -42,7 +48,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(small_corpora, t
 
     from lstmgen.trainer.train import train
 
-    cfg = lambda: tiny_config(small_corpora[corpus], level, records, max_steps=24, eval_every=10)  # noqa: E731
+    def cfg():
+        c = tiny_config(small_corpora[corpus], level, records, max_steps=24, eval_every=10)
+        c.model.weight_drop = 0.2  # its masks come from the saved RNG state too
+        return c
+
     quiet = dict(progress=False, log=lambda m: None)
     straight = train(cfg(), tmp_path / "straight", **quiet)
     first = train(cfg(), tmp_path / "resumed", interrupt_at_step=13, **quiet)
@@ -54,6 +64,32 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(small_corpora, t
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert straight.best_val == second.best_val
+
+
+def test_weight_drop_masks_recurrent_weights_only_while_training():
+    import torch
+
+    from lstmgen.trainer.config import ModelConfig
+    from lstmgen.trainer.model import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, embed_dim=8, hidden_size=16, num_layers=2, dropout=0.0, weight_drop=0.5)
+    model = LSTMLanguageModel(cfg)
+    plain = LSTMLanguageModel(ModelConfig(**{**vars(cfg), "weight_drop": 0.0}))
+    plain.load_state_dict(model.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(0, 11, (3, 9))
+    model.train(), plain.train()
+    a, _ = model(tokens)
+    b, _ = model(tokens)
+    assert not torch.allclose(a, b)  # a fresh mask each forward pass
+    assert not torch.allclose(a, plain(tokens)[0])
+    a.square().sum().backward()
+    assert model.lstm.weight_hh_l1.grad.abs().sum() > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the mask never touches the stored weights
+    model.eval(), plain.eval()
+    assert torch.equal(model(tokens)[0], plain(tokens)[0])
 
 
 def test_resume_refuses_a_different_config_and_fresh_runs_refuse_to_overwrite(small_corpora, tmp_path):
@@ -87,6 +123,7 @@ def test_checkpoints_load_weights_only_and_refuse_pickled_code(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["train", "{d}/missing.txt"], "not found"),
     (["train", "{names}", "--dropout", "1.5"], "--dropout"),
+    (["train", "{names}", "--weight-drop", "1"], "--weight-drop"),
     (["train", "{names}", "--batch-size", "0"], "--batch-size"),
     (["train", "{names}", "--time-budget", "-5"], "--time-budget"),
     (["train", "{names}", "--level", "byte"], "--level"),

@@ -21,6 +21,8 @@ _FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--hidden-size": ("model", "hidden_size", int, "LSTM width"),
     "--num-layers": ("model", "num_layers", int, "stacked LSTM layers"),
     "--dropout": ("model", "dropout", float, "dropout probability in [0, 1)"),
+    "--weight-drop": ("model", "weight_drop", float,
+                      "DropConnect probability on the LSTM's hidden-to-hidden weights while training, in [0, 1)"),
     "--batch-size": ("train", "batch_size", int, "sequences per step"),
     "--seq-len": ("train", "seq_len", int, "running text: tokens per truncated-BPTT window"),
     "--lr": ("train", "lr", float, "peak learning rate (AdamW)"),

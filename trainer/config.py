@@ -31,6 +31,7 @@ class ModelConfig:
     hidden_size: int = 256  # LSTM state width per layer
     num_layers: int = 2  # stacked LSTM layers
     dropout: float = 0.1  # on embeddings, between LSTM layers and before the head
+    weight_drop: float = 0.0  # training only: DropConnect on each layer's hidden-to-hidden weights (AWD-LSTM)
     tie_weights: bool = False  # share the embedding with the output head (needs embed_dim == hidden_size)
 
 
@@ -87,6 +88,8 @@ class RunConfig:
                 bad(f"--{name.replace('_', '-')} must be in [1, 8192], got {v}")
         if not (0 <= m.dropout < 1):
             bad(f"--dropout must be in [0, 1), got {m.dropout}")
+        if not (0 <= m.weight_drop < 1):
+            bad(f"--weight-drop must be in [0, 1), got {m.weight_drop}")
         if m.tie_weights and m.embed_dim != m.hidden_size:
             bad(f"--tie-weights needs --embed-dim == --hidden-size (got {m.embed_dim} and {m.hidden_size})")
         if t.batch_size < 1 or t.batch_size > 65536:

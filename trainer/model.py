@@ -42,9 +42,20 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         x = self.drop(self.embed(tokens))  # [B, T] -> [B, T, E]
-        y, state = self.lstm(x, state)  # y [B, T, H]; state h, c [L, B, H]
+        y, state = self._run_lstm(x, state)  # y [B, T, H]; state h, c [L, B, H]
         logits = self.head(self.drop(y))  # [B, T, V]
         return logits, state
+
+    def _run_lstm(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        p = self.cfg.weight_drop
+        if not (self.training and p > 0):
+            return self.lstm(x, state)
+        # Weight drop: one mask per forward pass on each recurrent matrix, the same at every time
+        # step, so the recurrence is regularised without breaking the fused LSTM kernel. The
+        # parameters themselves are untouched; the exported model uses them as they are.
+        dropped = {name: nn.functional.dropout(w, p) for name, w in self.lstm.named_parameters()
+                   if name.startswith("weight_hh")}
+        return torch.func.functional_call(self.lstm, dropped, (x, state), strict=False)
 
     def zero_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         shape = (self.cfg.num_layers, batch, self.cfg.hidden_size)

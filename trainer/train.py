@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import signal
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lstmgen import machine
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import record_hashes
 from lstmgen.scoring import Score, stream_segments
@@ -134,8 +134,8 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def machine_description() -> str:
-    return f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cpus, python {platform.python_version()}"
+def machine_description(device: torch.device) -> str:
+    return machine.describe(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
@@ -235,6 +235,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
 
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    host = machine_description(device)  # once: every checkpoint records the same machine
 
     def state_dict() -> dict:
         rng = ranks.gather(torch.get_rng_state()) if ranks.enabled else torch.get_rng_state()
@@ -245,7 +246,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
                 "optimizer": opt.state_dict(), "torch_rng": rng, "step": step, "epoch": epoch,
                 "index": index, "elapsed": elapsed, "planned": planned, "calibrated": calibrated,
                 "best_val": best_val, "last_val": last_val, "bad_evals": bad_evals, "carry": full_carry,
-                "start_ids": data.start_ids, "records": data.records, "machine": machine_description(),
+                "start_ids": data.start_ids, "records": data.records, "machine": host,
                 "corpus": os.path.basename(cfg.data.corpus), "world_size": ranks.world}
 
     def save(name: str) -> None:
