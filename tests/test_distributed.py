@@ -30,7 +30,8 @@ def _train(recipe, out, nproc=None, resume=False, dump=None):
     cmd = [sys.executable, "-m", "lstmgen", "train", "--config", str(recipe), "--out", str(out), "--no-progress"]
     cmd += (["--nproc", str(nproc)] if nproc else []) + (["--resume"] if resume else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # All of it: torchrun's report of a failed rank fills the tail, the rank's own last words come before.
+    assert r.returncode == 0, r.stderr[-8000:]
     return r
 
 

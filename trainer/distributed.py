@@ -41,8 +41,13 @@ class Dist:
         self.device = device
         return device
 
-    def stop(self) -> None:
+    def stop(self, completed: bool) -> None:
+        """Tear the group down. After a completed run, first wait until every rank is done with its
+        collectives, so no rank tears down while a peer still talks to it (not after an error: the
+        peers may never arrive)."""
         if self.enabled and dist.is_initialized():
+            if completed:
+                dist.barrier()
             dist.destroy_process_group()
 
     def sum(self, *values: float) -> list[float]:

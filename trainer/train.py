@@ -153,10 +153,13 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
     if not ranks.is_main:
         progress, log = False, (lambda m: None)
     device = ranks.start(pick_device(t.device))
+    completed = False
     try:
-        return _train(cfg, run_dir, resume, progress, log, interrupt_at_step, ranks, device)
+        result = _train(cfg, run_dir, resume, progress, log, interrupt_at_step, ranks, device)
+        completed = True
+        return result
     finally:
-        ranks.stop()
+        ranks.stop(completed)
 
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Callable[[str], None],
