@@ -21,7 +21,9 @@ def _val_slice(model: str) -> tuple[str, bool]:
     base = model.removesuffix("-int8")
     path = corpus_path(CORPUS[base])
     if base == "names":
-        return "\n".join(split_records(read_records(path))[1][:800]) + "\n", True
+        # Every 4th record: the split keeps the file's order, and names.txt runs from common to rare
+        # names, so a leading slice would be far easier than the whole split.
+        return "\n".join(split_records(read_records(path))[1][::4]) + "\n", True
     return split_text(read_text(path))[1][:20000], False
 
 
@@ -39,9 +41,10 @@ def test_score_of_a_validation_slice_matches_the_manifest(model, tmp_path, capsy
     assert main(["score", model, str(held), "--json"] + (["--records"] if records else [])) == 0
     score = json.loads(capsys.readouterr().out)
     m = Generator.load(model).manifest
-    stated = m.export["val_nats_per_token_int8" if m.precision == "int8" else "val_nats_per_token_fp32"]
+    stated = m.validation_nats
+    assert stated is not None, f"{model}'s manifest records no validation figure"
     # A slice, not the whole split: close to the stated figure, not equal to it.
-    assert abs(score["nats_per_token"] - stated) < 0.08 * stated, (score["nats_per_token"], stated)
+    assert abs(score["nats_per_token"] - stated) < 0.05 * stated, (score["nats_per_token"], stated)
 
 
 @pytest.mark.parametrize("model", [m for m in shipped_models() if m.endswith("-int8")])
@@ -56,3 +59,17 @@ def test_int8_models_stay_within_one_percent_of_fp32(model):
 def test_shipped_artifacts_stay_small(model):
     folder = Generator.load(model).folder
     assert sum(f.stat().st_size for f in folder.iterdir()) < 20e6
+
+
+def test_models_page_reports_every_shipped_model_from_its_manifest(tmp_path):
+    from lstmgen.bench.models_page import build
+
+    page = build(tmp_path, None)  # a bare root: no run folders, no corpora, no bench figures
+    for name in shipped_models():
+        m = Generator.load(name).manifest
+        val = m.validation_nats
+        assert val is not None, name
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"{val:.4f} nats/token" in row
+    bases = [n for n in shipped_models() if not n.endswith("-int8")]
+    assert page.count("Unedited samples of `lstmgen generate") == len(bases)
