@@ -99,15 +99,17 @@ def build(root: Path, bench: dict | None) -> str:
                            f" {ids.count(tok.unk_id) / len(ids):.2%}.")
         if m.records:
             gen = g.generate(num=1000, seed=1, temperature=0.8)
-            out.append(f"- Of 1000 samples (seed 1, temperature 0.8): {len(set(gen)) / 10:.1f}% unique,"
-                       f" {100 - 100 * _known_fraction(g, gen):.1f}% not in the corpus.")
+            out.append(f"- Of 1000 plain samples (seed 1, temperature 0.8, `--allow-known`): {len(set(gen)) / 10:.1f}%"
+                       f" unique, {100 - 100 * _known_fraction(g, gen):.1f}% not in the corpus. `lstmgen generate`"
+                       " keeps only new, unrepeated ones by default for this model (`--novel`).")
         curve = root / "runs" / name / "loss.png"
         if curve.is_file():
             shutil.copyfile(curve, img / f"{name}-loss.png")
         if (img / f"{name}-loss.png").is_file():  # kept from an earlier run when runs/NAME is gone
             out += ["", f"![learning curve of {name}](img/{name}-loss.png)"]
         kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
-        samples = g.generate(**kwargs)
+        # What the CLI prints for these flags: records models with a record list default to --novel.
+        samples = g.generate(**kwargs, novel=m.records and m.records_sha256 is not None)
         flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) else v}" for k, v in kwargs.items())
         out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
         out += ["\n".join(samples) if m.records else samples[0], "```"]

@@ -37,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="seed; the same seed gives the same text (default random)")
     g.add_argument("--stop", action="append", default=[], help="end a sample where this text appears (repeatable)")
     g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample)")
-    g.add_argument("--novel", action="store_true", help="records models: only items not in the training data")
+    known = g.add_mutually_exclusive_group()
+    known.add_argument("--novel", action="store_true", default=None,
+                       help="records models: only items not in the training data (the default for records models"
+                            " whose artifact lists the corpus records, except with --stream)")
+    known.add_argument("--allow-known", dest="novel", action="store_false",
+                       help="records models: plain samples, which may repeat items of the training data")
     g.add_argument("--allow-unk", action="store_true", help="word models: let samples contain <unk>")
     g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list")
     add_runtime_flags(g)
@@ -143,13 +148,17 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
+    # A names model that hands back names from its own corpus is not what people run it for, so
+    # records models default to new items when the artifact can tell which ones are new.
+    novel = args.novel if args.novel is not None else gen.records and gen.manifest.records_sha256 is not None
     samples = gen.generate(num, args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
-                           novel=args.novel, allow_unk=args.allow_unk, **sampling)
-    if args.novel and len(samples) < num:
-        print(f"lstmgen: warning: found only {len(samples)} novel samples of {num} asked for", file=sys.stderr)
+                           novel=novel, allow_unk=args.allow_unk, **sampling)
+    if novel and len(samples) < num:
+        print(f"lstmgen: warning: found only {len(samples)} novel samples of {num} asked for"
+              " (raise --temperature, or add --allow-known)", file=sys.stderr)
     if args.json:
         settings = gen.sampling(**sampling)
-        print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "samples": samples,
+        print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, "samples": samples,
                           "settings": {**settings.__dict__, "max_tokens": gen._max_tokens(args.max_tokens)}},
                          ensure_ascii=False))
     elif gen.records:

@@ -94,6 +94,20 @@ def test_novel_names_are_not_in_the_corpus_and_not_repeated(gens, artifacts):
         gens["shakespeare"].generate(num=2, novel=True)
 
 
+def test_cli_generate_writes_only_new_names_unless_known_ones_are_allowed(gens, artifacts, capsys):
+    art = str(artifacts["names"])
+    known = set(read_record_hashes(artifacts["names"]).tolist())
+    assert main(["generate", art, "--num", "40", "--seed", "3", "-t", "0.5", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["novel"] is True and len(default["samples"]) == 40
+    assert not any(record_hash(s) in known for s in default["samples"])
+    assert main(["generate", art, "--num", "200", "--seed", "3", "-t", "0.5", "--json", "--allow-known"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["novel"] is False
+    assert plain["samples"] == gens["names"].generate(num=200, seed=3, temperature=0.5)
+    assert any(record_hash(s) in known for s in plain["samples"]), "the default's check would pass vacuously"
+
+
 def test_word_models_write_no_unk_unless_allowed(gens):
     g = gens["moe"]
     unk = g.tokenizer.tokens[g.tokenizer.unk_id]
