@@ -108,8 +108,8 @@ def build(root: Path, bench: dict | None) -> str:
         if (img / f"{name}-loss.png").is_file():  # kept from an earlier run when runs/NAME is gone
             out += ["", f"![learning curve of {name}](img/{name}-loss.png)"]
         kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
-        # What the CLI prints for these flags: records models with a record list default to --novel.
-        samples = g.generate(**kwargs, novel=m.records and m.records_sha256 is not None)
+        # What the CLI prints for these flags: it defaults to --novel where the artifact lists its records.
+        samples = g.generate(**kwargs, novel=g.lists_its_records)
         flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) else v}" for k, v in kwargs.items())
         out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
         out += ["\n".join(samples) if m.records else samples[0], "```"]

@@ -150,7 +150,7 @@ def cmd_generate(args) -> int:
         return 0
     # A names model that hands back names from its own corpus is not what people run it for, so
     # records models default to new items when the artifact can tell which ones are new.
-    novel = args.novel if args.novel is not None else gen.records and gen.manifest.records_sha256 is not None
+    novel = args.novel if args.novel is not None else gen.lists_its_records
     samples = gen.generate(num, args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
                            novel=novel, allow_unk=args.allow_unk, **sampling)
     if novel and len(samples) < num:

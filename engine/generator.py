@@ -260,6 +260,11 @@ class Generator:
     def records(self) -> bool:
         return self.manifest.records
 
+    @property
+    def lists_its_records(self) -> bool:
+        """A records model whose artifact lists the corpus records, so `novel` can tell new items from known."""
+        return self.records and self.manifest.records_sha256 is not None
+
     # -- parameters -------------------------------------------------------------------------------
     def sampling(self, **overrides) -> SamplingParams:
         """The manifest's defaults with the given settings (None = default) applied and validated."""
@@ -336,7 +341,7 @@ class Generator:
 
     def _known_records(self) -> np.ndarray:
         if self._record_hashes is None:
-            if self.manifest.records_sha256 is None:
+            if not self.lists_its_records:
                 raise LstmgenError(f"{self.folder} stores no record list, so --novel cannot tell what is new;"
                                    " re-export it from a records run")
             self._record_hashes = read_record_hashes(self.folder)
