@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lstmgen import machine
+from lstmgen import faults, machine
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import record_hashes
 from lstmgen.scoring import Score, stream_segments
@@ -343,6 +343,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Cal
                 carry = tuple(s.detach() for s in new_state)
             step += 1
             index += 1
+            faults.pause("train-step")  # crash tests kill the process at an exact step here
             now = time.perf_counter()
             elapsed += now - last_clock
             last_clock = now
