@@ -67,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--verbose", "-v", action="store_true", help="log every request")
     add_runtime_flags(v)
 
+    n = sub.add_parser("inspect", help="a page of a text's surprisal and the LSTM cells that track it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Write one self-contained HTML page: the text coloured by surprisal and by"
+                                   " chosen cells, cells found to track quotes, line position, words..., saturation.")
+    n.add_argument("model", help="artifact folder or shipped model name")
+    n.add_argument("file", nargs="?", help="text to read (records models: one item a line); or use --text")
+    n.add_argument("--text", default=None, help="the text itself, instead of FILE")
+    n.add_argument("--out", default="inspect.html", help="HTML page to write")
+    n.add_argument("--cell", action="append", default=[],
+                   help="also colour the text by this cell: [c|h]LAYER:UNIT from 0, e.g. c1:37 (c = cell state, the"
+                        " default; h = output); repeatable")
+    n.add_argument("--top", type=int, default=5, help="cells listed per feature")
+    n.add_argument("--show-per-feature", type=int, default=1, help="best cells per feature drawn over the text")
+    n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text (statistics use all)")
+    add_runtime_flags(n)
+
     i = sub.add_parser("info", help="describe an artifact")
     i.add_argument("model", nargs="?", help="artifact folder or shipped model name")
     i.add_argument("--json", action="store_true", help="print the manifest")
@@ -109,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return module.main(argv)
         args = _parser().parse_args(argv)
-        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve}[args.command](args)
+        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve,
+                "inspect": cmd_inspect}[args.command](args)
     except LstmgenError as e:
         if debug:
             raise
@@ -214,6 +231,12 @@ def cmd_serve(args) -> int:
     server.verbose = args.verbose
     serve(server, log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_page import cmd_inspect as run
+
+    return run(args)
 
 
 def cmd_info(args) -> int:
