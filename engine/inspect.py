@@ -13,8 +13,10 @@ The step graph returns only the final state of a call, so states after every tok
 per token. Instead of 1 call per token at batch 1, two passes: pass 1 runs the text in the score's
 chunks (the same calls, hence the same logits as `score`) and keeps the state at each chunk
 boundary; pass 2 steps every chunk at once from its boundary state, one token per call at batch =
-number of chunks, where a step costs about a third of a batch-1 step per row. Only
-`gen.backend.run(ids, h, c)` is used, so it works for any artifact (char, word, records; fp32, int8).
+number of chunks, where a step costs about a third of a batch-1 step per row. int8 graphs quantize
+activations per call, so their states are stepped at batch 1 from the start instead (what generation
+sees; pass 1 still gives the score's surprisal). Only `gen.backend.run(ids, h, c)` is used, so it
+works for any artifact (char, word, records; fp32, int8).
 
 Features of the text (`text_features`) and their correlation with every cell (`correlate`) find
 interpretable cells, as in Karpathy, Johnson and Fei-Fei, "Visualizing and Understanding Recurrent
@@ -95,14 +97,17 @@ def inspect_text(model: Generator | str | os.PathLike, text: str, *, records: bo
     if n > MAX_INSPECT_TOKENS:
         raise LstmgenError(f"the text has {n:,} tokens; inspect reads at most {MAX_INSPECT_TOKENS:,} at once"
                            " (cut it into parts)")
+    # Dynamic int8 quantization scales activations per call, so a row's result depends on the rows and
+    # steps computed beside it: int8 states are read at batch 1 from the start, as generation sees them.
+    rows_independent = gen.manifest.precision == "fp32"
     if records:
         surprisal = _records_surprisal(gen, segments)
-        h, c = _states(gen, [(s.ids, None) for s in segments], progress)
+        chunks = [(s.ids, None) for s in segments]
     else:
         ids = segments[0].ids
         surprisal, starts = _running_surprisal(gen, ids)
-        chunks = [(ids[a: a + SCORE_CHUNK], state) for a, state in starts]
-        h, c = _states(gen, chunks, progress)
+        chunks = [(ids[a: a + SCORE_CHUNK], state) for a, state in starts] if rows_independent else [(ids, None)]
+    h, c = _states(gen, chunks, rows_independent, progress)
     return Inspection(np.concatenate([s.ids for s in segments]), [p for s in segments for p in s.pieces], surprisal,
                       h, c, np.concatenate([s.unknown for s in segments]), gen.tokenizer.level, records)
 
@@ -193,32 +198,49 @@ def _records_surprisal(gen: Generator, segments: list[_Segment]) -> np.ndarray:
     return np.concatenate(per_record)
 
 
-def _states(gen: Generator, chunks: list[tuple[np.ndarray, tuple | None]], progress: Progress | None):
-    """Pass 2: step all chunks together, one token per call, from their start states (None = zero)."""
+def _states(gen: Generator, chunks: list[tuple[np.ndarray, tuple | None]], together: bool, progress: Progress | None):
+    """Pass 2: h and c [tokens, layers, hidden] after each token of the chunks, which follow each other.
+
+    Each chunk starts from its state (None = zero) and is stepped one token per call; `together` steps
+    all chunks in one batch, else one after the other at batch 1.
+    """
     layers, hidden = gen.manifest.dims.num_layers, gen.manifest.dims.hidden_size
-    order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k][0]))  # running rows stay a prefix
+    n = sum(len(ids) for ids, _ in chunks)
+    out_h = np.empty((n, layers, hidden), dtype=np.float32)
+    out_c = np.empty_like(out_h)
+    offsets = np.cumsum([0] + [len(ids) for ids, _ in chunks])
+    groups = [list(range(len(chunks)))] if together else [[k] for k in range(len(chunks))]
+    total = sum(max(len(chunks[k][0]) for k in group) for group in groups)
+    done = 0
+    for group in groups:
+        done = _step_group(gen, [chunks[k] for k in group], offsets[group], out_h, out_c, done, total, progress)
+    return out_h, out_c
+
+
+def _step_group(gen: Generator, chunks, first_rows: np.ndarray, out_h: np.ndarray, out_c: np.ndarray,
+                done: int, total: int, progress: Progress | None) -> int:
+    """Step chunks as one batch, writing each one's states from its first row in out_h/out_c on."""
+    order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k][0]))  # rows still running stay a prefix
     lengths = np.array([len(chunks[k][0]) for k in order])
     tokens = np.zeros((len(order), int(lengths[0])), dtype=np.int64)
-    h = np.zeros((layers, len(order), hidden), dtype=np.float32)
+    h = np.zeros((out_h.shape[1], len(order), out_h.shape[2]), dtype=np.float32)
     c = np.zeros_like(h)
     for row, k in enumerate(order):
         ids, start = chunks[k]
         tokens[row, : len(ids)] = ids
         if start is not None:
             h[:, row], c[:, row] = start[0][:, 0], start[1][:, 0]
-    offsets = np.cumsum([0] + [len(ch[0]) for ch in chunks])
-    out_h = np.empty((int(offsets[-1]), layers, hidden), dtype=np.float32)
-    out_c = np.empty_like(out_h)
-    where = offsets[np.array(order)]  # first output row of each running row
+    where = first_rows[np.array(order)]
     for t in range(int(lengths[0])):
         n = int((lengths > t).sum())
         _, h_t, c_t = gen.backend.run(tokens[:n, t: t + 1], np.ascontiguousarray(h[:, :n]), np.ascontiguousarray(c[:, :n]))
         h[:, :n], c[:, :n] = h_t, c_t
         out_h[where[:n] + t] = h_t.transpose(1, 0, 2)
         out_c[where[:n] + t] = c_t.transpose(1, 0, 2)
+        done += 1
         if progress is not None:
-            progress(t + 1, int(lengths[0]))
-    return out_h, out_c
+            progress(done, total)
+    return done
 
 
 # -- features of the text ------------------------------------------------------------------------------
