@@ -322,20 +322,23 @@ def parse_cell(spec: str, layers: int, hidden: int) -> Cell:
 def correlate(ins: Inspection, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Feature -> Pearson correlation of every cell with it, [2 (h, c), layers, hidden]; NaN-free.
 
-    A feature that does not vary over the text is left out (no correlation is defined).
+    A feature that does not vary over the text is left out (no correlation is defined). Computed one
+    layer's h or c at a time, in float64, so memory stays at one [tokens, hidden] block.
     """
-    states = np.stack([ins.h, ins.c], axis=1).reshape(len(ins.pieces), -1).astype(np.float64)
-    states -= states.mean(axis=0)
-    spread = np.sqrt((states ** 2).sum(axis=0))
-    spread[spread == 0] = np.inf  # a constant cell correlates with nothing
-    out = {}
-    for name, f in features.items():
-        f = f - f.mean()
-        norm = np.sqrt((f ** 2).sum())
-        if norm == 0:
-            continue
-        out[name] = ((f @ states) / (spread * norm)).reshape(2, *ins.h.shape[1:])
-    return out
+    names = [name for name, f in features.items() if f.std() > 0]
+    if not names:
+        return {}
+    centred = np.stack([features[name] - features[name].mean() for name in names])
+    centred /= np.sqrt((centred ** 2).sum(axis=1, keepdims=True))
+    out = np.zeros((len(names), 2, *ins.h.shape[1:]))
+    for k, states in enumerate((ins.h, ins.c)):
+        for layer in range(states.shape[1]):
+            block = states[:, layer, :].astype(np.float64)
+            block -= block.mean(axis=0)
+            spread = np.sqrt((block ** 2).sum(axis=0))
+            spread[spread == 0] = np.inf  # a constant cell correlates with nothing
+            out[:, k, layer] = (centred @ block) / spread
+    return dict(zip(names, out))
 
 
 def top_cells(corr: np.ndarray, k: int) -> list[tuple[Cell, float]]:

@@ -36,12 +36,13 @@ def build_page(ins: Inspection, opts: PageOptions) -> str:
     """The whole page as one HTML string."""
     correlations = correlate(ins, text_features(ins))
     n = min(len(ins.pieces), opts.shown_tokens)
-    views = [{"title": "surprisal (nats)", "kind": "surprisal", "values": _rounded(ins.surprisal[:n])}]
+    views = [{"title": "surprisal (nats)", "kind": "surprisal", "anchor": "surprisal", "values": _rounded(ins.surprisal[:n])}]
     for cell in opts.cells:
-        views.append(_cell_view(ins, cell, f"chosen cell {cell}", n))
+        views.append(_cell_view(ins, cell, f"chosen cell {cell}", f"cell-{cell.kind}{cell.layer}-{cell.unit}", n))
     for name, corr in correlations.items():
         for cell, r in top_cells(corr, opts.shown_per_feature):
-            views.append(_cell_view(ins, cell, f"{cell}: best match for {name} (r = {r:+.2f})", n))
+            views.append(_cell_view(ins, cell, f"{cell}: best match for {name} (r = {r:+.2f})",
+                                     f"{name}-{cell.kind}{cell.layer}-{cell.unit}", n))
     data = {"pieces": ins.pieces[:n], "views": views}
     body = "\n".join([
         f"<h1>lstmgen inspect: {html.escape(opts.title)}</h1>",
@@ -49,10 +50,10 @@ def build_page(ins: Inspection, opts: PageOptions) -> str:
         _summary(ins, n),
         _features_table(correlations, opts.top),
         "<h2>The text, coloured</h2>",
-        "<p class=note>Surprisal: white is expected, red is surprising (8 nats and up). Cells: blue is -1,"
-        " red is +1 (cell states c are shown through tanh; hover for the raw value). Hover a token for its"
-        " value; ↵ is a line break (records: the end of a record).</p>",
-        "<div id=views></div>",
+        f"<p class=note>Surprisal <span class='scale surprisal'></span> 0 to {SURPRISAL_SCALE:g} nats and up."
+        " Cells <span class='scale cell'></span> -1 to +1 (cell states c are shown through tanh; hover for the raw"
+        " value). Hover a token for its value; ↵ is a line break (records: the end of a record).</p>",
+        "<ul id=contents></ul><div id=views></div>",
         _saturation_charts(ins),
     ])
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
@@ -63,8 +64,9 @@ def _rounded(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 3) for v in values]
 
 
-def _cell_view(ins: Inspection, cell: Cell, title: str, n: int) -> dict:
-    return {"title": title, "kind": cell.kind, "values": _rounded(ins.state(cell.kind, cell.layer, cell.unit)[:n])}
+def _cell_view(ins: Inspection, cell: Cell, title: str, anchor: str, n: int) -> dict:
+    return {"title": title, "kind": cell.kind, "anchor": anchor,
+            "values": _rounded(ins.state(cell.kind, cell.layer, cell.unit)[:n])}
 
 
 def _summary(ins: Inspection, shown: int) -> str:
@@ -149,6 +151,9 @@ mark {{ background: #f5b7b1; }}
 .note {{ color: #555; font-size: 90%; }}
 .text {{ border: 1px solid #ddd; padding: .6em; max-height: 28em; overflow: auto; font-size: 13px; line-height: 1.6; }}
 .text span.nl {{ color: #aaa; }}
+.scale {{ display: inline-block; width: 6em; height: .8em; border: 1px solid #ccc; vertical-align: middle; }}
+.scale.surprisal {{ background: linear-gradient(to right, #fff, rgb(231, 76, 60)); }}
+.scale.cell {{ background: linear-gradient(to right, rgb(52, 120, 219), #fff, rgb(231, 76, 60)); }}
 .charts svg {{ margin-right: 1em; font-size: 10px; }}
 </style></head><body>
 {body}
@@ -167,9 +172,17 @@ mark {{ background: #f5b7b1; }}
                   : "rgba(52, 120, 219, " + Math.min(1, -x).toFixed(3) + ")";
   }}
   const root = document.getElementById("views");
+  const contents = document.getElementById("contents");
   data.views.forEach(function (view) {{
     const h = document.createElement("h3");
     h.textContent = view.title;
+    h.id = view.anchor;
+    const link = document.createElement("a");
+    link.href = "#" + view.anchor;
+    link.textContent = view.title;
+    const item = document.createElement("li");
+    item.appendChild(link);
+    contents.appendChild(item);
     const box = document.createElement("div");
     box.className = "text";
     box.dataset.kind = view.kind;
