@@ -236,6 +236,7 @@ def cmd_serve(args) -> int:
 def cmd_inspect(args) -> int:
     from .inspect_page import cmd_inspect as run
 
+    _check_runtime(args)
     return run(args)
 
 

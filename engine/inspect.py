@@ -39,7 +39,7 @@ from .tokenizer import Detokenizer
 MAX_INSPECT_TOKENS = 200_000  # states take 2 x layers x hidden x 4 bytes per token: 800 MB at 2 x 512 here
 NEAR_ONE = 0.9  # |h| above this counts as saturated in `saturation`
 
-Progress = Callable[[int, int], None]  # (steps done, steps in all)
+Progress = Callable[[str, int, int], None]  # (stage, calls done, calls in the stage)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def inspect_text(model: Generator | str | os.PathLike, text: str, *, records: bo
         chunks = [(s.ids, None) for s in segments]
     else:
         ids = segments[0].ids
-        surprisal, starts = _running_surprisal(gen, ids)
+        surprisal, starts = _running_surprisal(gen, ids, progress)
         chunks = [(ids[a: a + SCORE_CHUNK], state) for a, state in starts] if rows_independent else [(ids, None)]
     h, c = _states(gen, chunks, rows_independent, progress)
     return Inspection(np.concatenate([s.ids for s in segments]), [p for s in segments for p in s.pieces], surprisal,
@@ -167,7 +167,8 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - np.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
 
 
-def _running_surprisal(gen: Generator, ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple | None]]]:
+def _running_surprisal(gen: Generator, ids: np.ndarray,
+                       progress: Progress | None) -> tuple[np.ndarray, list[tuple[int, tuple | None]]]:
     """Pass 1: the score's chunked run at batch 1; returns surprisal and (chunk start, state before it)."""
     x, y = ids[None, :-1], ids[None, 1:]
     surprisal = np.full(len(ids), np.nan)
@@ -178,6 +179,8 @@ def _running_surprisal(gen: Generator, ids: np.ndarray) -> tuple[np.ndarray, lis
         surprisal[a + 1: a + 1 + logits.shape[1]] = _log_softmax_at(logits, y[:, a: a + SCORE_CHUNK])[0]
         if a + SCORE_CHUNK < len(ids):
             starts.append((a + SCORE_CHUNK, (h, c)))
+        if progress is not None:
+            progress("surprisal", a // SCORE_CHUNK + 1, -(-x.shape[1] // SCORE_CHUNK))
     return surprisal, starts
 
 
@@ -239,7 +242,7 @@ def _step_group(gen: Generator, chunks, first_rows: np.ndarray, out_h: np.ndarra
         out_c[where[:n] + t] = c_t.transpose(1, 0, 2)
         done += 1
         if progress is not None:
-            progress(done, total)
+            progress("states", done, total)
     return done
 
 
@@ -252,7 +255,7 @@ FEATURE_HELP = {
     "line_start": "just read a line break (or a record's start): the next token starts a line",
     "in_word": "char models: the character is part of a word (letter, digit or apostrophe)",
     "speaker_line": "char models: the character is in a speaker line such as 'First Citizen:'",
-    "after_speaker_tag": "word models: just read a speaker tag such as 'homer_simpson:'",
+    "after_speaker_tag": "word models: just read a speaker tag such as 'homer_simpson:' (a line's first word)",
 }
 _SPEAKER_LINE = re.compile(r"^[A-Za-z][A-Za-z .'_-]{0,40}:$")
 _SPEAKER_TAG = re.compile(r"^\S+:$")
@@ -276,7 +279,8 @@ def text_features(ins: Inspection) -> dict[str, np.ndarray]:
         out["in_word"] = np.array([p.isalnum() or p == "'" for p in ins.pieces], dtype=float)
         out["speaker_line"] = _speaker_lines(ins.pieces)
     else:
-        out["after_speaker_tag"] = np.array([bool(_SPEAKER_TAG.match(p.strip())) for p in ins.pieces], dtype=float)
+        tags = np.array([bool(_SPEAKER_TAG.match(p.strip())) for p in ins.pieces])
+        out["after_speaker_tag"] = (tags & (position == 1)).astype(float)  # a tag opens its line
     return out
 
 

@@ -221,11 +221,12 @@ def cmd_inspect(args) -> int:
 
     if (args.file is None) == (args.text is None):
         raise LstmgenError("give a FILE or --text, one of them")
-    for flag, v in (("--top", args.top), ("--show-per-feature", args.show_per_feature), ("--show-tokens", args.show_tokens)):
-        if v < (0 if flag == "--show-per-feature" else 1):
-            raise LstmgenError(f"{flag} must be >= {0 if flag == '--show-per-feature' else 1}, got {v}")
-    if args.threads is not None and not (1 <= args.threads <= 1024):
-        raise LstmgenError(f"--threads must be in [1, 1024], got {args.threads}")
+    if args.top < 1:
+        raise LstmgenError(f"--top must be >= 1, got {args.top}")
+    if args.show_per_feature < 0:
+        raise LstmgenError(f"--show-per-feature must be >= 0, got {args.show_per_feature}")
+    if args.show_tokens < 1:
+        raise LstmgenError(f"--show-tokens must be >= 1, got {args.show_tokens}")
     text = read_text(args.file) if args.file is not None else args.text
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
     d = gen.manifest.dims
@@ -246,7 +247,7 @@ def cmd_inspect(args) -> int:
 
 
 def _progress_printer():
-    def show(done: int, total: int) -> None:
-        if done == total or done % 32 == 0:
-            print(f"\rreading states: step {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    def show(stage: str, done: int, total: int) -> None:
+        if done == total or done % 16 == 0:
+            print(f"\r{stage}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
     return show

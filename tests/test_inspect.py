@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -62,7 +63,9 @@ def test_states_equal_a_token_by_token_run_of_the_step_graph(name):
     """fp32: the two-pass reading (chunks, then all chunks stepped together) gives batch 1's states."""
     g = Generator.load(shipped(name), device="cpu")
     text = _shakespeare_text(SCORE_CHUNK + 90)
-    ins = inspect_text(g, text)
+    calls = []
+    ins = inspect_text(g, text, progress=lambda *call: calls.append(call))
+    assert calls[-1][0] == "states" and calls[-1][1] == calls[-1][2] and ("surprisal", 2, 2) in calls
     layers, hidden = g.manifest.dims.num_layers, g.manifest.dims.hidden_size
     h = np.zeros((layers, 1, hidden), np.float32)
     c = np.zeros_like(h)
@@ -220,9 +223,11 @@ def test_page_is_self_contained_and_shows_the_summary(tmp_path, capsys):
     text = _shakespeare_text(1500)
     out = _page(tmp_path, text, "--cell", "c1:7", "--cell", "h0:0")
     page = out.read_text()
-    score = Generator.load("shakespeare", device="cpu").score(text)
-    assert f"{score.nats_per_token:.4f} nats/token" in capsys.readouterr().out
-    assert f"{score.nats_per_token:.4f} nats/token, {score.nats:.2f} nats" in page
+    assert main(["score", "shakespeare", str(tmp_path / "t.txt"), "--json"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    score = json.loads(printed[-1])
+    assert f"{score['nats_per_token']:.4f} nats/token over {score['tokens']:,} tokens" in printed[0]
+    assert f"{score['nats_per_token']:.4f} nats/token, {score['nats']:.2f} nats" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "the page must not load anything"
     assert "chosen cell c1:7" in page and "chosen cell h0:0" in page
     assert page.count("<svg") == 2  # one saturation chart per layer
@@ -275,4 +280,6 @@ def test_text_or_file_and_too_short_text(tmp_path, capsys):
     assert "give a FILE or --text" in capsys.readouterr().err
     assert main(["inspect", "shakespeare", "--text", "a", "--out", str(tmp_path / "p.html")]) == 2
     assert "too short" in capsys.readouterr().err
+    assert main(["inspect", "shakespeare", "--text", "a" * 200_001, "--out", str(tmp_path / "p.html")]) == 2
+    assert "at most 200,000" in capsys.readouterr().err
     assert main(["inspect", "shakespeare", "--text", "To be, or not", "--out", str(tmp_path / "p.html")]) == 0
