@@ -77,19 +77,14 @@ class Inspection:
         return (self.h if kind == "h" else self.c)[:, layer, unit]
 
 
-def inspect_text(model: Generator | str | os.PathLike, text: str, *, records: bool | None = None,
-                 progress: Progress | None = None) -> Inspection:
-    """Surprisal and states of every layer after every token of `text` (records: one item a line).
+def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: Progress | None = None) -> Inspection:
+    """Surprisal and states of every layer after every token of `text`, read as the model was trained.
 
-    `model` is a loaded Generator, a shipped model's name or an artifact folder; `records` defaults
-    to what the model was trained on.
+    `model` is a loaded Generator, a shipped model's name or an artifact folder. A records model reads
+    one item a line; `progress(stage, done, total)` is called as the work goes on.
     """
     gen = model if isinstance(model, Generator) else Generator.load(model)
-    if records is None:
-        records = gen.records
-    if records != gen.records:
-        raise LstmgenError("inspect reads text the way the model was trained: records models one item a line,"
-                           " running-text models running text")
+    records = gen.records
     if not text.strip():
         raise LstmgenError("the text is empty: give some text to inspect")
     segments = _record_segments(gen, text) if records else [_running_segment(gen, text)]

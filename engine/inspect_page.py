@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,8 @@ def _summary(ins: Inspection, shown: int) -> str:
     if ins.level == "word":
         unknown = [p.strip() for p, u in zip(ins.pieces, ins.unknown) if u]
         shown_words = ", ".join(html.escape(w) for w in dict.fromkeys(unknown).keys()) if unknown else "none"
-        rows.append(("out-of-vocabulary words", f"{len(unknown):,} tokens read as &lt;unk&gt;: {shown_words[:2000]}"))
+        rows.append(("out-of-vocabulary words", f"{len(unknown):,} of {len(ins.pieces):,} tokens read as &lt;unk&gt;:"
+                                                f" {shown_words[:2000]}"))
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<h2>Summary</h2><table class=summary>{table}</table>{_surprising(ins)}"
 
@@ -237,9 +239,12 @@ def cmd_inspect(args) -> int:
                   f" {d.num_layers} x {d.hidden_size}, {gen.manifest.precision}; text: {args.file or '--text'}")
     page = build_page(ins, PageOptions(name, model_line, cells, args.top, args.show_per_feature, args.show_tokens))
     out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")  # written aside, then renamed: never half a page
     try:
-        out.write_text(page, encoding="utf-8")
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, out)
     except OSError as e:
+        partial.unlink(missing_ok=True)
         raise LstmgenError(f"cannot write {out} ({e.strerror}); pick another --out") from None
     print(f"{ins.nats_per_token:.4f} nats/token over {ins.tokens_predicted:,} tokens; wrote {out}"
           f" ({len(page.encode()) / 1e6:.2f} MB)")

@@ -233,6 +233,16 @@ def test_page_is_self_contained_and_shows_the_summary(tmp_path, capsys):
     assert page.count("<svg") == 2  # one saturation chart per layer
 
 
+@pytest.mark.parametrize("model,text,expected", [
+    ("names-int8", "emma\nolivia\n", "<th>tokens predicted</th><td>12</td>"),  # each name and its end marker
+    ("moe-int8", "homer_simpson: my zzyzxq beer.\n", "1 of 6 tokens read as &lt;unk&gt;: zzyzxq"),
+])
+def test_pages_of_records_and_word_models(tmp_path, capsys, model, text, expected):
+    out = tmp_path / "p.html"
+    assert main(["inspect", model, "--text", text, "--out", str(out)]) == 0
+    assert expected in out.read_text()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH (apt install chromium)")
 def test_page_renders_in_headless_chromium(tmp_path, capsys):
     text = _shakespeare_text(800)
