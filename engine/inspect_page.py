@@ -57,7 +57,8 @@ def build_page(ins: Inspection, opts: PageOptions) -> str:
         "<ul id=contents></ul><div id=views></div>",
         _saturation_charts(ins),
     ])
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    # No "<" at all inside the data block, so no text can end the <script> element or start a comment there.
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     return PAGE.format(title=html.escape(opts.title), body=body, data=payload, scale=SURPRISAL_SCALE)
 
 

@@ -236,11 +236,14 @@ def test_page_is_self_contained_and_shows_the_summary(tmp_path, capsys):
 @pytest.mark.parametrize("model,text,expected", [
     ("names-int8", "emma\nolivia\n", "<th>tokens predicted</th><td>12</td>"),  # each name and its end marker
     ("moe-int8", "homer_simpson: my zzyzxq beer.\n", "1 of 6 tokens read as &lt;unk&gt;: zzyzxq"),
+    ("moe-int8", "moe_szyslak: </script><!--<script> x\n", r'" \u003c/script>\u003c","!","--"," \u003cscript>"'),
 ])
 def test_pages_of_records_and_word_models(tmp_path, capsys, model, text, expected):
     out = tmp_path / "p.html"
     assert main(["inspect", model, "--text", text, "--out", str(out)]) == 0
-    assert expected in out.read_text()
+    page = out.read_text()
+    assert expected in page
+    assert page.count("<script") == 2 and page.count("</script>") == 2  # the text cannot break out of the data
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH (apt install chromium)")
