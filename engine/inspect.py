@@ -37,6 +37,7 @@ from .generator import SCORE_CHUNK, Generator
 from .tokenizer import Detokenizer
 
 MAX_INSPECT_TOKENS = 200_000  # states take 2 x layers x hidden x 4 bytes per token: 800 MB at 2 x 512 here
+RECORDS_PER_CALL = 512  # records of one length run together, as `Generator.score` groups them
 NEAR_ONE = 0.9  # |h| above this counts as saturated in `saturation`
 
 Progress = Callable[[str, int, int], None]  # (stage, calls done, calls in the stage)
@@ -154,8 +155,8 @@ def _record_segments(gen: Generator, text: str) -> list[_Segment]:
     return out
 
 
-def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] per position, in float64 as lstmgen.generator scores."""
+def _surprisal_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per position, in float64 as `Generator.score` computes it."""
     x = logits.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)
     lse = np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
@@ -171,7 +172,7 @@ def _running_surprisal(gen: Generator, ids: np.ndarray,
     h = c = None
     for a in range(0, x.shape[1], SCORE_CHUNK):
         logits, h, c = gen.backend.run(x[:, a: a + SCORE_CHUNK], h, c)
-        surprisal[a + 1: a + 1 + logits.shape[1]] = _log_softmax_at(logits, y[:, a: a + SCORE_CHUNK])[0]
+        surprisal[a + 1: a + 1 + logits.shape[1]] = _surprisal_at(logits, y[:, a: a + SCORE_CHUNK])[0]
         if a + SCORE_CHUNK < len(ids):
             starts.append((a + SCORE_CHUNK, (h, c)))
         if progress is not None:
@@ -180,17 +181,17 @@ def _running_surprisal(gen: Generator, ids: np.ndarray,
 
 
 def _records_surprisal(gen: Generator, segments: list[_Segment]) -> np.ndarray:
-    """Records grouped by length and run 512 at a time, as `Generator.score` does."""
+    """Records grouped by length and run RECORDS_PER_CALL at a time, as `Generator.score` does."""
     by_len: dict[int, list[int]] = {}
     for k, s in enumerate(segments):
         by_len.setdefault(len(s.ids), []).append(k)
     per_record = [np.full(len(s.ids), np.nan) for s in segments]
     for group in by_len.values():
-        for a in range(0, len(group), 512):
-            rows = group[a: a + 512]
+        for a in range(0, len(group), RECORDS_PER_CALL):
+            rows = group[a: a + RECORDS_PER_CALL]
             arr = np.stack([segments[k].ids for k in rows])
             logits, _, _ = gen.backend.run(arr[:, :-1])
-            nll = _log_softmax_at(logits, arr[:, 1:])
+            nll = _surprisal_at(logits, arr[:, 1:])
             for r, k in enumerate(rows):
                 per_record[k][1:] = nll[r]
     return np.concatenate(per_record)

@@ -258,6 +258,7 @@ def test_page_renders_in_headless_chromium(tmp_path, capsys):
     varying = len(correlate(ins, text_features(ins)))
     assert varying >= 3 and int(rendered.group(1)) == 2 + varying  # surprisal, the chosen cell, one per feature
     assert len(re.findall(r"<span [^>]*data-i=", dom)) == (2 + varying) * len(text)  # every character, every view
+    assert re.search(r'<span [^>]*style="background: rgba\(231, 76, 60, 0\.[1-9]', dom)  # surprising tokens are red
 
 
 @pytest.mark.parametrize("args,message", [
