@@ -343,10 +343,9 @@ def correlate(ins: Inspection, features: dict[str, np.ndarray]) -> dict[str, np.
 
 def top_cells(corr: np.ndarray, k: int) -> list[tuple[Cell, float]]:
     """The k cells with the largest |correlation|, strongest first."""
-    flat = np.abs(corr).ravel()
-    best = np.argsort(-flat, kind="stable")[:k]
-    return [(Cell("hc"[i // corr[0].size], (i % corr[0].size) // corr.shape[2], i % corr.shape[2]),
-             float(corr.ravel()[i])) for i in best]
+    best = np.argsort(-np.abs(corr).ravel(), kind="stable")[:k]
+    return [(Cell("hc"[int(kind)], int(layer), int(unit)), float(corr[kind, layer, unit]))
+            for kind, layer, unit in zip(*np.unravel_index(best, corr.shape))]
 
 
 def saturation(ins: Inspection) -> tuple[np.ndarray, np.ndarray]:
