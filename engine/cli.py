@@ -159,7 +159,7 @@ def cmd_generate(args) -> int:
     if args.json:
         settings = gen.sampling(**sampling)
         print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, "samples": samples,
-                          "settings": {**settings.__dict__, "max_tokens": gen._max_tokens(args.max_tokens)}},
+                          "settings": {**settings.__dict__, "max_tokens": gen.resolve_max_tokens(args.max_tokens)}},
                          ensure_ascii=False))
     elif gen.records:
         print("\n".join(samples))

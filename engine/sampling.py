@@ -103,17 +103,19 @@ class RowRandom:
 
 
 class RowSampler:
-    """The sampling state of one request's rows: random streams, banned ids, repetition history.
+    """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history.
 
-    The decode loop and the server's batch scheduler both sample through this, so a request gets the
-    same tokens whether it runs alone or shares a batch with others.
+    The decode loop (lstmgen.decoding) samples every row through this, so a request gets the same
+    tokens whether it runs alone or shares a batch with others.
     """
 
     def __init__(self, params: SamplingParams, seed: int, rows: range | list[int], context: Sequence[int],
-                 banned: Sequence[int] = ()) -> None:
+                 banned: Sequence[int] = (), bias: dict[int, float] | None = None) -> None:
         self.params = params
         self.rng = RowRandom(seed, rows)
         self.banned = list(banned)
+        self.bias_ids = np.array(list(bias or {}), dtype=np.int64)
+        self.bias_values = np.array(list((bias or {}).values()), dtype=np.float32)
         self.history = None  # [rows, window] most recent token ids, -1 for none
         if params.repetition_penalty != 1.0:
             window = params.repetition_window
@@ -123,11 +125,13 @@ class RowSampler:
                 self.history[:, -len(tail):] = tail
 
     def sample(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Next token of each active row; logits [len(active), vocab] is modified (banned ids masked).
+        """Next token of each active row; logits [len(active), vocab] is modified (bias added, banned ids masked).
 
         Every row's random stream advances, active or not, so a row's draws depend on the step alone.
         """
         u = self.rng.next()[active]
+        if len(self.bias_ids):
+            logits[:, self.bias_ids] += self.bias_values
         if self.banned:
             logits[:, self.banned] = -np.inf
         history = None if self.history is None else self.history[active]
