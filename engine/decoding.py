@@ -227,7 +227,7 @@ class Job:
             if self._accepted >= self.num:
                 break
             key = block.novelty_key(sample)
-            if not key or key in self._seen or _member(self.known, record_hash(key)):
+            if not key or key in self._seen or is_listed(self.known, key):
                 continue
             self._seen.add(key)
             self._samples.append(sample)
@@ -449,6 +449,8 @@ def _token_logprob(tokenizer: Tokenizer, logprobs: np.ndarray, token: int, n_top
     return TokenLogprob(tokenizer.tokens[token], token, float(logprobs[token]), top)
 
 
-def _member(sorted_hashes: np.ndarray, h: int) -> bool:
+def is_listed(sorted_hashes: np.ndarray, record: str) -> bool:
+    """Whether a record's hash is in a sorted hash list (binary search: the novel filter stays linear)."""
+    h = record_hash(record)
     i = int(np.searchsorted(sorted_hashes, np.uint64(h)))
     return i < len(sorted_hashes) and int(sorted_hashes[i]) == h

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .backend import OrtBackend
-from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request
+from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
 from .sampling import SamplingParams, new_seed
@@ -195,6 +195,10 @@ class Generator:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
             raise LstmgenError("prompts must be a non-empty list of texts")
         return list(prompts)
+
+    def in_corpus(self, record: str) -> bool:
+        """Whether a record (stripped) is one of the training corpus's (records models that list them)."""
+        return is_listed(self._known_records(), record.strip())
 
     def _known_records(self) -> np.ndarray:
         if not self.records:
