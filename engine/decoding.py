@@ -249,6 +249,7 @@ class RowBlock:
         self.eos = eos
         self.sampler = RowSampler(r.params, r.seed, rows, job.context, r.banned, r.bias)
         self.live = np.ones(len(rows), dtype=bool)
+        self.live_rows = np.arange(len(rows))  # np.flatnonzero(live), kept up to date
         self.steps = 0
         # Per-row text is built while generating only when something needs it then (stop strings,
         # streaming); otherwise each step's tokens are kept as arrays and decoded at the end.
@@ -263,22 +264,26 @@ class RowBlock:
 
     @property
     def n_live(self) -> int:
-        return int(self.live.sum())
+        return len(self.live_rows)
+
+    def _end_all(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.n_live
+        self.live[:] = False
+        self.live_rows = self.live_rows[:0]
+        return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
 
     def advance(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sample the next token of every live row; returns (tokens, ended) for those rows."""
-        live = np.flatnonzero(self.live)
+        live = self.live_rows
         job = self.job
         if job.cancelled:
-            self.live[:] = False
-            return np.zeros(len(live), dtype=np.int64), np.ones(len(live), dtype=bool)
+            return self._end_all()
         chosen_logprobs = _log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
         try:
             tokens = self.sampler.sample(logits, live)
         except LstmgenError as e:
             job.fail(e)
-            self.live[:] = False
-            return np.zeros(len(live), dtype=np.int64), np.ones(len(live), dtype=bool)
+            return self._end_all()
         self.steps += 1
         ended = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
         if self.steps >= job.request.max_tokens:
@@ -288,7 +293,9 @@ class RowBlock:
             self._record_logprobs(live, tokens, chosen_logprobs)
         if self.texts is not None:
             self._write_texts(live, tokens, ended)
-        self.live[live[ended]] = False
+        if ended.any():
+            self.live[live[ended]] = False
+            self.live_rows = live[~ended]
         return tokens, ended
 
     def _record_logprobs(self, live: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray) -> None:
@@ -351,7 +358,6 @@ class DecodeLoop:
         self.blocks: list[RowBlock] = []  # in batch order
         self.state: object | None = None
         self.logits: np.ndarray | None = None  # [rows, V]: what the next token of each live row is drawn from
-        self.steps = 0
 
     @property
     def rows(self) -> int:
@@ -390,21 +396,16 @@ class DecodeLoop:
 
     def step(self) -> None:
         """Sample one token for every live row, end rows, and run the model for the rest."""
-        n = len(self.logits)
-        tokens = np.empty(n, dtype=np.int64)
-        keep = np.ones(n, dtype=bool)
-        pos = 0
+        sampled, pos = [], 0
         for block in self.blocks:
             k = block.n_live
-            t, ended = block.advance(self.logits[pos: pos + k])
-            tokens[pos: pos + k] = t
-            keep[pos: pos + k] = ~ended
+            sampled.append(block.advance(self.logits[pos: pos + k]))
             pos += k
-        self.steps += 1
-        finished = [b for b in self.blocks if not b.live.any()]
-        self.blocks = [b for b in self.blocks if b.live.any()]
-        if not keep.all():
-            idx = np.flatnonzero(keep)
+        tokens, ended = sampled[0] if len(sampled) == 1 else (np.concatenate(x) for x in zip(*sampled))
+        finished = [b for b in self.blocks if not b.n_live]
+        self.blocks = [b for b in self.blocks if b.n_live]
+        if ended.any():
+            idx = np.flatnonzero(~ended)
             tokens = tokens[idx]
             self.state = self.backend.select(self.state, idx) if len(idx) else None
         if len(tokens):
