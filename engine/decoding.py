@@ -108,8 +108,7 @@ class RowText:
         self.tail = ""  # the last `hold` characters after the prompt
         self.cut: int | None = None  # where the text ends: at the first stop string
         self.sent = 0 if echo else self.prompt_len
-        self.unsent = prompt if (streaming and echo) else ""
-        self.streaming = streaming
+        self.unsent: str | None = (prompt if echo else "") if streaming else None  # text not handed out yet
 
     def add(self, token_id: int) -> bool:
         """Append a token; True when a stop string has appeared (the text then ends before it)."""
@@ -117,7 +116,7 @@ class RowText:
         if not piece:
             return False
         self.parts.append(piece)
-        if self.streaming:
+        if self.unsent is not None:
             self.unsent += piece
         start = self.length - len(self.tail)
         self.length += len(piece)
