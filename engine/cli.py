@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text with an exported or shipped model",
                        description="Generate text. With no MODEL, a shipped default model is used.")
-    g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: %(default)s)")
+    g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: the shipped 'names')")
     g.add_argument("--num", "-n", type=int, default=None, help="number of samples (default 1; records models 10)")
     prompt = g.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", "-p", default=None, help="text the samples start with (default: none)")
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="print only what the model wrote, without the prompt (default: prompt included)")
     g.add_argument("--logprobs", type=int, default=None, metavar="N",
                    help="with --json: each token's log-probability and its N likeliest alternatives (default off)")
-    g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample)")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample; default off)")
     known = g.add_mutually_exclusive_group()
     known.add_argument("--novel", action="store_true", default=None,
                        help="records models: only items not in the training data (the default for records models"
@@ -87,12 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random")
+    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random (default: the model's)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: the model's; none = all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off)")
-    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
-    p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off)")
-    p.add_argument("--repetition-window", type=int, default=None, help="recent tokens the penalty looks at")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off; default: the model's)")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability (default: the model's)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off; default: the model's)")
+    p.add_argument("--repetition-window", type=int, default=None, help="recent tokens the penalty looks at (default: the model's)")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:

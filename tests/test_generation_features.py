@@ -146,3 +146,10 @@ def test_cli_feature_errors_are_one_line(artifacts, capsys, argv, match):
     code = main([a.format(art=artifacts["names"]) for a in argv])
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_generator_and_score_reprs_say_what_they_are(gens):
+    g = gens["names"]
+    assert repr(g).startswith("Generator(") and "char-level records" in repr(g) and "vocab" in repr(g)
+    score = g.score("emma\nava\n")
+    assert f"{score.nats_per_token:.4f} nats/token" in repr(score) and "tokens=9" in repr(score)
