@@ -75,7 +75,11 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class Sample:
-    """A sample's text and, when asked for, the log-probability of each of its tokens."""
+    """A sample's text and, when asked for, the log-probability of each of its tokens.
+
+    logprobs lists the prompt's tokens (when echoed), every token written, and the end marker of a
+    record (token '<eos>'); a token that completed a stop string is listed though its text was cut.
+    """
 
     text: str
     logprobs: list[TokenLogprob] | None = None
@@ -247,8 +251,7 @@ class RowBlock:
         self.rows = rows
         self.eos = eos
         self.sampler = RowSampler(r.params, r.seed, rows, job.context, r.banned, r.bias)
-        self.live = np.ones(len(rows), dtype=bool)
-        self.live_rows = np.arange(len(rows))  # np.flatnonzero(live), kept up to date
+        self.live_rows = np.arange(len(rows))  # positions (in rows) of the rows still generating
         self.steps = 0
         # Per-row text is built while generating only when something needs it then (stop strings,
         # streaming); otherwise each step's tokens are kept as arrays and decoded at the end.
@@ -256,7 +259,7 @@ class RowBlock:
         if r.stop or job.on_piece is not None:
             self.texts = [RowText(job.tokenizer, r.prompt_ids, r.stop, streaming=job.on_piece is not None,
                                   echo=r.echo) for _ in rows]
-        self.trace: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, tokens) per step
+        self.trace: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, tokens) per step, when texts is None
         self.logprobs: list[list[TokenLogprob]] | None = None
         if r.logprobs is not None:
             self.logprobs = [list(job.prompt_logprobs) if r.echo else [] for _ in rows]
@@ -267,7 +270,6 @@ class RowBlock:
 
     def _end_all(self) -> tuple[np.ndarray, np.ndarray]:
         n = self.n_live
-        self.live[:] = False
         self.live_rows = self.live_rows[:0]
         return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
 
@@ -277,7 +279,7 @@ class RowBlock:
         job = self.job
         if job.cancelled:
             return self._end_all()
-        chosen_logprobs = _log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
+        model_logprobs = _log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
         try:
             tokens = self.sampler.sample(logits, live)
         except LstmgenError as e:
@@ -287,13 +289,13 @@ class RowBlock:
         ended = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
         if self.steps >= job.request.max_tokens:
             ended[:] = True
-        self.trace.append((live, tokens))
-        if chosen_logprobs is not None:
-            self._record_logprobs(live, tokens, chosen_logprobs)
+        if self.texts is None:
+            self.trace.append((live, tokens))
+        if model_logprobs is not None:
+            self._record_logprobs(live, tokens, model_logprobs)
         if self.texts is not None:
             self._write_texts(live, tokens, ended)
         if ended.any():
-            self.live[live[ended]] = False
             self.live_rows = live[~ended]
         return tokens, ended
 
