@@ -273,8 +273,8 @@ class RowBlock:
         self.live_rows = self.live_rows[:0]
         return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
 
-    def advance(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sample the next token of every live row; returns (tokens, ended) for those rows."""
+    def advance(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sample the next token of every live row; returns (tokens, ended) for those rows (ended None: none did)."""
         live = self.live_rows
         job = self.job
         if job.cancelled:
@@ -286,17 +286,19 @@ class RowBlock:
             job.fail(e)
             return self._end_all()
         self.steps += 1
-        ended = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
         if self.steps >= job.request.max_tokens:
-            ended[:] = True
+            ended = np.ones(len(live), dtype=bool)
+        else:
+            ended = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
         if self.texts is None:
             self.trace.append((live, tokens))
         if model_logprobs is not None:
             self._record_logprobs(live, tokens, model_logprobs)
         if self.texts is not None:
             self._write_texts(live, tokens, ended)
-        if ended.any():
-            self.live_rows = live[~ended]
+        if not ended.any():
+            return tokens, None
+        self.live_rows = live[~ended]
         return tokens, ended
 
     def _record_logprobs(self, live: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray) -> None:
@@ -397,15 +399,11 @@ class DecodeLoop:
 
     def step(self) -> None:
         """Sample one token for every live row, end rows, and run the model for the rest."""
-        sampled, pos = [], 0
-        for block in self.blocks:
-            k = block.n_live
-            sampled.append(block.advance(self.logits[pos: pos + k]))
-            pos += k
-        tokens, ended = sampled[0] if len(sampled) == 1 else (np.concatenate(x) for x in zip(*sampled))
-        finished = [b for b in self.blocks if not b.n_live]
-        self.blocks = [b for b in self.blocks if b.n_live]
-        if ended.any():
+        tokens, ended = self._sample() if len(self.blocks) > 1 else self.blocks[0].advance(self.logits)
+        finished = []
+        if ended is not None:
+            finished = [b for b in self.blocks if not b.n_live]
+            self.blocks = [b for b in self.blocks if b.n_live]
             idx = np.flatnonzero(~ended)
             tokens = tokens[idx]
             self.state = self.backend.select(self.state, idx) if len(idx) else None
@@ -416,6 +414,18 @@ class DecodeLoop:
         for block in finished:
             block.job.accept(block)
             self._start_next_block(block.job)
+
+    def _sample(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every block's advance over its slice of the batch; ended None when no row ended."""
+        sampled, pos = [], 0
+        for block in self.blocks:
+            k = block.n_live
+            sampled.append(block.advance(self.logits[pos: pos + k]))
+            pos += k
+        tokens = np.concatenate([t for t, _ in sampled])
+        if all(e is None for _, e in sampled):
+            return tokens, None
+        return tokens, np.concatenate([np.zeros(len(t), dtype=bool) if e is None else e for t, e in sampled])
 
     def run(self, jobs: Sequence[Job]) -> None:
         """Run jobs until every one is done; raise the first one's error, if any."""

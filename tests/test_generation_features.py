@@ -153,3 +153,19 @@ def test_generator_and_score_reprs_say_what_they_are(gens):
     assert repr(g).startswith("Generator(") and "char-level records" in repr(g) and "vocab" in repr(g)
     score = g.score("emma\nava\n")
     assert f"{score.nats_per_token:.4f} nats/token" in repr(score) and "tokens=9" in repr(score)
+
+
+@pytest.mark.parametrize("novel", [False, True])
+def test_rows_run_in_blocks_give_the_same_samples_as_one_batch(gens, novel):
+    from lstmgen.decoding import DecodeLoop
+
+    g = gens["names"]
+    [job] = g.jobs(num=20, seed=12, temperature=1.0, novel=novel, block_rows=3)
+    loop = DecodeLoop(g.backend, g.tokenizer)
+    loop.add(job)
+    widest = 0
+    while loop.blocks:
+        widest = max(widest, loop.rows)
+        loop.step()
+    assert widest <= 3
+    assert job.results() == g.generate(num=20, seed=12, temperature=1.0, novel=novel)
