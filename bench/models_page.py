@@ -110,13 +110,13 @@ def build(root: Path, bench: dict | None) -> str:
         kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
         # What the CLI prints for these flags: it defaults to --novel where the artifact lists its records.
         samples = g.generate(**kwargs, novel=g.lists_its_records)
-        flags = " ".join(f"--{k.replace('_', '-')} {_shell_word(v)}" for k, v in kwargs.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {shell_word(v)}" for k, v in kwargs.items())
         out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
         out += ["\n".join(samples) if m.records else samples[0], "```"]
     return "\n".join(out) + "\n"
 
 
-def _shell_word(value) -> str:
+def shell_word(value) -> str:
     """A flag value as a shell reads it back: "text", or $'...' where it holds a line break."""
     if not isinstance(value, str):
         return str(value)

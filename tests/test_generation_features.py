@@ -133,6 +133,16 @@ def test_cli_features(artifacts, gens, capsys, tmp_path):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert any(line.startswith("names ") and "char-level records" in line for line in listing)
+    assert main(["info"]) == 0
+    assert capsys.readouterr().out.splitlines() == listing
+
+
+def test_models_page_writes_prompts_as_the_shell_reads_them():
+    from lstmgen.bench.models_page import shell_word
+
+    assert shell_word("ROMEO:\n") == "$'ROMEO:\\n'"
+    assert shell_word("homer_simpson:") == '"homer_simpson:"'
+    assert shell_word(0.8) == "0.8"
 
 
 @pytest.mark.parametrize("argv, match", [
