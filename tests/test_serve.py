@@ -102,6 +102,10 @@ def test_stream_sends_pieces_that_join_to_the_sample(server):
     pieces, final = _sse(server, body)
     expected = server.app.models["moe"].generate(num=1, prompt="moe_szyslak:", max_tokens=40, seed=3)[0]
     assert len(pieces) > 2 and "".join(pieces) == final["text"] == expected
+    pieces, final = _sse(server, {**body, "echo": False, "stop": ["homer"]})
+    expected = server.app.models["moe"].generate(num=1, prompt="moe_szyslak:", max_tokens=40, seed=3, echo=False,
+                                                 stop=["homer"])[0]
+    assert "".join(pieces) == final["text"] == expected and not expected.startswith("moe_szyslak:")
 
 
 def test_score_endpoint(server):
