@@ -138,9 +138,11 @@ class Generator:
         """Ids never sampled: <unk> (unless allow_unk) and the tokens of `ban`."""
         if isinstance(ban, str):
             ban = [ban]
+        if not isinstance(ban, (list, tuple)) and ban is not None:
+            raise LstmgenError(f"ban must be a list of token texts, got {ban!r}")
         unk = self.tokenizer.unk_id
         ids = [] if allow_unk or unk is None else [unk]
-        return sorted(set(ids) | {self.token_id(t) for t in ban})
+        return sorted(set(ids) | {self.token_id(t) for t in ban or ()})
 
     def bias_ids(self, bias: dict[str, float] | None) -> dict[int, float]:
         """{token text: value added to its logit} -> {token id: value}, checked."""
