@@ -407,10 +407,16 @@ class DecodeLoop:
             idx = np.flatnonzero(~ended)
             tokens = tokens[idx]
             self.state = self.backend.select(self.state, idx) if len(idx) else None
-        if len(tokens):
-            self.logits, self.state = self.backend.step(tokens, self.state)
-        else:
-            self.logits, self.state = None, None
+        try:
+            if len(tokens):
+                self.logits, self.state = self.backend.step(tokens, self.state)
+            else:
+                self.logits, self.state = None, None
+        except Exception as e:  # jobs that just finished are no longer in self.blocks for fail_all to end
+            for block in finished:
+                block.job.fail(e)
+                block.job.done.set()
+            raise
         for block in finished:
             block.job.accept(block)
             self._start_next_block(block.job)

@@ -179,3 +179,27 @@ def test_rows_run_in_blocks_give_the_same_samples_as_one_batch(gens, novel):
         loop.step()
     assert widest <= 3
     assert job.results() == g.generate(num=20, seed=12, temperature=1.0, novel=novel)
+
+
+def test_a_broken_step_fails_the_requests_in_flight_and_the_scheduler_goes_on(gens):
+    g = gens["names"]
+    sched = Scheduler(g, max_batch=16)
+    real = sched.loop.backend
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def step(self, tokens, state):
+            raise RuntimeError("device lost")
+
+    try:
+        sched.loop.backend = Broken()
+        job = sched.submit(sched.job(num=3, seed=1))
+        assert job.done.wait(60) and "device lost" in str(job.error)
+        sched.loop.backend = real
+        again = sched.submit(sched.job(num=3, seed=1))
+        assert again.done.wait(60) and again.error is None
+        assert again.results() == g.generate(num=3, seed=1)
+    finally:
+        sched.close()
