@@ -182,14 +182,20 @@ def cmd_generate(args) -> int:
               " (raise --temperature, or add --allow-known)", file=sys.stderr)
     if args.json:
         settings = {**gen.sampling(**sampling).__dict__, "max_tokens": gen.resolve_max_tokens(args.max_tokens)}
-        as_json = [[s.to_dict() for s in g] if args.logprobs is not None else g for g in groups]
-        extra = {"prompts": prompts, "samples": as_json} if prompts is not None else {"samples": as_json[0]}
-        print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, **extra,
-                          "settings": settings}, ensure_ascii=False))
+        _print_json(gen, groups, prompts, seed=seed, novel=novel, settings=settings, logprobs=args.logprobs is not None)
     else:
         samples = [s for g in groups for s in g]
         print(("\n" if gen.records else "\n\n----\n\n").join(samples))
     return 0
+
+
+def _print_json(gen, groups: list[list], prompts: list[str] | None, *, seed: int, novel: bool, settings: dict,
+                logprobs: bool) -> None:
+    """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs)."""
+    as_json = [[s.to_dict() for s in g] if logprobs else g for g in groups]
+    extra = {"prompts": prompts, "samples": as_json} if prompts is not None else {"samples": as_json[0]}
+    print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, **extra,
+                      "settings": settings}, ensure_ascii=False))
 
 
 def _parse_bias(items: list[str]) -> dict[str, float]:
