@@ -441,6 +441,14 @@ def _sort_candidates(cand_i, n, probs):
 
 
 @njit(cache=True, nogil=True)
+def _sum(a):
+    total = 0.0
+    for j in range(a.shape[0]):
+        total += a[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
 def _cut_and_draw(ids, ps, order, limit, min_p, u):
     """Keep the preferred candidates until their mass reaches limit (the token crossing it included)
     and while they are at least min_p times the top one; invert their CDF at u."""
@@ -504,14 +512,6 @@ def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scra
     # As in the usual chain of filters, top-p is taken of the mass that top-k left.
     mass = total if k == V else _sum(ps)
     return _cut_and_draw(ids, ps, order, top_p * mass, min_p, u), STATUS_OK
-
-
-@njit(cache=True, nogil=True)
-def _sum(a):
-    total = 0.0
-    for j in range(a.shape[0]):
-        total += a[j]
-    return total
 
 
 @njit(cache=True, nogil=True)
