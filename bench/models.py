@@ -6,8 +6,7 @@ for trained models; `--model DIR` benches a real artifact instead.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,3 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
                  defaults=SamplingDefaults(), name=spec.name, training={"note": "random weights for benchmarking"})
     (folder / MANIFEST_FILE).write_text(m.to_json())
     return folder
-
-
-def spec_json(spec: ModelSpec) -> str:
-    return json.dumps(asdict(spec))

@@ -110,18 +110,23 @@ def build(root: Path, bench: dict | None) -> str:
         kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
         # What the CLI prints for these flags: it defaults to --novel where the artifact lists its records.
         samples = g.generate(**kwargs, novel=g.lists_its_records)
-        flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) else v}" for k, v in kwargs.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {shell_word(v)}" for k, v in kwargs.items())
         out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
         out += ["\n".join(samples) if m.records else samples[0], "```"]
     return "\n".join(out) + "\n"
 
 
-def _known_fraction(g: Generator, samples: list[str]) -> float:
-    from lstmgen.generator import _member
-    from lstmgen.manifest import record_hash
+def shell_word(value) -> str:
+    """A flag value as a shell reads it back: "text", or $'...' where it holds a line break."""
+    if not isinstance(value, str):
+        return str(value)
+    if "\n" in value:
+        return "$'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    return json.dumps(value)
 
-    known = g._known_records()
-    return sum(_member(known, record_hash(s)) for s in samples) / len(samples)
+
+def _known_fraction(g: Generator, samples: list[str]) -> float:
+    return sum(g.in_corpus(s) for s in samples) / len(samples)
 
 
 def main(argv: list[str] | None = None) -> int:

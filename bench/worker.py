@@ -32,22 +32,23 @@ def _timed(run_once, repeats: int) -> dict:
 
 # -- engine ----------------------------------------------------------------------------------------
 def engine_rows(job: dict) -> list[dict]:
-    from lstmgen.generator import Generator, decode_loop
-    from lstmgen.sampling import SamplingParams
+    from lstmgen.decoding import DecodeLoop
+    from lstmgen.generator import Generator
 
     gen = Generator.load(job["artifact"], device=job["device"], threads=job["threads"])
-    params = SamplingParams(temperature=TEMPERATURE, top_k=min(TOP_K, gen.manifest.dims.vocab_size))
-    start = list(gen.manifest.start_ids)
+    top_k = min(TOP_K, gen.manifest.dims.vocab_size)
     rows = []
     for B in job["batch_sizes"]:
         def run_once(warmup: bool, B=B):
-            n = 4 if warmup else job["steps"]
+            [request] = gen.jobs(num=B, max_tokens=4 if warmup else job["steps"], temperature=TEMPERATURE,
+                                 top_k=top_k, seed=1234, allow_unk=True, block_rows=B)
             t0 = time.perf_counter()
-            loop = decode_loop(gen.backend, start, range(B), n, params, 1234, None)
-            next(loop)
+            loop = DecodeLoop(gen.backend, gen.tokenizer)
+            loop.add(request)
+            loop.step()
             first = time.perf_counter() - t0
-            for _ in loop:
-                pass
+            while loop.blocks:
+                loop.step()
             return first, time.perf_counter() - t0
 
         rows.append({"batch_size": B, **_timed(run_once, job["repeats"]), "variant": gen.backend.device})

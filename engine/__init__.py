@@ -10,9 +10,10 @@ The engine needs only numpy, onnxruntime and numba. Training and export live in 
 
 __version__ = "0.1.0"
 
+from .decoding import Sample, TokenLogprob  # noqa: E402
 from .errors import LstmgenError  # noqa: E402
 from .generator import Generator  # noqa: E402
 from .sampling import SamplingParams  # noqa: E402
 from .scoring import Score  # noqa: E402
 
-__all__ = ["Generator", "LstmgenError", "SamplingParams", "Score", "__version__"]
+__all__ = ["Generator", "LstmgenError", "Sample", "SamplingParams", "Score", "TokenLogprob", "__version__"]

@@ -29,22 +29,33 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text with an exported or shipped model",
                        description="Generate text. With no MODEL, a shipped default model is used.")
-    g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: %(default)s)")
+    g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: the shipped 'names')")
     g.add_argument("--num", "-n", type=int, default=None, help="number of samples (default 1; records models 10)")
-    g.add_argument("--prompt", "-p", default=None, help="text the samples start with")
+    prompt = g.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", "-p", default=None, help="text the samples start with (default: none)")
+    prompt.add_argument("--prompt-file", default=None, metavar="FILE",
+                        help="one prompt a line; --num samples for each (default: none)")
     g.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default from the manifest)")
     add_sampling_flags(g)
     g.add_argument("--seed", type=int, default=None, help="seed; the same seed gives the same text (default random)")
-    g.add_argument("--stop", action="append", default=[], help="end a sample where this text appears (repeatable)")
-    g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample)")
+    g.add_argument("--stop", action="append", default=[], help="end a sample where this text appears (repeatable; default none)")
+    g.add_argument("--bias", action="append", default=[], metavar="TOKEN=VALUE",
+                   help="add VALUE to the logit of TOKEN, given as text (repeatable; default none)")
+    g.add_argument("--ban", action="append", default=[], metavar="TOKEN",
+                   help="never write TOKEN, given as text (repeatable; default none)")
+    g.add_argument("--no-echo", dest="echo", action="store_false",
+                   help="print only what the model wrote, without the prompt (default: prompt included)")
+    g.add_argument("--logprobs", type=int, default=None, metavar="N",
+                   help="with --json: each token's log-probability and its N likeliest alternatives (default off)")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample; default off)")
     known = g.add_mutually_exclusive_group()
     known.add_argument("--novel", action="store_true", default=None,
                        help="records models: only items not in the training data (the default for records models"
                             " whose artifact lists the corpus records, except with --stream)")
     known.add_argument("--allow-known", dest="novel", action="store_false",
                        help="records models: plain samples, which may repeat items of the training data")
-    g.add_argument("--allow-unk", action="store_true", help="word models: let samples contain <unk>")
-    g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list")
+    g.add_argument("--allow-unk", action="store_true", help="word models: let samples contain <unk> (default off)")
+    g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list (default: text)")
     add_runtime_flags(g)
 
     s = sub.add_parser("score", help="negative log-likelihood of a text file under a model")
@@ -83,20 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text (statistics use all)")
     add_runtime_flags(n)
 
-    i = sub.add_parser("info", help="describe an artifact")
-    i.add_argument("model", nargs="?", help="artifact folder or shipped model name")
-    i.add_argument("--json", action="store_true", help="print the manifest")
+    i = sub.add_parser("info", help="describe an artifact (with no MODEL: list the shipped models)")
+    i.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: list the shipped models)")
+    i.add_argument("--json", action="store_true", help="print the manifest (default: a summary)")
+    sub.add_parser("list", help="list the shipped models, one line each")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random")
+    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random (default: the model's)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: the model's; none = all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off)")
-    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
-    p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off)")
-    p.add_argument("--repetition-window", type=int, default=None, help="recent tokens the penalty looks at")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off; default: the model's)")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability (default: the model's)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off; default: the model's)")
+    p.add_argument("--repetition-window", type=int, default=None, help="recent tokens the penalty looks at (default: the model's)")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
@@ -125,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return module.main(argv)
         args = _parser().parse_args(argv)
-        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve,
-                "inspect": cmd_inspect}[args.command](args)
+        commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
+                    "inspect": cmd_inspect}
+        return commands[args.command](args)
     except LstmgenError as e:
         if debug:
             raise
@@ -156,33 +169,83 @@ def cmd_generate(args) -> int:
     seed = args.seed if args.seed is not None else new_seed()
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repetition_penalty=args.repetition_penalty, repetition_window=args.repetition_window)
+    shared = dict(max_tokens=args.max_tokens, seed=seed, stop=args.stop, allow_unk=args.allow_unk, echo=args.echo,
+                  bias=_parse_bias(args.bias), ban=args.ban, **sampling)
+    if args.logprobs is not None and not args.json:
+        raise LstmgenError("--logprobs N prints log-probabilities in the JSON output: add --json")
     if args.stream:
-        if num != 1 or args.json or args.novel:
-            raise LstmgenError("--stream prints one sample as it is written: use it without --num > 1, --json or --novel")
-        for piece in gen.stream(args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
-                                allow_unk=args.allow_unk, **sampling):
+        if num != 1 or args.json or args.novel or args.prompt_file:
+            raise LstmgenError("--stream prints one sample as it is written: use it without --num > 1, --json,"
+                               " --novel or --prompt-file")
+        for piece in gen.stream(args.prompt, **shared):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
+    prompts = _read_prompts(args.prompt_file) if args.prompt_file else None
     # A names model that hands back names from its own corpus is not what people run it for, so
     # records models default to new items when the artifact can tell which ones are new.
     novel = args.novel if args.novel is not None else gen.lists_its_records
-    samples = gen.generate(num, args.prompt, max_tokens=args.max_tokens, seed=seed, stop=args.stop,
-                           novel=novel, allow_unk=args.allow_unk, **sampling)
-    if novel and len(samples) < num:
-        print(f"lstmgen: warning: found only {len(samples)} novel samples of {num} asked for"
+    with _progress(num * len(prompts or [None])) as bar:
+        try:
+            out = gen.generate(num, args.prompt, prompts=prompts, novel=novel, logprobs=args.logprobs,
+                               progress=bar.update, **shared)
+        except LstmgenError as e:
+            raise LstmgenError(str(e).replace("novel=True", "--novel")) from None
+    groups = out if prompts is not None else [out]
+    if novel and any(len(g) < num for g in groups):
+        found = min(len(g) for g in groups)
+        print(f"lstmgen: warning: found only {found} novel samples of {num} asked for"
               " (raise --temperature, or add --allow-known)", file=sys.stderr)
     if args.json:
-        settings = gen.sampling(**sampling)
-        print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, "samples": samples,
-                          "settings": {**settings.__dict__, "max_tokens": gen._max_tokens(args.max_tokens)}},
-                         ensure_ascii=False))
-    elif gen.records:
-        print("\n".join(samples))
+        settings = {**gen.sampling(**sampling).__dict__, "max_tokens": gen.resolve_max_tokens(args.max_tokens)}
+        _print_json(gen, groups, prompts, seed=seed, novel=novel, settings=settings, logprobs=args.logprobs is not None)
     else:
-        print("\n\n----\n\n".join(samples))
+        samples = [s for g in groups for s in g]
+        print(("\n" if gen.records else "\n\n----\n\n").join(samples))
     return 0
+
+
+def _print_json(gen, groups: list[list], prompts: list[str] | None, *, seed: int, novel: bool, settings: dict,
+                logprobs: bool) -> None:
+    """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs)."""
+    as_json = [[s.to_dict() for s in g] if logprobs else g for g in groups]
+    extra = {"prompts": prompts, "samples": as_json} if prompts is not None else {"samples": as_json[0]}
+    print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, **extra,
+                      "settings": settings}, ensure_ascii=False))
+
+
+def _parse_bias(items: list[str]) -> dict[str, float]:
+    bias: dict[str, float] = {}
+    for item in items:
+        token, sep, value = item.rpartition("=")
+        try:
+            bias[token] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not token:
+            raise LstmgenError(f"--bias takes TOKEN=VALUE (e.g. --bias e=2.5), got {item!r}")
+    return bias
+
+
+def _read_prompts(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = f.read().splitlines()
+    except FileNotFoundError:
+        raise LstmgenError(f"prompt file not found: {path} (check the path)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LstmgenError(f"cannot read prompt file {path} ({e}); give a UTF-8 text file, one prompt a line") from None
+    if not prompts:
+        raise LstmgenError(f"{path} holds no prompts (one prompt a line)")
+    return prompts
+
+
+def _progress(total: int):
+    """A progress bar on stderr when it is a terminal and the run takes more than a moment."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", disable=not sys.stderr.isatty(), delay=1.0, leave=False, file=sys.stderr)
 
 
 def cmd_score(args) -> int:
@@ -240,10 +303,27 @@ def cmd_inspect(args) -> int:
     return run(args)
 
 
+def cmd_list(args) -> int:
+    from .generator import resolve_model, shipped_models
+    from .manifest import read_manifest
+
+    for name in shipped_models():
+        m = read_manifest(resolve_model(name))
+        kind = "records" if m.records else "running text"
+        val = f", validation {m.validation_nats:.4f} nats/token" if m.validation_nats is not None else ""
+        print(f"{name:<18} {m.tokenizer['level']}-level {kind}, {m.precision},"
+              f" vocab {m.dims.vocab_size}, hidden {m.dims.hidden_size} x {m.dims.num_layers}{val}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .generator import resolve_model
     from .manifest import read_manifest
 
+    if args.model is None:
+        if args.json:
+            raise LstmgenError("info --json describes one model: name it (lstmgen list shows the shipped ones)")
+        return cmd_list(args)
     folder = resolve_model(args.model)
     m = read_manifest(folder)
     if args.json:

@@ -6,10 +6,14 @@ its own NumPy generator seeded by (seed, row) (`RowRandom`), so row i's text dep
 and i, whatever the batch, device or backend. `sample_rows_reference` is a plain NumPy twin used by
 the tests.
 
-The kernel's order: penalise recently seen tokens, scale by 1/temperature, keep the candidates
-(top-k, then nucleus top-p of what top-k kept, then min-p, all on the sorted distribution), and
-invert the CDF of the renormalised candidates at the row's uniform number (in id order when no
-filter is on, which needs no sort).
+The kernel's order, step for step the reference's: penalise recently seen tokens (`_penalise`),
+greedy takes the first maximum, scale by 1/temperature, keep the candidates (top-k:
+`_top_k_from_groups` or `_top_k_by_threshold`, then `_keep_best_k`; without top-k, the nucleus
+superset `_nucleus_candidates`), sort them by preference (`_sort_candidates`), cut at top-p of what
+top-k kept and at min-p, and invert the CDF of what is left at the row's uniform number
+(`_cut_and_draw`). With no filter on, the CDF is inverted in id order (`_invert_cdf_in_id_order`),
+which needs no sort. The rest is speed: candidates are gathered without touching the whole
+distribution where possible.
 """
 
 from __future__ import annotations
@@ -103,17 +107,19 @@ class RowRandom:
 
 
 class RowSampler:
-    """The sampling state of one request's rows: random streams, banned ids, repetition history.
+    """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history.
 
-    The decode loop and the server's batch scheduler both sample through this, so a request gets the
-    same tokens whether it runs alone or shares a batch with others.
+    The decode loop (lstmgen.decoding) samples every row through this, so a request gets the same
+    tokens whether it runs alone or shares a batch with others.
     """
 
     def __init__(self, params: SamplingParams, seed: int, rows: range | list[int], context: Sequence[int],
-                 banned: Sequence[int] = ()) -> None:
+                 banned: Sequence[int] = (), bias: dict[int, float] | None = None) -> None:
         self.params = params
         self.rng = RowRandom(seed, rows)
         self.banned = list(banned)
+        self.bias_ids = np.array(list(bias or {}), dtype=np.int64)
+        self.bias_values = np.array(list((bias or {}).values()), dtype=np.float32)
         self.history = None  # [rows, window] most recent token ids, -1 for none
         if params.repetition_penalty != 1.0:
             window = params.repetition_window
@@ -123,11 +129,13 @@ class RowSampler:
                 self.history[:, -len(tail):] = tail
 
     def sample(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Next token of each active row; logits [len(active), vocab] is modified (banned ids masked).
+        """Next token of each active row; logits [len(active), vocab] is modified (bias added, banned ids masked).
 
         Every row's random stream advances, active or not, so a row's draws depend on the step alone.
         """
         u = self.rng.next()[active]
+        if len(self.bias_ids):
+            logits[:, self.bias_ids] += self.bias_values
         if self.banned:
             logits[:, self.banned] = -np.inf
         history = None if self.history is None else self.history[active]
@@ -253,136 +261,164 @@ def _exp_candidates(x, cand_i, n, m, inv_t, probs):
 
 
 @njit(cache=True, nogil=True)
-def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
-                probs, cand_p, cand_i, bmbuf):
-    """Returns (token, status). Scratch arrays are passed in so that a batch allocates once."""
-    V = row.shape[0]
-    if _has_nan(row.view(np.int32)):
-        return -1, STATUS_NAN
-    S = 0
-    if 0 < top_k < V and V // GROUPS >= top_k and (penalty == 1.0 or history.shape[0] == 0):
-        S = V // GROUPS
-    bm = _group_max(row, bmbuf[:S])
-    x = row
-    if penalty != 1.0 and history.shape[0] > 0:
-        scratch[:] = row
-        for t in range(history.shape[0]):
-            tok = history[t]
-            if tok >= 0 and stamp[tok] != stamp_value:
-                stamp[tok] = stamp_value
-                if scratch[tok] > 0:
-                    scratch[tok] = scratch[tok] / penalty
-                else:
-                    scratch[tok] = scratch[tok] * penalty
-        x = scratch
-    if S > 0 and x is row:
-        m = max(_row_max(bm), _row_max(row[S * GROUPS:])) if V > S * GROUPS else _row_max(bm)
+def _penalise(row, penalty, history, scratch, stamp, stamp_value):
+    """A copy of row in which each token seen in history is penalised once (reference: `seen`)."""
+    scratch[:] = row
+    for t in range(history.shape[0]):
+        tok = history[t]
+        if tok >= 0 and stamp[tok] != stamp_value:  # stamp[tok] == stamp_value: tok already penalised for this row
+            stamp[tok] = stamp_value
+            if scratch[tok] > 0:
+                scratch[tok] = scratch[tok] / penalty
+            else:
+                scratch[tok] = scratch[tok] * penalty
+    return scratch
+
+
+@njit(cache=True, nogil=True)
+def _max_logit(x, group_max):
+    """The row's maximum; from the group maxima (plus the tail beyond the last full group) when there are any."""
+    S = group_max.shape[0]
+    if S == 0:
+        return _row_max(x)
+    if x.shape[0] > S * GROUPS:
+        return max(_row_max(group_max), _row_max(x[S * GROUPS:]))
+    return _row_max(group_max)
+
+
+@njit(cache=True, nogil=True)
+def _first_index_of(x, value):
+    for j in range(x.shape[0]):
+        if x[j] == value:
+            return j
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _top_k_from_groups(x, group_max, m, k, cand_i):
+    """Ids of a superset of the top k into cand_i; returns their count (>= k).
+
+    Any threshold that at least k group maxima reach is one that at least k tokens reach, and only
+    those groups can hold tokens above it. Bisect for the highest such threshold by counting
+    (vectorised), then scan just those groups.
+    """
+    S, V = group_max.shape[0], x.shape[0]
+    lo = group_max[0]
+    for a in range(1, S):
+        if group_max[a] < lo:
+            lo = group_max[a]
+    hi = m
+    if _count_at_least(group_max, hi) < k:
+        for _ in range(30):
+            mid = np.float32(0.5 * (lo + hi))
+            if mid <= lo or mid >= hi:
+                break
+            if _count_at_least(group_max, mid) >= k:
+                lo = mid
+            else:
+                hi = mid
+        thr = lo
     else:
-        m = _row_max(x)
-    if m == -np.inf:
-        return -1, STATUS_ALL_NEG_INF
-    if temperature == 0.0:
-        for j in range(V):
-            if x[j] == m:
-                return j, STATUS_OK
-    inv_t = 1.0 / temperature
-    k = top_k if (top_k > 0 and top_k < V) else V
+        thr = hi
     n = 0
-    total = 0.0
-    if k < V and S >= k:
-        # top-k from group maxima: any threshold that at least k group maxima reach is one that at
-        # least k tokens reach, and only those groups can hold tokens above it. Bisect for the
-        # highest such threshold by counting (vectorised), then scan just those groups.
-        lo = bm[0]
-        for a in range(1, S):
-            if bm[a] < lo:
-                lo = bm[a]
-        hi = m
-        if _count_at_least(bm, hi) < k:
-            for _ in range(30):
-                mid = np.float32(0.5 * (lo + hi))
-                if mid <= lo or mid >= hi:
-                    break
-                if _count_at_least(bm, mid) >= k:
-                    lo = mid
-                else:
-                    hi = mid
-            thr = lo
-        else:
-            thr = hi
-        n = 0
-        for a in range(S):
-            if bm[a] >= thr:
-                for j in range(a, S * GROUPS, S):
-                    if x[j] >= thr:
-                        probs[n] = j  # probs doubles as an id buffer until the heap below
-                        n += 1
-        for j in range(S * GROUPS, V):
-            if x[j] >= thr:
-                probs[n] = j
-                n += 1
-        for a in range(n):
-            cand_i[a] = np.int64(probs[a])
-        n = _keep_best_k(x, cand_p, cand_i, n, k)
-        total = _exp_candidates(x, cand_i, n, m, inv_t, probs)
-    elif k < V:
-        # top-k never needs the whole distribution: gather the tokens above a threshold that at least
-        # k tokens pass (halving the probability ratio until they do), then keep the best k of those.
-        ratio = 8.0
-        while True:
-            thr = m - ratio * temperature
-            n = 0
-            for j in range(V):
+    for a in range(S):
+        if group_max[a] >= thr:
+            for j in range(a, S * GROUPS, S):
                 if x[j] >= thr:
                     cand_i[n] = j
                     n += 1
-            if n >= k or ratio > 1e4:
-                break
-            ratio *= 4.0
-        n = _keep_best_k(x, cand_p, cand_i, n, min(k, n))
-        total = _exp_candidates(x, cand_i, n, m, inv_t, probs)
-    else:
-        for j in range(V):
-            e = math.exp((x[j] - m) * inv_t)
-            probs[j] = e
-            total += e
-        if top_p >= 1.0 and min_p <= 0.0:
-            # Full distribution: invert the CDF in id order, no sorting needed.
-            target = u * total
-            acc = 0.0
-            last = 0
-            for j in range(V):
-                if probs[j] > 0.0:
-                    acc += probs[j]
-                    last = j
-                    if acc > target:
-                        return j, STATUS_OK
-            return last, STATUS_OK
-        # top-p / min-p: every token of the nucleus has p >= t for a threshold t whose mass already
-        # reaches top_p; lowering t by 64x per pass finds one in a pass or two on real models.
-        floor = min_p  # relative to the max, which is 1.0 after the shift
-        t = 1.0 / 64.0 if top_p < 1.0 else floor
-        if t < floor:
-            t = floor
-        while True:
-            mass = 0.0
-            for j in range(V):
-                if probs[j] >= t:
-                    mass += probs[j]
-            if mass >= top_p * total or t <= floor or t == 0.0:
-                break
-            t = t / 64.0
-            if t < 1e-300:
-                t = 0.0
-            if t < floor:
-                t = floor
-        for j in range(V):
-            if probs[j] >= t:
+    for j in range(S * GROUPS, V):
+        if x[j] >= thr:
+            cand_i[n] = j
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _top_k_by_threshold(x, m, k, temperature, cand_i):
+    """Ids of a superset of the top k into cand_i (all ids if fewer pass); returns their count.
+
+    Top-k never needs the whole distribution: keep the tokens whose logit is within ratio x
+    temperature of the maximum (probability at least exp(-ratio) times the top one's), widening the
+    ratio 4x per pass until at least k tokens pass.
+    """
+    ratio = 8.0
+    while True:
+        thr = m - ratio * temperature
+        n = 0
+        for j in range(x.shape[0]):
+            if x[j] >= thr:
                 cand_i[n] = j
                 n += 1
-    # Sort candidates by preference: probability descending, lower id first among equals.
+        if n >= k or ratio > 1e4:
+            return n
+        ratio *= 4.0
+
+
+@njit(cache=True, nogil=True)
+def _exp_all(x, m, inv_t, probs):
+    """probs[id] = exp((x[id] - max) / T) for every id; returns their sum."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        e = math.exp((x[j] - m) * inv_t)
+        probs[j] = e
+        total += e
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _invert_cdf_in_id_order(probs, target):
+    """The first id whose cumulative (unnormalised) probability passes target: no sort needed."""
+    acc = 0.0
+    last = 0
+    for j in range(probs.shape[0]):
+        if probs[j] > 0.0:
+            acc += probs[j]
+            last = j
+            if acc > target:
+                return j
+    return last
+
+
+@njit(cache=True, nogil=True)
+def _nucleus_candidates(probs, total, top_p, min_p, cand_i):
+    """Ids with probability >= t into cand_i (returns their count), for a threshold t whose mass reaches top_p.
+
+    Every token of the nucleus has p >= t for such a t; dividing t by 64 per pass finds one in a pass
+    or two on real models. min_p is a floor (relative to the maximum, which is 1.0 after the shift).
+    """
+    floor = min_p
+    t = 1.0 / 64.0 if top_p < 1.0 else floor
+    if t < floor:
+        t = floor
+    while True:
+        mass = 0.0
+        for j in range(probs.shape[0]):
+            if probs[j] >= t:
+                mass += probs[j]
+        if mass >= top_p * total or t <= floor or t == 0.0:
+            break
+        t = t / 64.0
+        if t < 1e-300:
+            t = 0.0
+        if t < floor:
+            t = floor
+    n = 0
+    for j in range(probs.shape[0]):
+        if probs[j] >= t:
+            cand_i[n] = j
+            n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _sort_candidates(cand_i, n, probs):
+    """(ids, ps, order): the a-th preferred candidate is ids[order[a]] with probability ps[order[a]].
+
+    Preference: probability descending, lower id first among equals (the reference's stable argsort).
+    """
     if n <= 64:
-        # Few candidates (top-k): an in-place insertion sort, no allocation.
+        # Few candidates (top-k): insertion sort of the ids in place; order is the identity.
         ids = cand_i[:n]
         ps = np.empty(n, dtype=np.float64)
         for a in range(n):
@@ -396,21 +432,27 @@ def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scra
                 b -= 1
             ps[b + 1] = pa
             ids[b + 1] = ia
-        order = np.arange(n)
-    else:
-        ids = np.sort(cand_i[:n])
-        ps = np.empty(n, dtype=np.float64)
-        for a in range(n):
-            ps[a] = probs[ids[a]]
-        order = np.argsort(-ps, kind="mergesort")
-    # Cut: nucleus (include the token that crosses top_p), then min-p. As in the usual chain of
-    # filters, top-p is taken of the mass that top-k left.
-    limit = top_p * total
-    if k < V:
-        kmass = 0.0
-        for a in range(n):
-            kmass += ps[a]
-        limit = top_p * kmass
+        return ids, ps, np.arange(n)
+    ids = np.sort(cand_i[:n])
+    ps = np.empty(n, dtype=np.float64)
+    for a in range(n):
+        ps[a] = probs[ids[a]]
+    return ids, ps, np.argsort(-ps, kind="mergesort")
+
+
+@njit(cache=True, nogil=True)
+def _sum(a):
+    total = 0.0
+    for j in range(a.shape[0]):
+        total += a[j]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _cut_and_draw(ids, ps, order, limit, min_p, u):
+    """Keep the preferred candidates until their mass reaches limit (the token crossing it included)
+    and while they are at least min_p times the top one; invert their CDF at u."""
+    n = ids.shape[0]
     pmax = ps[order[0]]
     acc = 0.0
     kept = 0
@@ -427,14 +469,55 @@ def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scra
     for a in range(kept):
         run += ps[order[a]]
         if run > target:
-            return ids[order[a]], STATUS_OK
-    return ids[order[kept - 1]], STATUS_OK
+            return ids[order[a]]
+    return ids[order[kept - 1]]
+
+
+@njit(cache=True, nogil=True)
+def _sample_one(row, u, temperature, top_k, top_p, min_p, penalty, history, scratch, stamp, stamp_value,
+                probs, cand_p, cand_i, group_buf):
+    """Returns (token, status) for one row of logits; the reference's steps, in its order.
+
+    The work arrays (scratch, stamp, probs, cand_p, cand_i, group_buf) are allocated once per range
+    of rows by the caller, not per row.
+    """
+    V = row.shape[0]
+    if _has_nan(row.view(np.int32)):
+        return -1, STATUS_NAN
+    penalised = penalty != 1.0 and history.shape[0] > 0
+    k = top_k if 0 < top_k < V else V
+    # Group maxima speed up top-k (and the max) when k is small; a penalty changes the logits, so not then.
+    S = V // GROUPS if (k < V and V // GROUPS >= k and not penalised) else 0
+    group_max = _group_max(row, group_buf[:S])
+    x = _penalise(row, penalty, history, scratch, stamp, stamp_value) if penalised else row
+    m = _max_logit(x, group_max)
+    if m == -np.inf:
+        return -1, STATUS_ALL_NEG_INF
+    if temperature == 0.0:
+        return _first_index_of(x, m), STATUS_OK
+    inv_t = 1.0 / temperature
+    if k < V:
+        if S > 0:
+            n = _top_k_from_groups(x, group_max, m, k, cand_i)
+        else:
+            n = _top_k_by_threshold(x, m, k, temperature, cand_i)
+        n = _keep_best_k(x, cand_p, cand_i, n, min(k, n))
+        total = _exp_candidates(x, cand_i, n, m, inv_t, probs)
+    else:
+        total = _exp_all(x, m, inv_t, probs)
+        if top_p >= 1.0 and min_p <= 0.0:
+            return _invert_cdf_in_id_order(probs, u * total), STATUS_OK
+        n = _nucleus_candidates(probs, total, top_p, min_p, cand_i)
+    ids, ps, order = _sort_candidates(cand_i, n, probs)
+    # As in the usual chain of filters, top-p is taken of the mass that top-k left.
+    mass = total if k == V else _sum(ps)
+    return _cut_and_draw(ids, ps, order, top_p * mass, min_p, u), STATUS_OK
 
 
 @njit(cache=True, nogil=True)
 def _sample_rows_range(logits, uniforms, temperature, top_k, top_p, min_p, penalty, history, out, status, lo, hi):
     V = logits.shape[1]
-    bmbuf = np.empty(V // GROUPS + 1, dtype=np.float32)
+    group_buf = np.empty(V // GROUPS + 1, dtype=np.float32)
     scratch = np.empty(V, dtype=np.float32)
     stamp = np.zeros(V, dtype=np.int64)
     probs = np.empty(V, dtype=np.float64)
@@ -442,7 +525,7 @@ def _sample_rows_range(logits, uniforms, temperature, top_k, top_p, min_p, penal
     cand_i = np.empty(V, dtype=np.int64)
     for b in range(lo, hi):
         tok, st = _sample_one(logits[b], uniforms[b], temperature, top_k, top_p, min_p, penalty, history[b],
-                              scratch, stamp, b + 1, probs, cand_p, cand_i, bmbuf)
+                              scratch, stamp, b + 1, probs, cand_p, cand_i, group_buf)
         out[b] = tok
         status[b] = st
 

@@ -39,6 +39,10 @@ class Score:
     def bits_per_char(self) -> float:
         return self.nats / max(1, self.chars) / math.log(2)
 
+    def __repr__(self) -> str:
+        return (f"Score({self.nats_per_token:.4f} nats/token, perplexity {self.perplexity:.3f},"
+                f" {self.bits_per_char:.4f} bits/char; nats={self.nats:.4f}, tokens={self.tokens}, chars={self.chars})")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "nats_per_token": self.nats_per_token, "perplexity": self.perplexity,
                 "bits_per_char": self.bits_per_char}

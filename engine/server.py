@@ -7,7 +7,9 @@ Standard library only (ThreadingHTTPServer): one thread per connection, and per 
     GET  /v1/models            {"models": [{"name", "level", "records", "precision", "dims", "defaults"}]}
     POST /v1/generate          {"model", "num", "prompt", "max_tokens", "temperature", "top_k", "top_p",
                                 "min_p", "repetition_penalty", "repetition_window", "seed", "stop",
-                                "novel", "stream"} -> {"model", "seed", "samples": [...]}
+                                "novel", "stream", "logprobs", "echo", "bias", "ban", "prompts"}
+                               -> {"model", "seed", "samples": [...]} (with "prompts": one list per prompt;
+                               with "logprobs": N each sample is {"text", "logprobs", "total_logprob"})
                                with "stream": true -> Server-Sent Events: `data: {"text": piece}` ...,
                                then `event: done` with {"text", "seed"}
     POST /v1/score             {"model", "text", "records", "streams"} -> the fields of `lstmgen score --json`
@@ -31,9 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from .batching import Scheduler
 from .errors import LstmgenError
 from .generator import Generator
-from .sampling import new_seed
 
-GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self"}
+GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self", "progress"}
 SCORE_FIELDS = {"text", "records", "streams"}
 
 
@@ -148,18 +149,16 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(e))
 
     def _generate(self, name: str, args: dict) -> None:
-        gen = self.app.models[name]
-        if args.pop("novel", False):
-            if args.get("seed") is None:
-                args["seed"] = new_seed()  # chosen here so that the response can report it
-            self._json(200, {"model": name, "seed": args["seed"], "samples": gen.generate(novel=True, **args)})
-            return
         sched = self.app.schedulers[name]
-        job = sched.submit(sched.job(**args))
-        job.done.wait()
-        if job.error is not None:
-            raise job.error if isinstance(job.error, LstmgenError) else LstmgenError(str(job.error))
-        self._json(200, {"model": name, "seed": job.seed, "samples": job.results()})
+        jobs = [sched.submit(j) for j in sched.jobs(**args)]
+        for job in jobs:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error if isinstance(job.error, LstmgenError) else LstmgenError(str(job.error))
+        with_logprobs = args.get("logprobs") is not None
+        samples = [[s.to_dict() for s in j.samples()] if with_logprobs else j.results() for j in jobs]
+        self._json(200, {"model": name, "seed": jobs[0].seed,
+                         "samples": samples if args.get("prompts") is not None else samples[0]})
 
     def _stream(self, name: str, args: dict) -> None:
         if args.get("num", 1) != 1 or args.get("novel"):

@@ -43,7 +43,7 @@ def test_prefill_then_step_equals_one_long_run(gens):
     ids = np.array([g.tokenizer.encode("ROMEO:\nWhat light through yonder")], dtype=np.int64)
     full_logits, h_full, c_full = g.backend.run(ids)
     logits, state = g.backend.prefill(ids[:, :10])
-    steps = [logits]
+    steps = [logits[:, -1]]
     for t in range(10, ids.shape[1]):
         logits, state = g.backend.step(ids[:, t], state)
         steps.append(logits.copy())

@@ -86,11 +86,26 @@ def test_novel_requests_report_the_seed_they_used(server):
     assert out["samples"] == server.app.models["names"].generate(num=4, novel=True, seed=out["seed"])
 
 
+def test_generate_passes_logprobs_echo_bias_ban_and_prompts_through(server):
+    body = {"num": 2, "prompts": ["ma", "jo"], "seed": 4, "echo": False, "logprobs": 2, "bias": {"o": 1.0},
+            "ban": ["e"]}
+    status, out = _post(server, "/v1/generate", {"model": "names", **body})
+    assert status == 200
+    lib = server.app.models["names"].generate(**body)
+    assert out["samples"] == [[s.to_dict() for s in group] for group in lib]
+    code, err = _post(server, "/v1/generate", {"model": "names", "bias": {"Q": 1}})
+    assert code == 400 and "'Q' is not a token" in err["error"]
+
+
 def test_stream_sends_pieces_that_join_to_the_sample(server):
     body = {"model": "moe", "prompt": "moe_szyslak:", "max_tokens": 40, "seed": 3}
     pieces, final = _sse(server, body)
     expected = server.app.models["moe"].generate(num=1, prompt="moe_szyslak:", max_tokens=40, seed=3)[0]
     assert len(pieces) > 2 and "".join(pieces) == final["text"] == expected
+    pieces, final = _sse(server, {**body, "echo": False, "stop": ["homer"]})
+    expected = server.app.models["moe"].generate(num=1, prompt="moe_szyslak:", max_tokens=40, seed=3, echo=False,
+                                                 stop=["homer"])[0]
+    assert "".join(pieces) == final["text"] == expected and not expected.startswith("moe_szyslak:")
 
 
 def test_score_endpoint(server):

@@ -1,7 +1,7 @@
 """The PyTorch reference generator: the engine's decode loop and sampler over a torch model.
 
-Used for samples during training and as the bench's reference; because it shares
-lstmgen.generator.decode_loop and the Numba sampler, it writes the same text as the engine for the
+Used for samples during training and as the bench's reference; because it runs
+lstmgen.decoding.DecodeLoop and the Numba sampler, it writes the same text as the engine for the
 same seed (up to float rounding flipping a near-tie).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lstmgen.generator import decode_loop
+from lstmgen.decoding import DecodeLoop, Job, Request
 from lstmgen.sampling import SamplingParams
 from lstmgen.tokenizer import Tokenizer
 
@@ -18,7 +18,7 @@ from .model import LSTMLanguageModel
 
 
 class TorchBackend:
-    """lstmgen.generator.Backend over an nn.Module (eval mode, no grad)."""
+    """lstmgen.decoding.Backend over an nn.Module (eval mode, no grad)."""
 
     def __init__(self, model: LSTMLanguageModel, device: torch.device | str = "cpu") -> None:
         self.model = model.eval()
@@ -27,10 +27,15 @@ class TorchBackend:
     @torch.no_grad()
     def prefill(self, ids: np.ndarray):
         logits, state = self.model(torch.from_numpy(ids).to(self.device))
-        return logits[:, -1].float().cpu().numpy(), state
+        return logits.float().cpu().numpy(), state
 
     def expand(self, state, n: int):
         return tuple(s.repeat(1, n, 1) for s in state)
+
+    def join(self, state, other):
+        if state is None:
+            return other
+        return tuple(torch.cat([a, b], dim=1) for a, b in zip(state, other))
 
     def select(self, state, keep: np.ndarray):
         idx = torch.from_numpy(keep).to(self.device)
@@ -46,13 +51,9 @@ def torch_generate(model: LSTMLanguageModel, tokenizer: Tokenizer, start_ids: li
                    num: int, seed: int, max_tokens: int, params: SamplingParams | None = None,
                    prompt_ids: list[int] = (), device: torch.device | str = "cpu", allow_unk: bool = False) -> list[str]:
     """`num` samples as texts (prompt included), exactly as lstmgen.Generator.generate builds them."""
-    params = params or SamplingParams()
-    out: list[list[int]] = [[] for _ in range(num)]
-    eos = tokenizer.eos_id
     banned = [] if allow_unk or tokenizer.unk_id is None else [tokenizer.unk_id]
-    for active, tokens in decode_loop(TorchBackend(model, device), [*start_ids, *prompt_ids], list(range(num)),
-                                      max_tokens, params, seed, eos, banned=banned):
-        for a, t in zip(active, tokens):
-            if t != eos:
-                out[a].append(int(t))
-    return [tokenizer.decode([*prompt_ids, *o]) for o in out]
+    request = Request(num=num, prompt_ids=list(prompt_ids), max_tokens=max_tokens, params=params or SamplingParams(),
+                      seed=seed, stop=[], banned=banned)
+    job = Job(request, [*start_ids, *prompt_ids], tokenizer)
+    DecodeLoop(TorchBackend(model, device), tokenizer).run([job])
+    return job.results()
