@@ -411,3 +411,17 @@ def test_cli_warns_when_serving_beyond_loopback_without_a_key(artifacts):
             assert proc.wait(timeout=60) == 0
         finally:
             proc.kill()
+
+
+def test_the_engine_does_not_import_the_http_stack():
+    code = "import sys, lstmgen; from lstmgen import cli; sys.exit(bool({'starlette', 'uvicorn'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_serve_without_the_serve_extra_says_what_to_install():
+    code = ("import sys; sys.modules['uvicorn'] = None; from lstmgen.cli import main;"
+            " sys.exit(main(['serve', 'names', '--port', '0']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["lstmgen: error: `lstmgen serve` needs uvicorn, which is not installed:"
+                                               " pip install 'lstmgen[serve]'"]
