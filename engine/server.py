@@ -251,7 +251,9 @@ def make_server(generators: dict[str, Generator], host: str = "127.0.0.1", port:
                 access_log: Callable[[str], None] | None = None) -> Server:
     """Bind the socket now (so that a taken port is an error here) and build the server."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+    # keep-alive response's second write waits for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
