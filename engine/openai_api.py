@@ -50,6 +50,8 @@ class Completion:
         self.prompts = self.check_prompts(body.get("prompt"))
         models.check_max_tokens(body.get("max_tokens"))
         self.n = body.get("n") if body.get("n") is not None else 1
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= models.limits.max_batch:
+            raise LstmgenError(f"n must be an integer in [1, {models.limits.max_batch}], got {self.n!r}")
         self.echo = bool(body.get("echo"))
         self.stream = body.get("stream") is True
         self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -18,6 +18,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lstmgen import Generator
 from lstmgen.server import Limits, make_server
@@ -178,12 +179,13 @@ def _wait_for(condition, what: str, limit: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_a_client_that_disconnects_frees_its_row(server):
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/completions"])
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server, path):
     """The job is asked for MAX_TOKENS steps; it ends far sooner because its client went away."""
     sched = server.models.schedulers["moe"]
     _wait_for(lambda: sched.rows_in_flight == 0, "an idle scheduler")
     steps_before = sched.steps
-    sock = _open_stream(server, {"model": "moe", "max_tokens": MAX_TOKENS, "seed": 1})
+    sock = _open_stream(server, {"model": "moe", "max_tokens": MAX_TOKENS, "seed": 1}, path)
     sock.close()
     _wait_for(lambda: sched.rows_in_flight == 0, "the row to leave the batch")
     assert sched.steps - steps_before < MAX_TOKENS // 2
@@ -325,15 +327,9 @@ def test_cors_lets_the_named_origin_in_and_no_other(generators):
 
 
 def _metric(text: str, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + ("{" if labels else "")) or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            got = ",".join(sorted(head[head.index("{") + 1: -1].split(","))) if "{" in head else ""
-            if all(part in got.split(",") for part in want.split(",") if part):
-                total += float(value)
-    return total
+    """The sum of a metric's samples whose labels include these, read with prometheus-client's own parser."""
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and labels.items() <= s.labels.items())
 
 
 def test_metrics_count_requests_tokens_and_batch(generators):
