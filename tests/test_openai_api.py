@@ -35,6 +35,7 @@ def served(artifacts):
             yield f"http://127.0.0.1:{port}/v1", {g.manifest.name or g.folder.name: g for g in gens}
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
+            assert "Traceback" not in proc.stderr.read()  # clients that left mid-stream included
         finally:
             proc.kill()
 
@@ -91,6 +92,15 @@ def test_streaming_joins_to_the_same_text(client, served):
     assert "".join(texts) == whole.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_a_client_that_leaves_mid_stream(client, served):
+    _, moe = _names(served)
+    stream = client.completions.create(model=moe, prompt="moe_szyslak:", max_tokens=2000, stream=True)
+    assert next(iter(stream)).choices[0].text
+    stream.close()
+    out = client.completions.create(model=moe, prompt="moe_szyslak:", max_tokens=5, seed=1)  # still serving
+    assert out.choices[0].text and out.usage.completion_tokens > 0
 
 
 def test_errors_are_openai_errors(client, served):
