@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8088, help="TCP port (default %(default)s; 0 = any free port)")
     v.add_argument("--api-key", default=os.environ.get("LSTMGEN_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every endpoint but /v1/health"
-                        " (default: $LSTMGEN_API_KEY, else none)")
+                        " (default: $LSTMGEN_API_KEY, which keeps the key out of `ps`; else none)")
     v.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from this origin call the API (repeatable; '*' = any; default none)")
     v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default %(default)s)")

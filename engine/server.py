@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import resource
 import signal
 import socket
 import threading
@@ -274,8 +275,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def raise_open_file_limit(wanted: int, log) -> None:
+    """Each connection is a file descriptor: lift the soft limit (often 1024) towards --max-connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        log(f"warning: the open-file limit ({hard}) is below --max-connections plus headroom ({wanted});"
+            " raise it (ulimit -n) or lower --max-connections")
+
+
 def serve(server: Server, log=print) -> None:
     """Serve until SIGTERM or Ctrl-C, then stop accepting, let running requests finish, and return."""
+    raise_open_file_limit(server.models.limits.max_connections + 256, log)
     if not is_loopback(server.host) and not server.api_key:
         log(f"warning: serving on {server.host} without an API key: anyone who can reach this port can use it"
             " (set --api-key or LSTMGEN_API_KEY)")
