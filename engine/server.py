@@ -88,9 +88,12 @@ async def generate(request: Request) -> Response:
         if not await finish_or_disconnect([run], request.receive):
             return Response(status_code=499)
         samples = run.results()
-    _, prompt = prompt_text(gen, args.get("prompt"))
-    note_tokens(request, name, sum(count_tokens(gen, s[len(prompt):]) for s in samples))
+    note_tokens(request, name, sum(tokens_after_prompt(gen, args.get("prompt"), s) for s in samples))
     return JSONResponse({"model": name, "seed": args["seed"], "samples": samples})
+
+
+def tokens_after_prompt(gen: Generator, prompt: str | None, sample: str) -> int:
+    return count_tokens(gen, sample[len(prompt_text(gen, prompt)[1]):])
 
 
 def generate_stream(request: Request, models: Models, name: str, args: dict) -> Response:
@@ -116,8 +119,7 @@ def generate_stream(request: Request, models: Models, name: str, args: dict) -> 
         except LstmgenError as e:
             final = {"error": str(e)}
         else:
-            gen = models.generators[name]
-            note_tokens(request, name, count_tokens(gen, final["text"][len(prompt_text(gen, args.get("prompt"))[1]):]))
+            note_tokens(request, name, tokens_after_prompt(models.generators[name], args.get("prompt"), final["text"]))
         yield sse(final, event="done")
 
     def on_close() -> None:
