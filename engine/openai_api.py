@@ -29,7 +29,7 @@ ACCEPTED_FIELDS = SAMPLING_FIELDS | {"model", "prompt", "n", "stop", "seed", "st
                                      "echo", "user"}
 # OpenAI fields accepted only at their neutral value (clients often send them).
 NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "suffix": None, "logit_bias": None}
-CREATED = int(time.time())
+CREATED = int(time.time())  # the models' "created": when this server started
 FINGERPRINT = f"lstmgen-{__version__}"
 
 
@@ -63,7 +63,7 @@ class Completion:
         self.max_tokens = self.job_args.get("max_tokens", self.gen.manifest.defaults.max_tokens)
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.prompt_ids = [prompt_text(self.gen, p) for p in self.prompts]  # checks each prompt
+        self.encoded = [prompt_text(self.gen, p) for p in self.prompts]  # (ids, text written back); checks each prompt
 
     @staticmethod
     def check_prompts(prompt) -> list[str]:
@@ -81,7 +81,7 @@ class Completion:
 
     def completion_of(self, prompt_index: int, sample: str) -> str:
         """The text after the prompt (the model writes the prompt back first)."""
-        return sample[len(self.prompt_ids[prompt_index][1]):]
+        return sample[len(self.encoded[prompt_index][1]):]
 
     def choice(self, index: int, text: str, finish_reason: str | None, logprobs=None) -> dict:
         return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -97,7 +97,7 @@ class Completion:
         return out
 
     def usage(self, completion_tokens: int) -> dict:
-        prompt_tokens = sum(len(ids) for ids, _ in self.prompt_ids) * self.n
+        prompt_tokens = sum(len(ids) for ids, _ in self.encoded) * self.n
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
@@ -151,7 +151,7 @@ async def completions(request: Request) -> Response:
 async def stream_events(request: Request, req: Completion, runs: list[JobRun], queue: asyncio.Queue):
     """Chunks as the rows write them: each row's first characters (the prompt written back) are
     skipped, or replaced by the prompt as given when `echo`."""
-    to_skip = {(i, j): len(req.prompt_ids[i][1]) for i in range(len(runs)) for j in range(req.n)}
+    to_skip = {(i, j): len(req.encoded[i][1]) for i in range(len(runs)) for j in range(req.n)}
     if req.echo:
         for (i, j) in to_skip:
             yield sse(req.envelope([req.choice(i * req.n + j, req.prompts[i], None)]))
