@@ -201,6 +201,17 @@ async def not_allowed(request: Request, e) -> Response:
     return error_response(request.url.path, 405, f"{request.method} is not allowed on {request.url.path}")
 
 
+class UvicornServer(uvicorn.Server):
+    """uvicorn's server, telling when it is up (its signal handlers are in place by then)."""
+
+    on_ready: Callable[[], None] = staticmethod(lambda: None)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.on_ready()
+
+
 class Server:
     """A bound socket and the uvicorn server for it. `run()` blocks until SIGTERM/Ctrl-C (main thread)
     or `stop()`, lets running requests finish, then stops the models' step loops."""
@@ -218,7 +229,7 @@ class Server:
                                 timeout_keep_alive=max(1, round(limits.client_timeout)),
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, backlog=2048,
                                 h11_max_incomplete_event_size=16 * 1024, server_header=False)
-        self.uvicorn = uvicorn.Server(config)
+        self.uvicorn = UvicornServer(config)
 
     @property
     def host(self) -> str:
@@ -232,11 +243,13 @@ class Server:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def run(self) -> None:
+    def run(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Serve; `on_ready` is called once requests are answered and SIGTERM is handled."""
         # uvicorn re-raises the stop signal to the handler it found once it has shut down; a quiet
         # one there lets the process finish its own way (close the models, exit 0).
         in_main = threading.current_thread() is threading.main_thread()
         old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+        self.uvicorn.on_ready = on_ready
         try:
             self.uvicorn.run(sockets=[self.socket])
         finally:
@@ -295,6 +308,6 @@ def serve(server: Server, log=print) -> None:
     if not is_loopback(server.host) and not server.api_key:
         log(f"warning: serving on {server.host} without an API key: anyone who can reach this port can use it"
             " (set --api-key or LSTMGEN_API_KEY)")
-    log(f"serving {', '.join(server.models.generators)} on {server.url} (Ctrl-C or SIGTERM to stop)")
-    server.run()
+    server.run(on_ready=lambda: log(f"serving {', '.join(server.models.generators)} on {server.url}"
+                                    " (Ctrl-C or SIGTERM to stop)"))
     log("stopped")

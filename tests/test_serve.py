@@ -403,6 +403,7 @@ def test_cli_warns_when_serving_beyond_loopback_without_a_key(artifacts):
         try:
             line = proc.stderr.readline()
             assert line.startswith("warning: serving on 0.0.0.0 without an API key"), line
+            assert "serving" in proc.stderr.readline()  # up, and SIGTERM is handled from here on
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
         finally:
