@@ -61,6 +61,9 @@ PY
 step "serve load test"
 python -m lstmgen.bench.serve_load --model moe --clients 32 --requests 128 --max-tokens 64 > "$R/serve_load.json"
 
+step "serve: old (stdlib) server against the new one (Starlette + uvicorn)"
+python -m lstmgen.bench.serve_compare --model moe --json "$R/serve.json"
+
 step "cold start: process start to first text of lstmgen generate"
 python - <<'PY' > "$R/cold_start.json"
 import json, shutil, statistics, subprocess, time

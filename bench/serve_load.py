@@ -30,8 +30,9 @@ def run(model: str, clients: int, requests: int, max_tokens: int, threads: int |
     gen = Generator.load(model, threads=threads)
     name = gen.manifest.name or gen.folder.name
     server = make_server({name: gen}, "127.0.0.1", 0, Limits(max_batch=max(256, clients * 4)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    port = server.port
     try:
         bodies = [{"model": name, "num": 1 + i % 2, "seed": 1000 + i, "max_tokens": max_tokens, "temperature": 0.9}
                   for i in range(requests)]
@@ -46,9 +47,8 @@ def run(model: str, clients: int, requests: int, max_tokens: int, threads: int |
             together = list(pool.map(lambda b: _post(port, b)["samples"], bodies))
         t_concurrent = time.perf_counter() - t0
     finally:
-        server.shutdown()
-        server.app.close()
-        server.server_close()
+        server.stop()
+        thread.join(60)
     return {"model": name, "clients": clients, "requests": requests, "max_tokens": max_tokens,
             "generated_tokens": tokens, "all_equal_alone": one_by_one == expected and together == expected,
             "serial_req_per_s": requests / t_serial, "serial_tokens_per_s": tokens / t_serial,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -71,11 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("models", nargs="*", help="artifact folders or shipped model names (default: the default model)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: %(default)s)")
     v.add_argument("--port", type=int, default=8088, help="TCP port (default %(default)s; 0 = any free port)")
-    v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes")
-    v.add_argument("--max-tokens-limit", type=int, default=2000, help="largest max_tokens a request may ask")
-    v.add_argument("--max-batch", type=int, default=256, help="rows in one model's step loop at once")
-    v.add_argument("--max-streams", type=int, default=32, help="concurrent streaming responses")
-    v.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    v.add_argument("--api-key", default=os.environ.get("LSTMGEN_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /v1/health"
+                        " (default: $LSTMGEN_API_KEY, which keeps the key out of `ps`; else none)")
+    v.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from this origin call the API (repeatable; '*' = any; default none)")
+    v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default %(default)s)")
+    v.add_argument("--max-tokens-limit", type=int, default=2000, help="largest max_tokens a request may ask (default %(default)s)")
+    v.add_argument("--max-batch", type=int, default=256, help="rows in one model's step loop at once (default %(default)s)")
+    v.add_argument("--max-streams", type=int, default=32, help="concurrent streaming responses; past it 429 (default %(default)s)")
+    v.add_argument("--max-requests", type=int, default=512, help="requests answered at once; past it 503 (default %(default)s)")
+    v.add_argument("--max-connections", type=int, default=4096,
+                   help="open connections; past it new ones get 503 and are closed (default %(default)s)")
+    v.add_argument("--client-timeout", type=float, default=10.0,
+                   help="seconds a client may take to send a request or stay idle between requests (default %(default)s)")
+    v.add_argument("--verbose", "-v", action="store_true", help="access log: one line per request with latency and tokens")
     add_runtime_flags(v)
 
     n = sub.add_parser("inspect", help="a page of a text's surprisal and the LSTM cells that track it",
@@ -270,15 +281,25 @@ def cmd_score(args) -> int:
 
 def cmd_serve(args) -> int:
     from .generator import Generator
-    from .server import Limits, make_server, serve
 
+    try:
+        from .server import Limits, make_server, serve
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("starlette", "uvicorn", "prometheus_client", "h11", "anyio"):
+            raise LstmgenError(f"`lstmgen serve` needs {e.name}, which is not installed: pip install 'lstmgen[serve]'") from None
+        raise
     _check_runtime(args)
     for flag, v in (("--max-body", args.max_body), ("--max-tokens-limit", args.max_tokens_limit),
-                    ("--max-batch", args.max_batch), ("--max-streams", args.max_streams)):
+                    ("--max-batch", args.max_batch), ("--max-streams", args.max_streams),
+                    ("--max-requests", args.max_requests), ("--max-connections", args.max_connections)):
         if v < 1:
             raise LstmgenError(f"{flag} must be >= 1, got {v}")
+    if not args.client_timeout > 0:
+        raise LstmgenError(f"--client-timeout must be > 0 seconds, got {args.client_timeout}")
     if not (0 <= args.port <= 65535):
         raise LstmgenError(f"--port must be in [0, 65535], got {args.port}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise LstmgenError("--api-key (or LSTMGEN_API_KEY) is empty; give a key or leave it unset")
     models = {}
     for ref in args.models or [None]:
         g = Generator.load(ref, device=args.device, threads=args.threads)
@@ -286,13 +307,16 @@ def cmd_serve(args) -> int:
         if name in models:
             raise LstmgenError(f"two models are named {name!r}; serve each once")
         models[name] = g
+    log = lambda m: print(m, file=sys.stderr, flush=True)
+    limits = Limits(max_body=args.max_body, max_tokens=args.max_tokens_limit, max_batch=args.max_batch,
+                    max_streams=args.max_streams, max_requests=args.max_requests, max_connections=args.max_connections,
+                    client_timeout=args.client_timeout)
     try:
-        server = make_server(models, args.host, args.port,
-                             Limits(args.max_body, args.max_tokens_limit, args.max_batch, args.max_streams))
+        server = make_server(models, args.host, args.port, limits, api_key=args.api_key, cors_origins=args.cors_origin,
+                             access_log=log if args.verbose else None)
     except OSError as e:
         raise LstmgenError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
-    server.verbose = args.verbose
-    serve(server, log=lambda m: print(m, file=sys.stderr, flush=True))
+    serve(server, log=log)
     return 0
 
 

@@ -1,236 +1,323 @@
-"""`lstmgen serve`: a small HTTP/JSON server over the engine, with dynamic batching.
+"""`lstmgen serve`: the engine over HTTP/1.1 (Starlette on uvicorn), with dynamic batching.
 
-Standard library only (ThreadingHTTPServer): one thread per connection, and per model one
-`batching.Scheduler` thread that runs every request's rows in one batched step loop. Endpoints:
+Per model one `batching.Scheduler` thread runs every request's rows in one batched step loop; the
+event loop hands jobs to it and gets pieces and ends back without blocking (`job_bridge`). Endpoints:
 
-    GET  /v1/health            {"status": "ok", "models": [...]}
-    GET  /v1/models            {"models": [{"name", "level", "records", "precision", "dims", "defaults"}]}
+    GET  /                     the playground page
+    GET  /v1/health            {"status": "ok", "models": [...]}             (no API key needed)
+    GET  /v1/models            OpenAI's model list; each model's details under "lstmgen"
+    GET  /v1/models/{model}    one of those
+    POST /v1/completions       OpenAI-compatible completions, streamed or not (openai_api)
     POST /v1/generate          {"model", "num", "prompt", "max_tokens", "temperature", "top_k", "top_p",
                                 "min_p", "repetition_penalty", "repetition_window", "seed", "stop",
-                                "novel", "stream", "logprobs", "echo", "bias", "ban", "prompts"}
-                               -> {"model", "seed", "samples": [...]} (with "prompts": one list per prompt;
-                               with "logprobs": N each sample is {"text", "logprobs", "total_logprob"})
+                                "novel", "allow_unk", "stream"} -> {"model", "seed", "samples": [...]}
                                with "stream": true -> Server-Sent Events: `data: {"text": piece}` ...,
                                then `event: done` with {"text", "seed"}
     POST /v1/score             {"model", "text", "records", "streams"} -> the fields of `lstmgen score --json`
+    GET  /metrics              Prometheus text format
 
-Parameters and their checks are those of Generator.generate / Generator.score (one definition);
-bad input gets HTTP 400 with {"error": "<one line>"}.
+Parameters and their checks are those of Generator.generate / Generator.score (one definition); bad
+input gets 400 with one line. Connection-level limits are in `http_guard`, the API key, request bound,
+metrics and access log in `serve_ops`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import queue
+import ipaddress
+import resource
 import signal
-import sys
+import socket
 import threading
-from dataclasses import asdict, dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Callable
 
-from .batching import Scheduler
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from . import openai_api
 from .errors import LstmgenError
 from .generator import Generator
+from .http_guard import guarded_protocol
+from .job_bridge import JobRun, finish_or_disconnect
+from .sampling import new_seed
+from .serve_ops import Gate, Metrics
+from .serving import (EventStream, HttpError, Limits, Models, count_tokens, error_response, note_tokens, prompt_text,
+                      read_json, sse)
 
-GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self", "progress"}
+__all__ = ["Limits", "Server", "make_app", "make_server"]
+
+GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self"}
 SCORE_FIELDS = {"text", "records", "streams"}
+SHUTDOWN_GRACE_SECONDS = 30  # running requests get this long to finish after SIGTERM
 
 
-@dataclass
-class Limits:
-    max_body: int = 1 << 20  # bytes of a request body
-    max_tokens: int = 2000  # per sample
-    max_batch: int = 256  # rows in one model's step loop at once
-    max_streams: int = 32  # concurrent streaming responses
+# -- native endpoints ----------------------------------------------------------------------------------
+def generate_args(models: Models, body: dict) -> dict:
+    unknown = set(body) - GENERATE_FIELDS
+    if unknown:
+        raise LstmgenError(f"unknown field(s) {', '.join(sorted(unknown))} (known: model, stream, "
+                           f"{', '.join(sorted(GENERATE_FIELDS))})")
+    models.check_max_tokens(body.get("max_tokens"))
+    if isinstance(body.get("stop"), str):
+        body["stop"] = [body["stop"]]
+    if body.get("seed") is None:
+        body["seed"] = new_seed()  # chosen here so that the response can report it
+    return body
 
 
-class App:
-    def __init__(self, models: dict[str, Generator], limits: Limits) -> None:
-        self.models = models
-        self.limits = limits
-        self.schedulers = {name: Scheduler(g, limits.max_batch) for name, g in models.items()}
-        self.streams = threading.BoundedSemaphore(limits.max_streams)
-
-    def pick(self, body: dict) -> str:
-        name = body.pop("model", None)
-        if name is None:
-            if len(self.models) == 1:
-                return next(iter(self.models))
-            raise LstmgenError(f"say which model: one of {', '.join(self.models)}")
-        if name not in self.models:
-            raise LstmgenError(f"no model named {name!r} here (serving: {', '.join(self.models)})")
-        return name
-
-    def generate_args(self, body: dict) -> dict:
-        unknown = set(body) - GENERATE_FIELDS
-        if unknown:
-            raise LstmgenError(f"unknown field(s) {', '.join(sorted(unknown))} (known: model, stream, "
-                               f"{', '.join(sorted(GENERATE_FIELDS))})")
-        mt = body.get("max_tokens")
-        if isinstance(mt, int) and not isinstance(mt, bool) and mt > self.limits.max_tokens:
-            raise LstmgenError(f"max_tokens {mt} is over this server's limit of {self.limits.max_tokens}")
-        if isinstance(body.get("stop"), str):
-            body["stop"] = [body["stop"]]
-        return body
-
-    def close(self) -> None:
-        for s in self.schedulers.values():
-            s.close()
-
-
-class Handler(BaseHTTPRequestHandler):
-    server_version = "lstmgen"
-    app: App  # set on the class made by make_server
-
-    def log_message(self, fmt, *args):  # quiet by default; the CLI prints one line per request with -v
-        if getattr(self.server, "verbose", False):
-            sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
-
-    # -- plumbing -------------------------------------------------------------------------------------
-    def _json(self, status: int, obj: dict) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
-
-    def _body(self) -> dict | None:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self._error(HTTPStatus.LENGTH_REQUIRED, "send a JSON body with a Content-Length header")
-            return None
-        if int(length) > self.app.limits.max_body:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {self.app.limits.max_body} bytes")
-            return None
-        raw = self.rfile.read(int(length))
-        try:
-            body = json.loads(raw or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            self._error(HTTPStatus.BAD_REQUEST, f"body is not valid JSON ({e})")
-            return None
-        if not isinstance(body, dict):
-            self._error(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
-            return None
-        return body
-
-    # -- endpoints -----------------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        if self.path == "/v1/health":
-            self._json(200, {"status": "ok", "models": list(self.app.models)})
-        elif self.path == "/v1/models":
-            self._json(200, {"models": [{"name": n, "level": g.tokenizer.level, "records": g.records,
-                                         "precision": g.manifest.precision, "dims": asdict(g.manifest.dims),
-                                         "defaults": asdict(g.manifest.defaults)} for n, g in self.app.models.items()]})
-        else:
-            self._error(404, f"no such endpoint: GET {self.path}")
-
-    def do_POST(self) -> None:
-        if self.path not in ("/v1/generate", "/v1/score"):
-            self._error(404, f"no such endpoint: POST {self.path}")
-            return
-        body = self._body()
-        if body is None:
-            return
-        try:
-            name = self.app.pick(body)
-            if self.path == "/v1/score":
-                self._score(name, body)
-            elif body.pop("stream", False) is True:
-                self._stream(name, self.app.generate_args(body))
-            else:
-                self._generate(name, self.app.generate_args(body))
-        except LstmgenError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
-
-    def _generate(self, name: str, args: dict) -> None:
-        sched = self.app.schedulers[name]
-        jobs = [sched.submit(j) for j in sched.jobs(**args)]
-        for job in jobs:
-            job.done.wait()
-            if job.error is not None:
-                raise job.error if isinstance(job.error, LstmgenError) else LstmgenError(str(job.error))
-        with_logprobs = args.get("logprobs") is not None
-        samples = [[s.to_dict() for s in j.samples()] if with_logprobs else j.results() for j in jobs]
-        self._json(200, {"model": name, "seed": jobs[0].seed,
+async def generate(request: Request) -> Response:
+    models: Models = request.app.state.models
+    body = await read_json(request, models.limits)
+    name = models.pick(body.pop("model", None))
+    stream = body.pop("stream", False) is True
+    args = generate_args(models, body)
+    gen = models.generators[name]
+    if stream:
+        return generate_stream(request, models, name, args)
+    scheduler = models.schedulers[name]
+    runs = [JobRun(scheduler, job=job) for job in scheduler.jobs(**args)]  # one per prompt; checks the arguments
+    if not await finish_or_disconnect(runs, request.receive):
+        return Response(status_code=499)
+    if args.get("logprobs") is not None:
+        samples = [[s.to_dict() for s in run.samples()] for run in runs]
+    else:
+        samples = [run.results() for run in runs]
+    prompts = args.get("prompts") if args.get("prompts") is not None else [args.get("prompt")]
+    echo = args.get("echo", True)
+    note_tokens(request, name, sum(written_tokens(gen, p, s if isinstance(s, str) else s["text"], echo)
+                                   for p, per_prompt in zip(prompts, samples) for s in per_prompt))
+    return JSONResponse({"model": name, "seed": args["seed"],
                          "samples": samples if args.get("prompts") is not None else samples[0]})
 
-    def _stream(self, name: str, args: dict) -> None:
-        if args.get("num", 1) != 1 or args.get("novel"):
-            raise LstmgenError("stream one sample at a time: leave out num (or set it to 1) and novel")
-        args.pop("num", None)
-        args.pop("novel", None)
-        if not self.app.streams.acquire(blocking=False):
-            self._error(HTTPStatus.TOO_MANY_REQUESTS, f"over {self.app.limits.max_streams} concurrent streams; retry later")
-            return
-        try:
-            pieces: queue.Queue = queue.Queue()
-            sched = self.app.schedulers[name]
-            job = sched.job(on_piece=lambda row, text: pieces.put(text), **args)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            sched.submit(job)
-            try:
-                while not (job.done.is_set() and pieces.empty()):
-                    try:
-                        text = pieces.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
-                    self.wfile.write(f"data: {json.dumps({'text': text}, ensure_ascii=False)}\n\n".encode())
-                    self.wfile.flush()
-                final = {"text": job.results()[0], "seed": job.seed} if job.error is None else {"error": str(job.error)}
-                self.wfile.write(f"event: done\ndata: {json.dumps(final, ensure_ascii=False)}\n\n".encode())
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                job.cancelled = True  # frees its row at the next step
-            self.close_connection = True
-        finally:
-            self.app.streams.release()
 
-    def _score(self, name: str, body: dict) -> None:
-        unknown = set(body) - SCORE_FIELDS
-        if unknown or not isinstance(body.get("text"), str):
-            raise LstmgenError(f"score takes a 'text' string and optionally {', '.join(sorted(SCORE_FIELDS - {'text'}))}"
-                               + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
-        gen = self.app.models[name]
-        self._json(200, gen.score(body["text"], records=body.get("records"), streams=body.get("streams", 1)).to_dict())
+def written_tokens(gen: Generator, prompt: str | None, sample: str, echo: bool = True) -> int:
+    """Tokens the model wrote in a sample (for metrics): the prompt written back is not counted."""
+    return count_tokens(gen, sample[len(prompt_text(gen, prompt)[1]):] if echo else sample)
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 256  # socketserver's default of 5 drops bursts of connections (1 s SYN retries)
-
-
-def make_server(models: dict[str, Generator], host: str = "127.0.0.1", port: int = 8088,
-                limits: Limits | None = None) -> ThreadingHTTPServer:
-    app = App(models, limits or Limits())
-    handler = type("BoundHandler", (Handler,), {"app": app})
-    server = _Server((host, port), handler)
-    server.daemon_threads = True
-    server.app = app  # type: ignore[attr-defined]
-    return server
-
-
-def serve(server: ThreadingHTTPServer, log=print) -> None:
-    """Serve until SIGTERM or Ctrl-C, then stop accepting, let running requests finish, and return."""
-    def shutdown(signum, frame):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    old = {s: signal.signal(s, shutdown) for s in (signal.SIGTERM, signal.SIGINT)}
-    host, port = server.server_address[:2]
-    log(f"serving {', '.join(server.app.models)} on http://{host}:{port} (Ctrl-C or SIGTERM to stop)")
+def generate_stream(request: Request, models: Models, name: str, args: dict) -> Response:
+    if args.get("num", 1) != 1 or args.get("novel"):
+        raise LstmgenError("stream one sample at a time: leave out num (or set it to 1) and novel")
+    if args.get("prompts") is not None:
+        raise LstmgenError("stream one prompt at a time: send 'prompt', not 'prompts'")
+    args.pop("num", None)
+    args.pop("novel", None)
+    models.open_stream()
     try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.app.close()
-        server.server_close()
-        for s, h in old.items():
-            signal.signal(s, h)
-        log("stopped")
+        run = JobRun(models.schedulers[name], stream=True, **args)
+    except BaseException:
+        models.close_stream()
+        raise
+
+    async def events():
+        while True:
+            _, row, text = await run.queue.get()
+            if row is None:
+                break
+            yield sse({"text": text})
+        try:
+            final = {"text": run.results()[0], "seed": args["seed"]}
+            if args.get("logprobs") is not None:  # streamed pieces carry text only; the end carries the figures
+                final.update(run.samples()[0].to_dict())
+        except LstmgenError as e:
+            final = {"error": str(e)}
+        else:
+            note_tokens(request, name, written_tokens(models.generators[name], args.get("prompt"), final["text"], args.get("echo", True)))
+        yield sse(final, event="done")
+
+    def on_close() -> None:
+        run.cancel()
+        models.close_stream()
+
+    return EventStream(events(), on_close)
+
+
+async def score(request: Request) -> JSONResponse:
+    models: Models = request.app.state.models
+    body = await read_json(request, models.limits)
+    name = models.pick(body.pop("model", None))
+    unknown = set(body) - SCORE_FIELDS
+    if unknown or not isinstance(body.get("text"), str):
+        raise LstmgenError(f"score takes a 'text' string and optionally {', '.join(sorted(SCORE_FIELDS - {'text'}))}"
+                           + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    gen = models.generators[name]
+    result = await run_in_threadpool(lambda: gen.score(body["text"], records=body.get("records"),
+                                                       streams=body.get("streams", 1)))
+    return JSONResponse(result.to_dict())
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok", "models": list(request.app.state.models.generators)})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def playground(request: Request) -> HTMLResponse:
+    return HTMLResponse(PLAYGROUND)
+
+
+PLAYGROUND = resources.files("lstmgen").joinpath("static", "playground.html").read_text(encoding="utf-8")
+
+
+# -- the app -------------------------------------------------------------------------------------------
+async def on_http_error(request: Request, e: HttpError) -> Response:
+    return error_response(request.url.path, e.status, str(e), e.retry_after)
+
+
+async def on_bad_input(request: Request, e: LstmgenError) -> Response:
+    return error_response(request.url.path, 400, str(e))
+
+
+def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[str] = (),
+             access_log: Callable[[str], None] | None = None, connections: Callable[[], int] = lambda: 0) -> Starlette:
+    routes = [
+        Route("/", playground, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
+        Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/generate", generate, methods=["POST"]),
+        Route("/v1/score", score, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    stats = Metrics(models, connections)
+    middleware = []
+    if cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"], max_age=600))
+    middleware.append(Middleware(Gate, models=models, metrics=stats, api_key=api_key, access_log=access_log))
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HttpError: on_http_error, LstmgenError: on_bad_input, 404: not_found,
+                                        405: not_allowed})
+    app.state.models = models
+    app.state.metrics = stats
+    return app
+
+
+async def not_found(request: Request, e) -> Response:
+    return error_response(request.url.path, 404, f"no such endpoint: {request.method} {request.url.path}")
+
+
+async def not_allowed(request: Request, e) -> Response:
+    return error_response(request.url.path, 405, f"{request.method} is not allowed on {request.url.path}")
+
+
+class UvicornServer(uvicorn.Server):
+    """uvicorn's server, telling when it is up (its signal handlers are in place by then)."""
+
+    on_ready: Callable[[], None] = staticmethod(lambda: None)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.on_ready()
+
+
+class Server:
+    """A bound socket and the uvicorn server for it. `run()` blocks until SIGTERM/Ctrl-C (main thread)
+    or `stop()`, lets running requests finish, then stops the models' step loops."""
+
+    def __init__(self, models: Models, sock: socket.socket, *, api_key: str | None = None, cors_origins: list[str] = (),
+                 access_log: Callable[[str], None] | None = None) -> None:
+        self.models = models
+        self.socket = sock
+        self.api_key = api_key
+        limits = models.limits
+        self.app = make_app(models, api_key=api_key, cors_origins=cors_origins, access_log=access_log,
+                            connections=lambda: len(self.uvicorn.server_state.connections))
+        config = uvicorn.Config(self.app, http=guarded_protocol(limits.max_connections, limits.client_timeout),
+                                loop="asyncio", ws="none", lifespan="off", log_config=None, access_log=False,
+                                timeout_keep_alive=max(1, round(limits.client_timeout)),
+                                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS, backlog=2048,
+                                h11_max_incomplete_event_size=16 * 1024, server_header=False)
+        self.uvicorn = UvicornServer(config)
+
+    @property
+    def host(self) -> str:
+        return self.socket.getsockname()[0]
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def run(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Serve; `on_ready` is called once requests are answered and SIGTERM is handled."""
+        # uvicorn re-raises the stop signal to the handler it found once it has shut down; a quiet
+        # one there lets the process finish its own way (close the models, exit 0).
+        in_main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+        self.uvicorn.on_ready = on_ready
+        try:
+            self.uvicorn.run(sockets=[self.socket])
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.models.close()
+            self.socket.close()
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+
+
+def make_server(generators: dict[str, Generator], host: str = "127.0.0.1", port: int = 8088, limits: Limits | None = None,
+                *, api_key: str | None = None, cors_origins: list[str] = (),
+                access_log: Callable[[str], None] | None = None) -> Server:
+    """Bind the socket now (so that a taken port is an error here) and build the server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+    # keep-alive response's second write waits for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)  # connections made before uvicorn has started wait in the backlog
+    return Server(Models(generators, limits or Limits()), sock, api_key=api_key, cors_origins=cors_origins,
+                  access_log=access_log)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def raise_open_file_limit(wanted: int, log) -> None:
+    """Each connection is a file descriptor: lift the soft limit (often 1024) towards --max-connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        log(f"warning: the open-file limit ({hard}) is below --max-connections plus headroom ({wanted});"
+            " raise it (ulimit -n) or lower --max-connections")
+
+
+def serve(server: Server, log=print) -> None:
+    """Serve until SIGTERM or Ctrl-C, then stop accepting, let running requests finish, and return."""
+    raise_open_file_limit(server.models.limits.max_connections + 256, log)
+    if not is_loopback(server.host) and not server.api_key:
+        log(f"warning: serving on {server.host} without an API key: anyone who can reach this port can use it"
+            " (set --api-key or LSTMGEN_API_KEY)")
+    server.run(on_ready=lambda: log(f"serving {', '.join(server.models.generators)} on {server.url}"
+                                    " (Ctrl-C or SIGTERM to stop)"))
+    log("stopped")
