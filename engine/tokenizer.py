@@ -66,6 +66,16 @@ class Tokenizer:
         tokens = specials + [UNK] + words
         return cls("word", tokens, lowercase=lowercase, eos_id=0 if records else None, unk_id=len(specials))
 
+    def extended(self, other: "Tokenizer") -> "Tokenizer":
+        """This vocabulary with the tokens of `other` that it lacks appended (fine-tuning: the old ids
+        keep their meaning, new ones follow). Level and records/running-text must agree."""
+        if other.level != self.level or (other.eos_id is None) != (self.eos_id is None):
+            raise LstmgenError(f"the new corpus gives a {other.level}-level {'records' if other.eos_id is not None else 'text'}"
+                               f" vocabulary; the starting model's is {self.level}-level"
+                               f" {'records' if self.eos_id is not None else 'text'} (pass the same --level/--records)")
+        new = [t for t in other.tokens if t not in self.index]
+        return Tokenizer(self.level, [*self.tokens, *new], self.lowercase, self.eos_id, self.unk_id)
+
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"level": self.level, "tokens": list(self.tokens), "lowercase": self.lowercase,

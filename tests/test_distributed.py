@@ -56,4 +56,4 @@ def test_two_gloo_processes_agree_with_each_other_and_with_one(small_corpora, tm
     from lstmgen.trainer import checkpoint
 
     ckpt = checkpoint.load(tmp_path / "two" / "last.pt")
-    assert ckpt["step"] == 30 and ckpt["world_size"] == 2 and len(ckpt["torch_rng"]) == 2
+    assert ckpt.progress.step == 30 and ckpt.world_size == 2 and len(ckpt.torch_rng) == 2

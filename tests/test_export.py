@@ -36,8 +36,8 @@ def test_torch_reference_writes_the_same_text_as_the_engine(tiny_models):
 
     run, art = tiny_models["names"]
     ckpt = checkpoint.load(run / "best.pt")
-    model = LSTMLanguageModel(RunConfig.from_dict(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"])
+    model = LSTMLanguageModel(RunConfig.from_dict(ckpt.config).model)
+    model.load_state_dict(ckpt.model)
     gen = Generator.load(art)
     params = gen.sampling(temperature=1.0, top_k=12)
     ref = torch_generate(model, gen.tokenizer, gen.manifest.start_ids, True, num=24, seed=99, max_tokens=20,

@@ -22,7 +22,7 @@ def _last_checkpoint(run_dir):
 
 
 def _weights(run_dir):
-    return _last_checkpoint(run_dir)["model"]
+    return _last_checkpoint(run_dir).model
 
 
 def test_overfits_a_tiny_corpus(tmp_path):
@@ -38,7 +38,7 @@ def test_overfits_a_tiny_corpus(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_nats_per_token" in r] == [100, 200, 300]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
-    assert _last_checkpoint(tmp_path / "run")["machine"].startswith(cpu_name() + ", ")  # provenance names the CPU
+    assert _last_checkpoint(tmp_path / "run").machine.startswith(cpu_name() + ", ")  # provenance names the CPU
 
 
 @pytest.mark.parametrize("corpus, level, records", [("names", "char", True), ("shakespeare", "char", False),
