@@ -85,7 +85,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (0 or left out = automatic, as in every command)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -125,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_runtime(args) -> None:
-    if args.threads is not None and not (1 <= args.threads <= 1024):
-        raise LstmgenError(f"--threads must be in [1, 1024], got {args.threads}")
+    if args.threads is not None and not (0 <= args.threads <= 1024):
+        raise LstmgenError(f"--threads must be in [0, 1024] (0 = automatic), got {args.threads}")
 
 
 def cmd_generate(args) -> int:
@@ -232,8 +233,8 @@ def cmd_info(args) -> int:
         f" {m.precision}, format v{m.format_version}",
         f"  folder      {folder} ({size / 1e6:.2f} MB)",
         f"  dims        vocab {d.vocab_size}, embed {d.embed_dim}, hidden {d.hidden_size} x {d.num_layers} layers",
-        f"  trained on  {t.get('corpus', '?')} for {t.get('steps', '?')} steps ({t.get('train_seconds', '?')} s)"
-        f" on {t.get('machine', '?')}",
+        f"  trained on  {t.get('corpus', '?')} for {t.get('run_steps', t.get('steps', '?'))} steps on {t.get('machine', '?')};"
+        f" exported {t.get('checkpoint', 'the')} checkpoint, from step {t.get('steps', '?')} ({t.get('train_seconds', '?')} s)",
     ]
     val = m.validation_nats if m.validation_nats is not None else t.get("val_nats_per_token")
     if val is not None:

@@ -6,7 +6,7 @@ training writes it and both resume and export read it through these fields, neve
 `last.pt` is everything needed to resume bit-for-bit; `best.pt` is the same at the best validation
 loss so far.
 
-Version history: 1 kept the loop's counters at the top level (no `best_step`, no `init_from`);
+Version history: 1 kept the loop's counters at the top level (no `best_step`, `init_from` or `run_id`);
 2 groups them under `progress`. Both are read.
 """
 
@@ -60,6 +60,7 @@ class Checkpoint:
     corpus: str = ""  # the corpus file's name
     world_size: int = 1  # data-parallel processes that wrote it
     init_from: dict[str, Any] | None = None  # fine-tuning: the model it started from (see finetune.py)
+    run_id: str = ""  # fixed when a run starts, kept on resume: tells this run's exports from others'
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

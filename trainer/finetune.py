@@ -39,6 +39,11 @@ class StartingPoint:
     config: RunConfig  # the starting model's training config (shape, level, records)
     provenance: dict[str, Any]  # recorded in checkpoints and the manifest: where the run started
 
+    @property
+    def description(self) -> str:
+        p = self.provenance
+        return f"{p.get('name') or p.get('path')} ({p['kind']})"
+
     def load_into(self, model: LSTMLanguageModel) -> None:
         """Copy the weights into `model`, whose vocabulary may be larger (new rows at the end)."""
         old = self.tokenizer.vocab_size

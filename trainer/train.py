@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -201,7 +202,9 @@ class Trainer:
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
         resumed = self.checkpoint_to_resume() if resume else self.refuse_to_overwrite()
-        self.data = prepare(cfg.data, base_tokenizer=start.tokenizer if start else None)
+        self.init_from = start.provenance if start else (resumed.init_from if resumed else None)
+        self.run_id = resumed.run_id if resumed is not None and resumed.run_id else uuid.uuid4().hex
+        self.data = prepare(cfg.data, base_tokenizer=self.base_tokenizer(resumed))
         self.tok = self.data.tokenizer
         if resumed is not None and Tokenizer.from_dict(resumed.tokenizer).tokens != self.tok.tokens:
             raise LstmgenError(f"the corpus gives a different vocabulary than the run in {run_dir} was trained on;"
@@ -238,6 +241,14 @@ class Trainer:
         if changed:
             self.log(f"resuming with changed settings: {'; '.join(changed)}")
         return ckpt
+
+    def base_tokenizer(self, resumed: Checkpoint | None) -> Tokenizer | None:
+        """A fine-tuned run's vocabulary extends its starting model's (a resumed one: the checkpoint's)."""
+        if self.start is not None:
+            return self.start.tokenizer
+        if resumed is not None and resumed.init_from is not None:
+            return Tokenizer.from_dict(resumed.tokenizer)
+        return None
 
     def build_model(self) -> tuple[LSTMLanguageModel, torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(self.t.seed)
@@ -422,7 +433,7 @@ class Trainer:
                           optimizer=self.opt.state_dict(), torch_rng=rng, progress=Progress(**vars(self.progress)),
                           start_ids=self.data.start_ids, records=self.data.records, carry=carry, machine=self.host,
                           corpus=os.path.basename(self.cfg.data.corpus), world_size=ranks.world,
-                          init_from=self.start.provenance if self.start else None)
+                          init_from=self.init_from, run_id=self.run_id)
 
     def save(self, name: str) -> None:
         ckpt = self.to_checkpoint()  # every rank takes part in the gathers inside
@@ -465,6 +476,9 @@ class Trainer:
         self.say(f"{'records' if d.records else 'running text'}, {tok.level} level, vocabulary {tok.vocab_size},"
                  f" {n_params / 1e6:.2f}M parameters, {self.steps_per_epoch} steps/epoch, planning"
                  f" {self.describe_plan()} on {self.device}" + (f" x {self.ranks.world} processes" if self.ranks.enabled else ""))
+        if self.start is not None:
+            kept = self.start.tokenizer.vocab_size
+            self.say(f"fine-tuning from {self.start.description}: {kept} tokens kept, {tok.vocab_size - kept} new")
         if d.records and len(d.train) < self.t.batch_size:
             self.say(f"warning: the corpus has {len(d.train)} training records, fewer than one batch"
                      f" (--batch-size {self.t.batch_size}); every step sees all of them")
@@ -574,10 +588,9 @@ def dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
         torch.save(model.state_dict(), Path(folder) / f"rank{ranks.rank}.pt")
 
 
-def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int | None = None,
-               target: float | None = None) -> None:
-    """loss.png from metrics.jsonl: training loss and validation loss against steps, with the best
-    checkpoint (the one `lstmgen export` takes by default) marked, or the exported one, and a target."""
+def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int | None = None) -> None:
+    """loss.png from metrics.jsonl: training and validation loss against steps, with the checkpoint that
+    `lstmgen export` took marked (before any export: the best one, which export takes by default)."""
     try:
         import matplotlib
 
@@ -602,8 +615,6 @@ def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int |
     if marks:
         ax.plot([marked], [marks[-1]], "*", markersize=14, color="tab:red",
                 label=f"{'exported' if exported_step else 'best'} checkpoint (step {marked})")
-    if target is not None:
-        ax.axhline(target, linestyle="--", color="grey", label=f"target {target:g}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.set_title(run_dir.name)
