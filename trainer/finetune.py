@@ -50,7 +50,7 @@ class StartingPoint:
         state = model.state_dict()
         with torch.no_grad():
             for name, target in state.items():
-                source = torch.from_numpy(np.asarray(self.weights[name], np.float32))
+                source = torch.tensor(np.asarray(self.weights[name], np.float32))
                 if source.shape == target.shape:
                     target.copy_(source)
                     continue
