@@ -51,7 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="artifact folder or shipped model name")
     s.add_argument("file", help="text to score (records models: one item a line)")
     s.add_argument("--records", action="store_true", help="score as records (default: what the model was trained on)")
-    s.add_argument("--streams", type=int, default=1, help="running text: score in this many contiguous segments")
+    s.add_argument("--streams", type=int, default=1,
+                   help="running text: score in this many contiguous segments, each from a fresh state (default:"
+                        " %(default)s). It changes the figure: each segment's first tokens are predicted with no"
+                        " context. Training validates with the run's eval_streams; pass that to reproduce its figure")
+    s.add_argument("--per-line", action="store_true",
+                   help="one score per line (records: per record), to rank candidates; JSON lines with --json")
+    s.add_argument("--strict", action="store_true",
+                   help="refuse text with characters outside the vocabulary (default: count them as oov, score the rest)")
     s.add_argument("--column", default="0", help="CSV records: column index or header name")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(s)
@@ -136,6 +143,8 @@ def cmd_generate(args) -> int:
 
     _check_runtime(args)
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
+    if args.prompt and gen.tokenizer.fold(args.prompt) != args.prompt:
+        print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
     num = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
     seed = args.seed if args.seed is not None else new_seed()
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -180,12 +189,30 @@ def cmd_score(args) -> int:
     if records:
         text = "\n".join(parse_records(text, csv_format=args.file.lower().endswith(".csv"), column=args.column,
                                        source=args.file, min_records=1))
-    score = gen.score(text, records=records, streams=args.streams)
+    if args.per_line:
+        return _print_per_line(gen, text, records, args)
+    score = gen.score(text, records=records, streams=args.streams, strict=args.strict)
+    covers = score.coverage()
     if args.json:
-        print(json.dumps(score.to_dict()))
+        print(json.dumps({**score.to_dict(), "covers": covers or "all tokens"}))
     else:
         print(f"{score.nats_per_token:.4f} nats/token, perplexity {score.perplexity:.3f},"
-              f" {score.bits_per_char:.4f} bits/char over {score.tokens} tokens ({score.chars} chars)")
+              f" {score.bits_per_char:.4f} bits/char over {score.tokens} tokens ({score.chars} chars),"
+              f" oov {score.oov} ({score.oov_rate:.2%})" + (f"; {covers}" if covers else ""))
+    return 0
+
+
+def _print_per_line(gen, text: str, records: bool, args) -> int:
+    from .scoring import score_per_line
+
+    for line, score in score_per_line(gen, text, records=records, strict=args.strict):
+        if args.json:
+            print(json.dumps({"text": line, **(score.to_dict() if score else {"nats_per_token": None})},
+                             ensure_ascii=False))
+        elif score is None:
+            print(f"-\t{line}")
+        else:
+            print(f"{score.nats_per_token:.4f}\t{line}" + (f"\t(oov {score.oov})" if score.oov else ""))
     return 0
 
 
