@@ -308,7 +308,7 @@ class Trainer:
         """Steps that fit the time budget at the speed so far (never past the step cap); `margin` keeps
         a share of the budget for validation and the last checkpoint."""
         p = self.progress
-        fit = p.step + int((self.t.time_budget - p.elapsed) / (p.elapsed / p.step) * margin)
+        fit = p.step + int((self.t.time_budget - p.elapsed) / max(1e-9, p.elapsed / p.step) * margin)
         return self.ranks.broadcast_int(max(p.step + 1, min(self.step_cap(), fit)))
 
     def calibrate(self) -> None:
@@ -316,7 +316,7 @@ class Trainer:
         p = self.progress
         p.planned, p.calibrated = self.fit_plan(0.92), True  # keep ~8% for validation
         self.show_plan()
-        self.say(f"step {p.step}: {p.step / p.elapsed:.1f} steps/s, planning {p.planned} steps to fit the"
+        self.say(f"step {p.step}: {p.step / max(1e-9, p.elapsed):.1f} steps/s, planning {p.planned} steps to fit the"
                  f" {self.t.time_budget:g} s budget")
         if p.planned < FEW_STEPS:
             self.say(f"warning: {p.planned} steps is too few to learn much; give a longer --time-budget or a smaller"
@@ -342,8 +342,9 @@ class Trainer:
 
     def log_every(self) -> int:
         """Training-loss log interval: about LOG_POINTS points over the plan, so short runs get a curve."""
-        planned = self.progress.planned if self.progress.planned < NO_LIMIT else 50 * LOG_POINTS
-        return max(1, min(50, planned // LOG_POINTS))
+        if self.progress.planned >= NO_LIMIT:  # a time budget before calibration: the plan is not known yet
+            return 1
+        return max(1, min(50, self.progress.planned // LOG_POINTS))
 
     # ------------------------------------------------------------------------------------------------
     # One step: a batch forward and backward, clipped, one AdamW update
@@ -607,7 +608,7 @@ def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int |
             val_pts.append((row["step"], row["val_nats_per_token"]))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train_pts:
-        ax.plot(*zip(*train_pts), label="train (batch)", alpha=0.6)
+        ax.plot(*zip(*train_pts), label="training loss", alpha=0.6)
     if val_pts:
         ax.plot(*zip(*val_pts), "o-", label="validation")
     marked = exported_step or best_step
