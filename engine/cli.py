@@ -260,8 +260,9 @@ def cmd_info(args) -> int:
         f" {m.precision}, format v{m.format_version}",
         f"  folder      {folder} ({size / 1e6:.2f} MB)",
         f"  dims        vocab {d.vocab_size}, embed {d.embed_dim}, hidden {d.hidden_size} x {d.num_layers} layers",
-        f"  trained on  {t.get('corpus', '?')} for {t.get('run_steps', t.get('steps', '?'))} steps on {t.get('machine', '?')};"
-        f" exported {t.get('checkpoint', 'the')} checkpoint, from step {t.get('steps', '?')} ({t.get('train_seconds', '?')} s)",
+        f"  trained on  {t.get('corpus', '?')} on {t.get('machine', '?')}",
+        f"  exported    {t.get('checkpoint', 'checkpoint')} from step {t.get('steps', '?')}"
+        + (f" of a {t['run_steps']}-step run" if "run_steps" in t else "") + f" ({t.get('train_seconds', '?')} s of training)",
     ]
     val = m.validation_nats if m.validation_nats is not None else t.get("val_nats_per_token")
     if val is not None:

@@ -201,7 +201,9 @@ class Trainer:
         self.bar = None
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
-        resumed = self.checkpoint_to_resume() if resume else self.refuse_to_overwrite()
+        if not resume:
+            self.refuse_to_overwrite()
+        resumed = self.checkpoint_to_resume() if resume else None
         self.init_from = start.provenance if start else (resumed.init_from if resumed else None)
         self.run_id = resumed.run_id if resumed is not None and resumed.run_id else uuid.uuid4().hex
         self.data = prepare(cfg.data, base_tokenizer=self.base_tokenizer(resumed))
