@@ -213,14 +213,12 @@ def run_train(argv: list[str]) -> int:
         raise LstmgenError("--resume continues a run from its checkpoint; --init-from starts a new one (give one)")
     start = None
     if args.init_from:
-        from .finetune import check_shape, load_starting_point
+        from .finetune import load_starting_point
 
         start = load_starting_point(args.init_from)
     launching = args.nproc is not None and "WORLD_SIZE" not in os.environ  # the ranks will say it, once
     speaks = not launching and os.environ.get("RANK", "0") == "0"
     cfg = build_config(args, start, notice=say if speaks else (lambda m: None))
-    if start is not None:
-        check_shape(cfg, start)
     if launching:
         from .distributed import launch
 

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,8 +40,7 @@ from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_record
 from .distributed import Dist
 from .model import LSTMLanguageModel
 
-if TYPE_CHECKING:
-    from .finetune import StartingPoint
+from .finetune import StartingPoint, check_shape
 
 CALIBRATE_AT = 30  # step at which a --time-budget run fixes its schedule length from measured speed
 NO_LIMIT = 2**62  # a time-budget run without --epochs or --max-steps: the budget alone ends it
@@ -153,7 +152,7 @@ def machine_description(device: torch.device) -> str:
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, interrupt_at_step: int | None = None,
-          clock: Callable[[], float] = time.perf_counter, start: "StartingPoint | None" = None) -> TrainResult:
+          clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> TrainResult:
     """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests);
     `clock` measures training time (tests pass a fake one to drive the time budget by steps); `start`
     is a fine-tuning starting point (finetune.py).
@@ -192,7 +191,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, resume: bool = False, ranks: Dist | None = None,
                  device: torch.device | None = None, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.perf_counter, start: "StartingPoint | None" = None) -> None:
+                 clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> None:
         self.cfg, self.t, self.run_dir = cfg, cfg.train, run_dir
         self.ranks = ranks or Dist()
         self.main = self.ranks.is_main
@@ -201,6 +200,8 @@ class Trainer:
         self.bar = None
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
+        if start is not None:
+            check_shape(cfg, start)
         if not resume:
             self.refuse_to_overwrite()
         resumed = self.checkpoint_to_resume() if resume else None
