@@ -68,13 +68,14 @@ class Tokenizer:
 
     def extended(self, other: "Tokenizer") -> "Tokenizer":
         """This vocabulary with the tokens of `other` that it lacks appended (fine-tuning: the old ids
-        keep their meaning, new ones follow). Level and records/running-text must agree."""
-        if other.level != self.level or (other.eos_id is None) != (self.eos_id is None):
-            raise LstmgenError(f"the new corpus gives a {other.level}-level {'records' if other.eos_id is not None else 'text'}"
-                               f" vocabulary; the starting model's is {self.level}-level"
-                               f" {'records' if self.eos_id is not None else 'text'} (pass the same --level/--records)")
-        new = [t for t in other.tokens if t not in self.index]
-        return Tokenizer(self.level, [*self.tokens, *new], self.lowercase, self.eos_id, self.unk_id)
+        keep their meaning, new ones follow). The end marker follows `other`: a records vocabulary
+        has one (appended if this one lacks it); for running text an old one is an unused token."""
+        if other.level != self.level:
+            raise LstmgenError(f"the starting model is {self.level}-level and the new run {other.level}-level;"
+                               f" fine-tune with --level {self.level}")
+        tokens = [*self.tokens, *(t for t in other.tokens if t not in self.index)]
+        eos_id = tokens.index(EOS) if other.eos_id is not None else None
+        return Tokenizer(self.level, tokens, self.lowercase, eos_id, self.unk_id)
 
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

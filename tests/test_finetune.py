@@ -76,6 +76,8 @@ def test_finetune_from_a_run_folder_and_refusals(tiny_models, tmp_path, capsys):
     code = main(["train", str(PLACES), "--init-from", str(art), "--hidden-size", "99", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "keeps its shape" in err and err.count("\n") == 1
+    assert main(["train", str(PLACES), "--init-from", str(art), "--level", "word", "--no-progress"]) == 2
+    assert "is char-level" in capsys.readouterr().err
 
 
 def test_a_shipped_model_is_a_starting_point():
@@ -84,3 +86,18 @@ def test_a_shipped_model_is_a_starting_point():
     start = load_starting_point("names")
     assert start.provenance["kind"] == "artifact" and start.config.data.records
     assert start.weights["embed.weight"].shape[0] == start.tokenizer.vocab_size
+
+
+def test_a_records_model_fine_tunes_on_running_text_when_asked(tiny_models, tmp_path, small_corpora):
+    from lstmgen.cli import main
+    from lstmgen.trainer import checkpoint
+
+    _, art = tiny_models["names"]
+    text = tmp_path / "text.txt"
+    text.write_text(small_corpora["shakespeare"].read_text().lower()[:6000])
+    run = tmp_path / "run"
+    assert main(["train", str(text), "--init-from", str(art), "--no-records", "--out", str(run), "--max-steps", "4",
+                 "--batch-size", "4", "--eval-every", "2", "--threads", "1", "--no-progress"]) == 0
+    ckpt = checkpoint.load(run / "last.pt")
+    assert not ckpt.records and ckpt.tokenizer["eos_id"] is None
+    assert ckpt.tokenizer["tokens"][: read_manifest(art).dims.vocab_size] == read_manifest(art).tokenizer["tokens"]

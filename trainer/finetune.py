@@ -2,7 +2,8 @@
 
 MODEL is a shipped model's name, an exported artifact folder (the weights are read back from
 model.onnx's initializers, so fp32 artifacts only: int8 ones keep no float weights) or a run folder
-(its best checkpoint). The new run inherits the model's shape, level and records/running-text mode;
+(its best checkpoint). The new run inherits the model's shape and level, and its records/running-text
+mode unless --records/--no-records says otherwise;
 its vocabulary is the old one extended by what is new in the new corpus (`Tokenizer.extended`), the
 old embedding and output rows are kept, and each new row starts at the mean of the old ones (with the
 output bias of the rarest old token), so a new token begins as a plausible, unlikely one.
@@ -112,6 +113,6 @@ def check_shape(cfg: RunConfig, start: StartingPoint) -> None:
         if getattr(a, name) != getattr(b, name):
             raise LstmgenError(f"--init-from {start.provenance.get('given') or start.provenance.get('path')} has"
                                f" {name} = {getattr(b, name)!r}; a fine-tuned model keeps its shape (drop that flag)")
-    if (cfg.data.level, cfg.data.records) != (start.config.data.level, start.config.data.records):
-        raise LstmgenError(f"--init-from model is {start.config.data.level}-level"
-                           f" {'records' if start.config.data.records else 'running text'}; fine-tune it the same way")
+    if cfg.data.level != start.config.data.level:
+        raise LstmgenError(f"--init-from model is {start.config.data.level}-level; fine-tune it with --level"
+                           f" {start.config.data.level}")
