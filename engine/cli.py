@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                         " %(default)s). It changes the figure: each segment's first tokens are predicted with no"
                         " context. Training validates with the run's eval_streams; pass that to reproduce its figure")
     s.add_argument("--per-line", action="store_true",
-                   help="one score per line (records: per record), to rank candidates; JSON lines with --json")
+                   help="one score per line (records: per record), to rank candidates; JSON lines with --json (default: one score)")
     s.add_argument("--strict", action="store_true",
                    help="refuse text with characters outside the vocabulary (default: count them as oov, score the rest)")
     s.add_argument("--column", default="0", help="CSV records: column index or header name")

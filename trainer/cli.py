@@ -99,14 +99,14 @@ def train_parser() -> argparse.ArgumentParser:
 def export_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="lstmgen export", description="Export a trained run to an ONNX artifact folder.")
     p.add_argument("run", help="run folder written by lstmgen train")
-    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (validation loss checked)")
+    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically; required)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (validation loss checked; default: fp32)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint to export (default: %(default)s)")
     p.add_argument("--name", help="model name stored in the manifest (default: the folder name)")
     p.add_argument("--force", action="store_true",
                    help="replace an artifact at --out that was exported from another run (default: refuse)")
-    p.add_argument("--allow-int8-loss", action="store_true", help="export int8 even if it loses over 1%% validation loss")
+    p.add_argument("--allow-int8-loss", action="store_true", help="export int8 even if it loses over 1%% validation loss (default: refuse)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
