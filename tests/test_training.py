@@ -271,9 +271,10 @@ def test_a_short_run_logs_a_curve_and_samples_come_before_their_step_line(small_
     from lstmgen.trainer.train import train
 
     cfg = tiny_config(small_corpora["names"], records=True, max_steps=100, eval_every=50, sample_every=20,
-                      sample_size=2)
+                      sample_size=2, target=9.0)
     lines = []
     train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert "(target 9 met)" in lines[-1]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "train_loss" in r]) >= 50  # a 100-step run's curve has points, not two
     for i, line in enumerate(lines):

@@ -46,6 +46,8 @@ FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--threads": ("train", "threads", int, "CPU threads (0 = automatic: the library's own choice, as in every command)"),
     "--sample-every": ("train", "sample_every", int, "print samples every N steps (0 = never)"),
     "--sample-size": ("train", "sample_size", int, "how many samples then"),
+    "--target": ("train", "target", float, "validation nats/token the run aims at: drawn on loss.png, met or not"
+                                           " said at the end (0 = none)"),
 }
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
     sample_every: int = 0  # print samples every N steps (0 = never)
     sample_size: int = 3  # how many samples then
+    target: float = 0.0  # validation nats/token the run aims at, drawn on loss.png (0 = none)
 
     def epoch_limit(self) -> int:
         """Passes over the data that end the run (0 = none: a bare time budget trains for the budget)."""
@@ -125,6 +126,8 @@ class RunConfig:
             bad("--eval-every and eval_streams must be >= 1 and --patience >= 0")
         if t.device not in ("auto", "cpu", "cuda"):
             bad(f"--device must be auto, cpu or cuda, got {t.device!r}")
+        if t.target < 0:
+            bad(f"--target must be >= 0 nats/token (0 = none), got {t.target}")
         if t.threads < 0 or t.sample_every < 0 or t.sample_size < 1:
             bad("--threads and --sample-every must be >= 0 and --sample-size >= 1")
 

@@ -141,7 +141,7 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
 
         write_artifact_atomically(out, fill)
     if (run_dir / "metrics.jsonl").is_file():
-        plot_curve(run_dir, exported_step=ckpt.progress.step)  # the run's curve marks what was exported
+        plot_curve(run_dir, exported_step=ckpt.progress.step, target=cfg.train.target or None)  # marks what was exported
     size = sum(f.stat().st_size for f in out.iterdir())
     log(f"exported {base.precision} artifact to {out} ({size / 1e6:.2f} MB)")
     return base

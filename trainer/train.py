@@ -576,12 +576,13 @@ class Trainer:
         dump_rank_weights(self.model, self.ranks)
         if self.main:
             self.metrics.close()
-            plot_curve(self.run_dir, best_step=p.best_step or None)
+            plot_curve(self.run_dir, best_step=p.best_step or None, target=self.t.target or None)
         if status == "interrupted":
             self.log(f"interrupted at step {p.step}; a resumable checkpoint is in {self.run_dir / checkpoint.LAST}"
                      f" (continue with `lstmgen train --out {self.run_dir} --resume`)")
         else:
-            self.log(f"{status} at step {p.step}: best validation {p.best_val:.4f} nats/token at step {p.best_step};"
+            met = "" if not self.t.target else f" (target {self.t.target:g} {'met' if p.best_val <= self.t.target else 'not met'})"
+            self.log(f"{status} at step {p.step}: best validation {p.best_val:.4f} nats/token at step {p.best_step}{met};"
                      f" checkpoints in {self.run_dir}")
 
 
@@ -592,9 +593,11 @@ def dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
         torch.save(model.state_dict(), Path(folder) / f"rank{ranks.rank}.pt")
 
 
-def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int | None = None) -> None:
+def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int | None = None,
+               target: float | None = None) -> None:
     """loss.png from metrics.jsonl: training and validation loss against steps, with the checkpoint that
-    `lstmgen export` took marked (before any export: the best one, which export takes by default)."""
+    `lstmgen export` took marked (before any export: the best one, which export takes by default) and
+    the run's validation target, if it has one."""
     try:
         import matplotlib
 
@@ -619,6 +622,8 @@ def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int |
     if marks:
         ax.plot([marked], [marks[-1]], "*", markersize=14, color="tab:red",
                 label=f"{'exported' if exported_step else 'best'} checkpoint (step {marked})")
+    if target:
+        ax.axhline(target, linestyle="--", color="grey", label=f"target {target:g}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.set_title(run_dir.name)
