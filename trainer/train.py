@@ -516,9 +516,10 @@ class Trainer:
         return TrainResult(status, p.step, p.best_val, p.last_val, self.run_dir)
 
     def loop(self, stop: StopFlag, interrupt_at_step: int | None) -> str:
+        """Steps until something ends the run; returns why (TrainResult.status)."""
         p, t = self.progress, self.t
-        window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, self.clock()
-        last_clock = window_start
+        window = LossWindow(self.clock())
+        last_clock = window.start
         while True:
             if p.step >= p.planned:
                 return "finished"
@@ -531,27 +532,18 @@ class Trainer:
             now = self.clock()
             p.elapsed += now - last_clock
             last_clock = now
-            window_loss, window_tokens, window_steps = window_loss + loss, window_tokens + tokens, window_steps + 1
-            rate = window_tokens / max(1e-9, now - window_start)
-            self.show_step(loss, rate)
+            window.add(loss, tokens)
+            self.show_step(loss, window.tokens_per_s(now))
             if p.step % self.log_every() == 0:
-                self.write_metrics({"step": p.step, "epoch": p.epoch + 1, "train_loss": window_loss / window_steps,
-                                    "lr": self.lr, "tokens_per_s": round(rate, 1), "elapsed": round(p.elapsed, 2)})
-                window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, now
+                self.write_metrics({"step": p.step, "epoch": p.epoch + 1, **window.take(now), "lr": self.lr,
+                                    "elapsed": round(p.elapsed, 2)})
             if t.time_budget and not p.calibrated and p.step >= CALIBRATE_AT:
                 self.calibrate()
             validating = p.step % t.eval_every == 0 or p.step >= p.planned
             if t.sample_every and p.step % t.sample_every == 0 and self.main:
-                # Samples come before the `step N:` line they belong to (the validation line, or one of their own).
-                for text in self.samples():
-                    self.say(f"  sample: {text!r}")
-                if not validating:
-                    self.say(f"step {p.step}: samples above (training loss {loss:.4f})")
+                self.print_samples(loss, validating)
             if validating:
-                self.validate()
-                if t.time_budget and p.calibrated and p.step < p.planned:
-                    self.refit()
-                self.save(checkpoint.LAST)
+                self.checkpoint_stretch()
                 if not t.time_budget:
                     last_clock = self.clock()  # without a budget, validation time is not training time
                 if t.patience and p.bad_evals >= t.patience:
@@ -564,6 +556,21 @@ class Trainer:
                 return "interrupted"
             if over_budget:
                 return "budget"
+
+    def print_samples(self, loss: float, validating: bool) -> None:
+        """Samples come before the `step N:` line they belong to (the validation line, or one of their own)."""
+        for text in self.samples():
+            self.say(f"  sample: {text!r}")
+        if not validating:
+            self.say(f"step {self.progress.step}: samples above (training loss {loss:.4f})")
+
+    def checkpoint_stretch(self) -> None:
+        """End of a stretch of eval_every steps: validate, re-fit a time-budget plan, save last.pt."""
+        p = self.progress
+        self.validate()
+        if self.t.time_budget and p.calibrated and p.step < p.planned:
+            self.refit()
+        self.save(checkpoint.LAST)
 
     def finish(self, status: str) -> None:
         """Validate where the last validation is stale, write last.pt (and best.pt if none), the curve."""
@@ -584,6 +591,25 @@ class Trainer:
             met = "" if not self.t.target else f" (target {self.t.target:g} {'met' if p.best_val <= self.t.target else 'not met'})"
             self.log(f"{status} at step {p.step}: best validation {p.best_val:.4f} nats/token at step {p.best_step}{met};"
                      f" checkpoints in {self.run_dir}")
+
+
+class LossWindow:
+    """Training loss and throughput since the last metrics row (the curve's points are their means)."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.loss, self.tokens, self.steps = start, 0.0, 0, 0
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss, self.tokens, self.steps = self.loss + loss, self.tokens + tokens, self.steps + 1
+
+    def tokens_per_s(self, now: float) -> float:
+        return self.tokens / max(1e-9, now - self.start)
+
+    def take(self, now: float) -> dict:
+        """The window's metrics row fields; the next window starts now."""
+        row = {"train_loss": self.loss / max(1, self.steps), "tokens_per_s": round(self.tokens_per_s(now), 1)}
+        self.start, self.loss, self.tokens, self.steps = now, 0.0, 0, 0
+        return row
 
 
 def dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
