@@ -63,7 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="artifact folder or shipped model name")
     s.add_argument("file", help="text to score (records models: one item a line)")
     s.add_argument("--records", action="store_true", help="score as records (default: what the model was trained on)")
-    s.add_argument("--streams", type=int, default=1, help="running text: score in this many contiguous segments")
+    s.add_argument("--streams", type=int, default=1,
+                   help="running text: score in this many contiguous segments, each from a fresh state (default:"
+                        " %(default)s). It changes the figure: each segment's first tokens are predicted with no"
+                        " context. Training validates with the run's eval_streams; pass that to reproduce its figure")
+    s.add_argument("--per-line", action="store_true",
+                   help="one score per line (records: per record), to rank candidates; JSON lines with --json (default: one score)")
+    s.add_argument("--strict", action="store_true",
+                   help="refuse text with characters outside the vocabulary (default: count them as oov, score the rest)")
     s.add_argument("--column", default="0", help="CSV records: column index or header name")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(s)
@@ -124,7 +131,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (0 or left out = automatic, as in every command)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -166,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_runtime(args) -> None:
-    if args.threads is not None and not (1 <= args.threads <= 1024):
-        raise LstmgenError(f"--threads must be in [1, 1024], got {args.threads}")
+    if args.threads is not None and not (0 <= args.threads <= 1024):
+        raise LstmgenError(f"--threads must be in [0, 1024] (0 = automatic), got {args.threads}")
 
 
 def cmd_generate(args) -> int:
@@ -176,6 +184,8 @@ def cmd_generate(args) -> int:
 
     _check_runtime(args)
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
+    if args.prompt and gen.tokenizer.fold(args.prompt) != args.prompt:
+        print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
     num = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
     seed = args.seed if args.seed is not None else new_seed()
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -270,12 +280,30 @@ def cmd_score(args) -> int:
     if records:
         text = "\n".join(parse_records(text, csv_format=args.file.lower().endswith(".csv"), column=args.column,
                                        source=args.file, min_records=1))
-    score = gen.score(text, records=records, streams=args.streams)
+    if args.per_line:
+        return _print_per_line(gen, text, records, args)
+    score = gen.score(text, records=records, streams=args.streams, strict=args.strict)
+    covers = score.coverage()
     if args.json:
-        print(json.dumps(score.to_dict()))
+        print(json.dumps({**score.to_dict(), "covers": covers or "all tokens"}))
     else:
         print(f"{score.nats_per_token:.4f} nats/token, perplexity {score.perplexity:.3f},"
-              f" {score.bits_per_char:.4f} bits/char over {score.tokens} tokens ({score.chars} chars)")
+              f" {score.bits_per_char:.4f} bits/char over {score.tokens} tokens ({score.chars} chars),"
+              f" oov {score.oov} ({score.oov_rate:.2%})" + (f"; {covers}" if covers else ""))
+    return 0
+
+
+def _print_per_line(gen, text: str, records: bool, args) -> int:
+    from .scoring import score_per_line
+
+    for line, score in score_per_line(gen, text, records=records, strict=args.strict):
+        if args.json:
+            print(json.dumps({"text": line, **(score.to_dict() if score else {"nats_per_token": None})},
+                             ensure_ascii=False))
+        elif score is None:
+            print(f"-\t{line}")
+        else:
+            print(f"{score.nats_per_token:.4f}\t{line}" + (f"\t(oov {score.oov})" if score.oov else ""))
     return 0
 
 
@@ -360,8 +388,9 @@ def cmd_info(args) -> int:
         f" {m.precision}, format v{m.format_version}",
         f"  folder      {folder} ({size / 1e6:.2f} MB)",
         f"  dims        vocab {d.vocab_size}, embed {d.embed_dim}, hidden {d.hidden_size} x {d.num_layers} layers",
-        f"  trained on  {t.get('corpus', '?')} for {t.get('steps', '?')} steps ({t.get('train_seconds', '?')} s)"
-        f" on {t.get('machine', '?')}",
+        f"  trained on  {t.get('corpus', '?')} on {t.get('machine', '?')}",
+        f"  exported    {t.get('checkpoint', 'checkpoint')} from step {t.get('steps', '?')}"
+        + (f" of a {t['run_steps']}-step run" if "run_steps" in t else "") + f" ({t.get('train_seconds', '?')} s of training)",
     ]
     val = m.validation_nats if m.validation_nats is not None else t.get("val_nats_per_token")
     if val is not None:

@@ -116,7 +116,7 @@ class Generator:
             raise LstmgenError(f"a prompt must be text, got {prompt!r}")
         if self.records and "\n" in prompt:
             raise LstmgenError("a prompt for a records model must be one line (a record's beginning)")
-        ids = self.tokenizer.encode(prompt)
+        ids = self.tokenizer.encode(self.tokenizer.fold(prompt))  # a lower-case-only model reads 'Ma' as 'ma'
         if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in ids:
             raise LstmgenError("the prompt contains the end-of-record token text; remove it")
         return ids
@@ -269,8 +269,11 @@ class Generator:
             raise job.error
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, text: str, *, records: bool | None = None, streams: int = 1) -> Score:
-        """Negative log-likelihood of text under the model (lstmgen.scoring's definition)."""
+    def score(self, text: str, *, records: bool | None = None, streams: int = 1, strict: bool = False) -> Score:
+        """Negative log-likelihood of text under the model (lstmgen.scoring's definition). Tokens outside
+        the vocabulary are counted in `oov` (Tokenizer.encode_known); `strict` refuses them instead."""
+        folded = self.tokenizer.fold(text)
+        case_folded, text = folded != text, folded
         if records is None:
             records = self.records
         if not isinstance(streams, int) or streams < 1:
@@ -282,7 +285,8 @@ class Generator:
             if not items:
                 raise LstmgenError("no records to score (the text is empty)")
             eos = self.tokenizer.eos_id
-            seqs = [[eos, *self.tokenizer.encode(r), eos] for r in items]
+            known = [self.tokenizer.encode_known(r, strict) for r in items]
+            seqs = [[eos, *ids, eos] for ids, _ in known]
             by_len: dict[int, list[list[int]]] = {}
             for s in seqs:
                 by_len.setdefault(len(s), []).append(s)
@@ -293,11 +297,12 @@ class Generator:
                     logits, _, _ = self.backend.run(arr[:, :-1])
                     nats += _nll(logits, arr[:, 1:])
                     tokens += arr[:, 1:].size
-            chars = sum(len(r) + 1 for r in items) if self.tokenizer.level == "char" else len(text)
-            return Score(nats, tokens, chars)
+            chars = sum(len(s) - 1 for s in seqs) if self.tokenizer.level == "char" else len(text)
+            return Score(nats, tokens, chars, sum(n for _, n in known), case_folded, self.tokenizer.level == "word")
         if self.records:
             raise LstmgenError("this is a records model; score with --records (one item a line)")
-        ids = np.array(self.tokenizer.encode(text), dtype=np.int64)
+        ids, oov = self.tokenizer.encode_known(text, strict)
+        ids = np.array(ids, dtype=np.int64)
         if len(ids) < 2:
             raise LstmgenError("text too short to score: it needs at least 2 tokens")
         nats, tokens = 0.0, 0
@@ -313,7 +318,7 @@ class Generator:
                 nats += _nll(logits, y[:, a: a + SCORE_CHUNK])
             tokens += y.size
         chars = tokens if self.tokenizer.level == "char" else len(text)
-        return Score(nats, tokens, chars)
+        return Score(nats, tokens, chars, oov, case_folded, self.tokenizer.level == "word")
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> float:

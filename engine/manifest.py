@@ -222,6 +222,7 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
     for leftover in final.parent.glob(f".{final.name}.*.tmp"):
         _rmtree(leftover)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only; an artifact is a folder like any other
     old = None
     try:
         fill(tmp)
@@ -242,6 +243,12 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
         raise
     if old is not None:
         _rmtree(old)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rmtree(p: Path) -> None:

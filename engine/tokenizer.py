@@ -66,6 +66,17 @@ class Tokenizer:
         tokens = specials + [UNK] + words
         return cls("word", tokens, lowercase=lowercase, eos_id=0 if records else None, unk_id=len(specials))
 
+    def extended(self, other: "Tokenizer") -> "Tokenizer":
+        """This vocabulary with the tokens of `other` that it lacks appended (fine-tuning: the old ids
+        keep their meaning, new ones follow). The end marker follows `other`: a records vocabulary
+        has one (appended if this one lacks it); for running text an old one is an unused token."""
+        if other.level != self.level:
+            raise LstmgenError(f"the starting model is {self.level}-level and the new run {other.level}-level;"
+                               f" fine-tune with --level {self.level}")
+        tokens = [*self.tokens, *(t for t in other.tokens if t not in self.index)]
+        eos_id = tokens.index(EOS) if other.eos_id is not None else None
+        return Tokenizer(self.level, tokens, self.lowercase, eos_id, self.unk_id)
+
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"level": self.level, "tokens": list(self.tokens), "lowercase": self.lowercase,
@@ -98,6 +109,32 @@ class Tokenizer:
             shown = ", ".join(repr(c) for c in missing[:10])
             raise LstmgenError(f"text has characters the model's vocabulary lacks: {shown} (remove or replace them)")
         return [self.index[p] for p in pieces]
+
+    @property
+    def folds_case(self) -> bool:
+        """True when the vocabulary is lower case only (word models built with lowercase, or a char model
+        that saw no capital letter): text is then folded to lower case before lookup."""
+        if self.level == "word":
+            return self.lowercase
+        letters = [t for t in self.tokens if len(t) == 1 and t.isalpha()]
+        return bool(letters) and not any(t.isupper() for t in letters)
+
+    def fold(self, text: str) -> str:
+        """The text as this vocabulary spells it (lower case when `folds_case`)."""
+        return text.lower() if self.folds_case else text
+
+    def encode_known(self, text: str, strict: bool = False) -> tuple[list[int], int]:
+        """Ids of the text's tokens and the count of out-of-vocabulary ones, for scoring unseen text.
+
+        Char models leave unknown characters out (they cannot be predicted, so the figure covers the
+        rest); word models score unknown words as <unk>, as they were trained to. `strict`: unknown
+        characters raise, as `encode` does."""
+        if strict or self.level == "word":
+            ids = self.encode(text)
+            return ids, (sum(1 for i in ids if i == self.unk_id) if self.level == "word" else 0)
+        pieces = self.pieces(text)
+        ids = [self.index[p] for p in pieces if p in self.index]
+        return ids, len(pieces) - len(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         d = Detokenizer(self)

@@ -56,4 +56,20 @@ def test_two_gloo_processes_agree_with_each_other_and_with_one(small_corpora, tm
     from lstmgen.trainer import checkpoint
 
     ckpt = checkpoint.load(tmp_path / "two" / "last.pt")
-    assert ckpt["step"] == 30 and ckpt["world_size"] == 2 and len(ckpt["torch_rng"]) == 2
+    assert ckpt.progress.step == 30 and ckpt.world_size == 2 and len(ckpt.torch_rng) == 2
+
+
+def test_resume_with_another_process_count_continues_with_a_notice(small_corpora, tmp_path):
+    from lstmgen.trainer import checkpoint
+
+    _train(_recipe(tmp_path, small_corpora["shakespeare"], 10), tmp_path / "run")
+    r = _train(_recipe(tmp_path, small_corpora["shakespeare"], 20), tmp_path / "run", nproc=2, resume=True)
+    assert "resuming a 1-process run with 2" in r.stderr and "no longer bit-identical" in r.stderr
+    assert "resumed" in r.stderr and "at step 10 (epoch 1, batch 10)" in r.stderr
+    ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert ckpt.progress.step == 20 and ckpt.world_size == 2
+    r = _train(_recipe(tmp_path, small_corpora["shakespeare"], 30), tmp_path / "run", resume=True)
+    assert "resuming a 2-process run with 1" in r.stderr
+    ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert ckpt.progress.step == 30 and ckpt.world_size == 1
+    assert _val(tmp_path / "run")[-1] < _val(tmp_path / "run")[0]  # it went on learning

@@ -36,8 +36,8 @@ def test_torch_reference_writes_the_same_text_as_the_engine(tiny_models):
 
     run, art = tiny_models["names"]
     ckpt = checkpoint.load(run / "best.pt")
-    model = LSTMLanguageModel(RunConfig.from_dict(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"])
+    model = LSTMLanguageModel(RunConfig.from_dict(ckpt.config).model)
+    model.load_state_dict(ckpt.model)
     gen = Generator.load(art)
     params = gen.sampling(temperature=1.0, top_k=12)
     ref = torch_generate(model, gen.tokenizer, gen.manifest.start_ids, True, num=24, seed=99, max_tokens=20,
@@ -100,3 +100,44 @@ def test_manifest_is_self_describing(tiny_models):
     for key in ("torch", "onnx", "onnxruntime", "lstmgen"):
         assert key in d["export"]["versions"]
     assert d["training"]["corpus"] == "moe.txt" and d["training"]["seed"] == 1337
+
+
+def test_export_refuses_to_replace_another_runs_artifact_without_force(tiny_models, tmp_path, capsys):
+    from lstmgen.cli import main
+    from lstmgen.trainer import export as ex
+
+    names_run, _ = tiny_models["names"]
+    moe_run, _ = tiny_models["moe"]
+    out = tmp_path / "model"
+    ex.export(names_run, out, log=lambda s: None)
+    ex.export(names_run, out, log=lambda s: None)  # the same run again: replaced quietly
+    assert main(["export", str(moe_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and "--force" in err and err.count("\n") == 1
+    assert read_manifest(out).tokenizer["level"] == "char"  # untouched
+    assert main(["export", str(moe_run), "--out", str(out), "--force"]) == 0
+    assert read_manifest(out).tokenizer["level"] == "word"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert main(["export", str(names_run), "--out", str(tmp_path / "notes")]) == 2
+    assert "not an lstmgen artifact" in capsys.readouterr().err and (tmp_path / "notes" / "todo.txt").exists()
+
+
+def test_artifact_folders_follow_the_umask_and_manifest_says_which_checkpoint(tiny_models, tmp_path, capsys):
+    import os
+
+    from lstmgen.cli import main
+    from lstmgen.trainer import export as ex
+
+    run, _ = tiny_models["names"]
+    old = os.umask(0o022)
+    try:
+        ex.export(run, tmp_path / "a", log=lambda s: None)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+    m = read_manifest(tmp_path / "a")
+    assert m.training["checkpoint"] == "best.pt" and m.training["run_steps"] >= m.training["steps"] > 0
+    assert main(["info", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert f"best.pt from step {m.training['steps']} of a {m.training['run_steps']}-step run" in out

@@ -47,7 +47,7 @@ def _wait_for(predicate, timeout: float = 600.0) -> None:
 def _step_of(run: Path) -> int:
     from lstmgen.trainer import checkpoint
 
-    return checkpoint.load(run / "last.pt")["step"] if (run / "last.pt").exists() else 0
+    return checkpoint.load(run / "last.pt").progress.step if (run / "last.pt").exists() else 0
 
 
 @needs_torch
@@ -87,9 +87,9 @@ def test_sigkill_during_training_and_checkpoint_writes_then_resume(small_corpora
     subprocess.run(_train_cmd(recipe, run, True), check=True, capture_output=True, env=ENV)
     assert not list(run.glob(".*.tmp")), "temporary files of killed writes were left behind"
     a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(run / "last.pt")
-    assert a["step"] == b["step"] == steps
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a.progress.step == b.progress.step == steps
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
 
 
 @needs_torch

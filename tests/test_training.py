@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def _last_checkpoint(run_dir):
 
 
 def _weights(run_dir):
-    return _last_checkpoint(run_dir)["model"]
+    return _last_checkpoint(run_dir).model
 
 
 def test_overfits_a_tiny_corpus(tmp_path):
@@ -38,7 +39,7 @@ def test_overfits_a_tiny_corpus(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_nats_per_token" in r] == [100, 200, 300]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
-    assert _last_checkpoint(tmp_path / "run")["machine"].startswith(cpu_name() + ", ")  # provenance names the CPU
+    assert _last_checkpoint(tmp_path / "run").machine.startswith(cpu_name() + ", ")  # provenance names the CPU
 
 
 @pytest.mark.parametrize("corpus, level, records", [("names", "char", True), ("shakespeare", "char", False),
@@ -151,10 +152,214 @@ def test_cli_train_with_recipe_and_time_budget(small_corpora, tmp_path, capsys):
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[data]\ncorpus = "{small_corpora["names"]}"\nrecords = true\n'
-                      "[model]\nhidden_size = 24\nembed_dim = 8\n[train]\nbatch_size = 8\ntime_budget = 3\n"
-                      "eval_every = 1000\nthreads = 1\n")
+                      "[model]\nhidden_size = 24\nembed_dim = 8\n[train]\nbatch_size = 8\ntime_budget = 1000\n"
+                      "max_steps = 40\neval_every = 1000\nthreads = 1\n")
     assert main(["train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "budget at step" in err or "finished at step" in err
+    # A budget far beyond the work: the outcome does not depend on the machine's speed (the budget
+    # itself is tested with a step-driven clock above).
+    assert "planning 40 steps to fit the 1000 s budget" in err and "finished at step 40" in err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["hidden_size"] == 24 and saved["data"]["records"] is True
+
+
+# ---- the training loop's parts, one by one ------------------------------------------------------
+
+def _trainer(corpus, tmp_path, records=True, clock=None, **train):
+    import time
+
+    from lstmgen.trainer.train import Trainer
+
+    cfg = tiny_config(corpus, records=records, **train)
+    cfg.validate()
+    lines = []
+    t = Trainer(cfg, tmp_path / "run", log=lines.append, clock=clock or time.perf_counter)
+    return t, lines
+
+
+def test_checkpoint_schema_round_trips_and_reads_version_1(tmp_path):
+    import torch
+
+    from lstmgen.trainer import checkpoint
+    from lstmgen.trainer.checkpoint import Checkpoint, Progress
+
+    ck = Checkpoint(config={"train": {}}, tokenizer={"level": "char", "tokens": ["a"]}, model={"w": torch.ones(2)},
+                    optimizer={}, torch_rng=torch.get_rng_state(), progress=Progress(step=7, best_val=1.5, best_step=5),
+                    start_ids=[0], records=True, run_id="abc")
+    checkpoint.save_atomically(ck, tmp_path / "last.pt")
+    back = checkpoint.load(tmp_path / "last.pt")
+    assert back.progress == ck.progress and back.run_id == "abc" and torch.equal(back.model["w"], ck.model["w"])
+    v1 = {k: v for k, v in ck.to_dict().items() if k not in ("progress", "run_id")}
+    v1.update(version=1, step=9, epoch=1, index=3, elapsed=2.0, planned=40, calibrated=False, best_val=1.0,
+              last_val=1.1, bad_evals=0)
+    torch.save(v1, tmp_path / "old.pt")
+    old = checkpoint.load(tmp_path / "old.pt")
+    assert (old.progress.step, old.progress.index, old.progress.best_val, old.run_id) == (9, 3, 1.0, "")
+    torch.save({**ck.to_dict(), "version": 99}, tmp_path / "new.pt")
+    with pytest.raises(LstmgenError, match="newer lstmgen"):
+        checkpoint.load(tmp_path / "new.pt")
+
+
+def test_trainer_step_validate_and_save_one_by_one(small_corpora, tmp_path):
+    import math
+
+    from lstmgen.trainer import checkpoint
+
+    t, _ = _trainer(small_corpora["names"], tmp_path)
+    loss, tokens = t.train_step()
+    assert t.progress.step == 1 and t.progress.index == 1 and math.isfinite(loss) and tokens > 0
+    t.open_run_folder()
+    score = t.validate()
+    assert t.progress.best_val == score.nats_per_token and t.progress.best_step == 1
+    assert checkpoint.load(tmp_path / "run" / "best.pt").progress.step == 1
+    t.train_step()
+    t.save(checkpoint.LAST)
+    saved = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert saved.progress.step == 2 and saved.run_id == t.run_id and saved.tokenizer == t.tok.to_dict()
+    t.metrics.close()
+
+
+def test_time_budget_plan_is_fitted_at_calibration(small_corpora, tmp_path):
+    from lstmgen.trainer.train import CALIBRATE_AT
+
+    t, lines = _trainer(small_corpora["names"], tmp_path, max_steps=0, time_budget=100.0)
+    assert "100 s time budget" in t.describe_plan()
+    t.progress.step, t.progress.elapsed = CALIBRATE_AT, 15.0  # 2 steps/s measured
+    t.calibrate()
+    assert t.progress.planned == CALIBRATE_AT + int(85.0 / 0.5 * 0.92) and t.progress.calibrated
+    assert f"planning {t.progress.planned} steps" in lines[-2] and "too few" in lines[-1]
+
+
+class _StepClock:
+    """A fake clock that advances a fixed time per reading: the time budget is then driven by steps."""
+
+    def __init__(self, seconds_per_reading):
+        self.now, self.dt = 0.0, seconds_per_reading
+
+    def __call__(self):
+        self.now += self.dt
+        return self.now
+
+
+def test_a_time_budget_without_epochs_trains_for_the_budget_not_20_epochs(tmp_path):
+    from lstmgen.trainer.train import train
+
+    corpus = tmp_path / "few.txt"
+    corpus.write_text("\n".join(["anna", "bob", "carla", "dave", "erin", "fred", "gina", "hugo"] * 6) + "\n")
+    cfg = tiny_config(corpus, records=True, max_steps=0, time_budget=150.0, eval_every=50, patience=0)
+    lines = []
+    result = train(cfg, tmp_path / "run", progress=False, log=lines.append, clock=_StepClock(0.5))
+    steps_per_epoch = 3  # 43 training records / batch 16
+    assert result.step > 20 * steps_per_epoch and result.status in ("budget", "finished")
+    assert "time budget" in lines[0] and "planning" in lines[0]
+    planned = [int(x.split("planning ")[1].split()[0]) for x in lines if " steps to fit the" in x]
+    assert planned and abs(result.step - planned[0]) <= 30  # the plan printed is (about) where it ended
+
+
+def test_a_corpus_smaller_than_a_batch_is_warned_about(tmp_path):
+    corpus = tmp_path / "few.txt"
+    corpus.write_text("\n".join(["anna", "bob", "carla", "dave", "erin", "fred"]) + "\n")
+    _, lines = _trainer(corpus, tmp_path)
+    from lstmgen.trainer.train import Trainer
+
+    t = Trainer(tiny_config(corpus, records=True), tmp_path / "run2", log=lines.append)
+    t.announce()
+    assert any("fewer than one batch" in line for line in lines)
+
+
+def test_a_short_run_logs_a_curve_and_samples_come_before_their_step_line(small_corpora, tmp_path):
+    from lstmgen.trainer.train import train
+
+    cfg = tiny_config(small_corpora["names"], records=True, max_steps=100, eval_every=50, sample_every=20,
+                      sample_size=2, target=9.0)
+    lines = []
+    train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert "(target 9 met)" in lines[-1]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "train_loss" in r]) >= 50  # a 100-step run's curve has points, not two
+    for i, line in enumerate(lines):
+        if line.startswith("  sample:") and not lines[i + 1].startswith("  sample:"):
+            step = int(lines[i + 1].split()[1].rstrip(":"))
+            assert lines[i + 1].startswith("step ") and step % 20 == 0, lines[i + 1]
+
+
+# ---- flags ----------------------------------------------------------------------------------------
+
+def test_every_train_flag_shows_its_default_and_level_defaults():
+    from lstmgen.trainer.cli import train_parser
+
+    p = train_parser()
+    for action in p._actions:
+        if action.option_strings and action.option_strings[0] not in ("-h", "--debug"):
+            assert "default" in (action.help or ""), action.option_strings
+    helps = {a.option_strings[0]: a.help for a in p._actions if a.option_strings}
+    assert "default: 64; word level: 256" in helps["--embed-dim"]
+    assert list(next(a for a in p._actions if "--level" in a.option_strings).choices) == ["char", "word"]
+
+
+def _config(argv):
+    from lstmgen.trainer.cli import build_config, train_parser
+
+    notes = []
+    return build_config(train_parser().parse_args(argv), notice=notes.append), notes
+
+
+def test_word_level_unties_weights_when_sizes_differ_and_no_tie_weights_turns_it_off(small_corpora):
+    cfg, notes = _config([str(small_corpora["moe"]), "--level", "word", "--embed-dim", "32", "--hidden-size", "64"])
+    assert not cfg.model.tie_weights and "untied" in notes[0]
+    cfg, _ = _config([str(small_corpora["moe"]), "--level", "word"])
+    assert cfg.model.tie_weights
+    cfg, _ = _config([str(small_corpora["moe"]), "--level", "word", "--no-tie-weights"])
+    assert not cfg.model.tie_weights
+
+
+def test_recipe_corpus_path_is_relative_to_the_recipe_file(small_corpora, tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.toml"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "n.txt").write_text(small_corpora["names"].read_text())
+    recipe.write_text('[data]\ncorpus = "../data/n.txt"\nrecords = true\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg, _ = _config(["--config", str(recipe)])
+    assert Path(cfg.data.corpus) == data / "n.txt"
+
+
+def test_bad_level_is_one_line_listing_the_choices(capsys):
+    from lstmgen.cli import main
+
+    assert main(["train", "x.txt", "--level", "byte"]) == 2
+    err = capsys.readouterr().err
+    assert "'char', 'word'" in err and err.count("\n") == 1
+
+
+def test_threads_0_means_automatic_in_engine_commands_too(artifacts, tmp_path, capsys):
+    from lstmgen.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("anna\nbob\n")
+    assert main(["score", str(artifacts["names"]), str(text), "--threads", "0"]) == 0
+    cfg, _ = _config([str(text), "--threads", "0"])
+    assert cfg.train.threads == 0
+
+
+# ---- resume without retyping ----------------------------------------------------------------------
+
+def test_resume_takes_corpus_and_settings_from_the_run_and_lists_what_changed(small_corpora, tmp_path, capsys):
+    from lstmgen.cli import main
+    from lstmgen.trainer import checkpoint
+
+    run = str(tmp_path / "run")
+    base = [str(small_corpora["names"]), "--records", "--out", run, "--embed-dim", "8", "--hidden-size", "16",
+            "--batch-size", "8", "--eval-every", "5", "--threads", "1", "--no-progress"]
+    assert main(["train", *base, "--max-steps", "10"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", run, "--resume", "--max-steps", "15", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with changed settings: train.max_steps: 10 -> 15" in err
+    assert checkpoint.load(tmp_path / "run" / "last.pt").progress.step == 15
+    assert main(["train", "--out", run, "--resume", "--hidden-size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "model.hidden_size: 16 -> 32" in err and err.count("\n") == 1

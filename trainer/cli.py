@@ -1,8 +1,13 @@
-"""`lstmgen train` and `lstmgen export`: argument parsing for the trainer, then train.py / export.py."""
+"""`lstmgen train` and `lstmgen export`: argument parsing for the trainer, then train.py / export.py.
+
+Where a setting comes from, lowest first: built-in defaults (some differ by level), a fine-tuning
+starting point (`--init-from`), the run's own config.json (`--resume`), a `--config` recipe, flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,9 +17,9 @@ from lstmgen.errors import LstmgenError
 
 from .config import RunConfig, apply_overrides, level_defaults, load_recipe
 
-# flag -> (section, field); every flag defaults to None so that only what the user typed overrides.
-_FLAGS: dict[str, tuple[str, str, Any, str]] = {
-    "--level": ("data", "level", str, "token level: char or word"),
+# flag -> (section, field, type, help); every flag defaults to None so that only what the user typed
+# overrides. The help gets the built-in default appended (and the word-level one where it differs).
+FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--min-count": ("data", "min_count", int, "word level: words seen fewer times become <unk>"),
     "--column": ("data", "column", str, "CSV records: column index or header name"),
     "--embed-dim": ("model", "embed_dim", int, "embedding width"),
@@ -25,83 +30,159 @@ _FLAGS: dict[str, tuple[str, str, Any, str]] = {
                       "DropConnect probability on the LSTM's hidden-to-hidden weights while training, in [0, 1)"),
     "--batch-size": ("train", "batch_size", int, "sequences per step"),
     "--seq-len": ("train", "seq_len", int, "running text: tokens per truncated-BPTT window"),
-    "--lr": ("train", "lr", float, "peak learning rate (AdamW)"),
-    "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps"),
+    "--lr": ("train", "lr", float, "peak learning rate (AdamW); --init-from: 0.3 x the starting model's"),
+    "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps; --init-from: 20"),
     "--weight-decay": ("train", "weight_decay", float, "AdamW weight decay"),
     "--clip": ("train", "clip", float, "gradient-norm clip"),
-    "--epochs": ("train", "epochs", int, "stop after this many epochs"),
+    "--epochs": ("train", "epochs", int, "stop after this many passes over the data (0 = 20, or no limit with"
+                                        " --time-budget: the budget alone ends the run)"),
     "--max-steps": ("train", "max_steps", int, "stop after this many steps (0 = no limit)"),
-    "--time-budget": ("train", "time_budget", float, "stop after this many seconds; the schedule fits it"),
+    "--time-budget": ("train", "time_budget", float, "seconds of training, validation included (0 = no limit);"
+                                                    " the schedule is fitted to it"),
     "--eval-every": ("train", "eval_every", int, "steps between validations and checkpoints"),
     "--patience": ("train", "patience", int, "early stop after this many validations without improvement (0 = off)"),
     "--seed": ("train", "seed", int, "seed for weights, dropout and batch order"),
     "--device": ("train", "device", str, "auto, cpu or cuda"),
-    "--threads": ("train", "threads", int, "torch CPU threads (0 = default)"),
+    "--threads": ("train", "threads", int, "CPU threads (0 = automatic: the library's own choice, as in every command)"),
     "--sample-every": ("train", "sample_every", int, "print samples every N steps (0 = never)"),
     "--sample-size": ("train", "sample_size", int, "how many samples then"),
+    "--target": ("train", "target", float, "validation nats/token the run aims at: drawn on loss.png, met or not"
+                                           " said at the end (0 = none)"),
 }
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstmgen train", description="Train an LSTM language model on a corpus.",
-                                epilog="Precedence: built-in defaults < --config recipe < flags.")
-    p.add_argument("corpus", nargs="?", help="text file (running text) or TXT/CSV records file")
-    p.add_argument("--config", help="TOML recipe with [data], [model] and [train] tables")
-    p.add_argument("--records", action="store_true", default=None,
-                   help="one item a line, each generated on its own (default for .csv files)")
-    p.add_argument("--out", help="run folder for checkpoints and logs (default runs/<corpus name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one `lstmgen: error:` line (exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        raise LstmgenError(f"{self.prog}: {message} (see --help)")
+
+
+def default_text(section: str, name: str) -> str:
+    """'default: X' for a setting, with the word level's value where it differs."""
+    plain = getattr(getattr(RunConfig(), section), name)
+    word = level_defaults("word").get(section, {}).get(name, plain)
+    return f"default: {plain!r}" + (f"; word level: {word!r}" if word != plain else "")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="lstmgen train", description="Train an LSTM language model on a corpus.",
+                      epilog="Precedence: built-in defaults < --init-from model < the run's config.json (--resume)"
+                             " < --config recipe < flags.")
+    p.add_argument("corpus", nargs="?", help="text file (running text) or TXT/CSV records file (with --resume:"
+                                             " default the run's own)")
+    p.add_argument("--config", help="TOML recipe with [data], [model] and [train] tables; a relative corpus path"
+                                    " in it is relative to the recipe file (default: none)")
+    p.add_argument("--level", choices=["char", "word"], default=None, help="token level (default: char)")
+    p.add_argument("--records", action=argparse.BooleanOptionalAction, default=None,
+                   help="one item a line, each generated on its own (default: on for .csv files and when"
+                        " --init-from is a records model, else off)")
+    p.add_argument("--out", help="run folder for checkpoints and logs (default: runs/<corpus name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; corpus and settings come from its"
+                        " config.json unless given again (default: off)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune: start from a shipped model's name, an fp32 artifact folder or a run folder;"
+                        " its vocabulary is extended by what is new in the corpus (default: random weights)")
     p.add_argument("--nproc", type=int, default=None,
-                   help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on CUDA)")
-    p.add_argument("--tie-weights", action="store_true", default=None, help="share embedding and output weights")
-    p.add_argument("--keep-case", action="store_true", help="word level: do not lowercase")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="data-parallel processes on this machine (launches torchrun; gloo on CPU, NCCL on CUDA;"
+                        " default: one process, no torchrun)")
+    p.add_argument("--tie-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="share embedding and output weights; needs --embed-dim == --hidden-size (default: off;"
+                        " word level: on when the sizes are equal)")
+    p.add_argument("--keep-case", action="store_true", help="word level: do not lowercase (default: lowercase)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    for flag, (_, _, typ, text) in _FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=text)
+    for flag, (section, name, typ, text) in FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=f"{text} ({default_text(section, name)})")
     return p
 
 
-def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstmgen export", description="Export a trained run to an ONNX artifact folder.")
+def export_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="lstmgen export", description="Export a trained run to an ONNX artifact folder.")
     p.add_argument("run", help="run folder written by lstmgen train")
-    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
-    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (validation loss checked)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint to export")
+    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically; required)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (validation loss checked; default: fp32)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint to export (default: %(default)s)")
     p.add_argument("--name", help="model name stored in the manifest (default: the folder name)")
-    p.add_argument("--allow-int8-loss", action="store_true", help="export int8 even if it loses over 1%% validation loss")
+    p.add_argument("--force", action="store_true",
+                   help="replace an artifact at --out that was exported from another run (default: refuse)")
+    p.add_argument("--allow-int8-loss", action="store_true", help="export int8 even if it loses over 1%% validation loss (default: refuse)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
-    recipe = load_recipe(args.config) if args.config else {}
-    corpus = args.corpus or recipe.get("data", {}).get("corpus")
-    if not corpus:
-        raise LstmgenError("no corpus given: name a text file (or set data.corpus in the --config recipe)")
-    if args.config and args.corpus is None and not os.path.isabs(corpus):
-        corpus = str(Path(args.config).parent / corpus) if not os.path.exists(corpus) else corpus
-    level = args.level or recipe.get("data", {}).get("level", "char")
-    cfg = RunConfig()
-    apply_overrides(cfg, level_defaults(level), "defaults")
-    apply_overrides(cfg, recipe, f"config {args.config}")
+def recipe_corpus(recipe_path: str, recipe: dict[str, Any]) -> str | None:
+    """The recipe's corpus path, resolved against the recipe file's folder when relative."""
+    corpus = recipe.get("data", {}).get("corpus")
+    if not corpus or os.path.isabs(corpus):
+        return corpus
+    return str((Path(recipe_path).resolve().parent / corpus).resolve())
+
+
+def typed_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Only the settings the user typed on the command line."""
     flags: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
-    for flag, (section, name, _, _) in _FLAGS.items():
+    for flag, (section, name, _, _) in FLAGS.items():
         v = getattr(args, flag.lstrip("-").replace("-", "_"))
         if v is not None:
             flags[section][name] = v
+    if args.level is not None:
+        flags["data"]["level"] = args.level
     if args.records is not None:
-        flags["data"]["records"] = True
-    elif "records" not in recipe.get("data", {}) and corpus.lower().endswith(".csv"):
-        flags["data"]["records"] = True
+        flags["data"]["records"] = args.records
     if args.tie_weights is not None:
-        flags["model"]["tie_weights"] = True
+        flags["model"]["tie_weights"] = args.tie_weights
     if args.keep_case:
         flags["data"]["lowercase"] = False
-    flags["data"]["corpus"] = corpus
+    return flags
+
+
+def build_config(args: argparse.Namespace, start=None, notice=lambda m: None) -> RunConfig:
+    """The run's settings from every source, in precedence order (see the module docstring)."""
+    recipe = load_recipe(args.config) if args.config else {}
+    flags = typed_flags(args)
+    resumed = saved_config(args.out) if args.resume and args.out else None
+    corpus = (os.path.abspath(args.corpus) if args.corpus else None) or (recipe_corpus(args.config, recipe) if args.config
+                                                                        else None)
+    if resumed is not None:
+        cfg = resumed
+    else:
+        if not corpus:
+            raise LstmgenError("no corpus given: name a text file (or set data.corpus in the --config recipe)")
+        level = flags["data"].get("level") or recipe.get("data", {}).get("level") or (start.config.data.level if start
+                                                                                      else "char")
+        cfg = RunConfig()
+        apply_overrides(cfg, level_defaults(level), "defaults")
+        if start is not None:
+            from .finetune import finetune_defaults
+
+            apply_overrides(cfg, finetune_defaults(start), "--init-from")
+        if "records" not in recipe.get("data", {}) and "records" not in flags["data"] and corpus.lower().endswith(".csv"):
+            flags["data"]["records"] = True
+    apply_overrides(cfg, recipe, f"config {args.config}")
     apply_overrides(cfg, flags, "flags")
+    if corpus:
+        cfg.data.corpus = corpus
+    tie_given = "tie_weights" in flags["model"] or "tie_weights" in recipe.get("model", {})
+    if cfg.model.tie_weights and cfg.model.embed_dim != cfg.model.hidden_size and not tie_given and resumed is None:
+        cfg.model.tie_weights = False
+        notice(f"note: weights untied (word level ties them by default, but --embed-dim {cfg.model.embed_dim} !="
+               f" --hidden-size {cfg.model.hidden_size})")
     cfg.validate()
     return cfg
+
+
+def saved_config(run_dir: str) -> RunConfig:
+    """The resolved config a run was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise LstmgenError(f"{run_dir} has no config.json: not a run folder to --resume (train it first)")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as e:
+        raise LstmgenError(f"{path} is not valid JSON ({e})") from None
 
 
 def main(argv: Sequence[str]) -> int:
@@ -109,9 +190,9 @@ def main(argv: Sequence[str]) -> int:
     debug = "--debug" in rest
     try:
         if command == "train":
-            return _train(rest)
+            return run_train(rest)
         if command == "export":
-            return _export(rest)
+            return run_export(rest)
         raise LstmgenError(f"unknown command {command!r}")
     except LstmgenError as e:
         if debug:
@@ -120,27 +201,41 @@ def main(argv: Sequence[str]) -> int:
         return 2
 
 
-def _train(argv: list[str]) -> int:
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_train(argv: list[str]) -> int:
     from .train import train
 
-    args = _train_parser().parse_args(argv)
-    cfg = build_config(args)
-    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+    args = train_parser().parse_args(argv)
+    if args.resume and not args.out:
+        raise LstmgenError("--resume needs --out RUN: the run folder to continue")
+    if args.resume and args.init_from:
+        raise LstmgenError("--resume continues a run from its checkpoint; --init-from starts a new one (give one)")
+    start = None
+    if args.init_from:
+        from .finetune import load_starting_point
+
+        start = load_starting_point(args.init_from)
+    launching = args.nproc is not None and "WORLD_SIZE" not in os.environ  # the ranks will say it, once
+    speaks = not launching and os.environ.get("RANK", "0") == "0"
+    cfg = build_config(args, start, notice=say if speaks else (lambda m: None))
+    if launching:
         from .distributed import launch
 
         rest = [a for i, a in enumerate(argv) if a != "--nproc" and not (i > 0 and argv[i - 1] == "--nproc")
                 and not a.startswith("--nproc=")]
         return launch(args.nproc, rest)
     out = args.out or os.path.join("runs", Path(cfg.data.corpus).stem)
-    result = train(cfg, out, resume=args.resume, progress=not args.no_progress,
-                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress, log=say, start=start)
     return 130 if result.status == "interrupted" else 0
 
 
-def _export(argv: list[str]) -> int:
+def run_export(argv: list[str]) -> int:
     from .export import export
 
-    args = _export_parser().parse_args(argv)
-    export(args.run, args.out, int8=args.int8, which=args.checkpoint, name=args.name,
-           allow_int8_loss=args.allow_int8_loss, log=lambda m: print(m, file=sys.stderr, flush=True))
+    args = export_parser().parse_args(argv)
+    export(args.run, args.out, int8=args.int8, which=args.checkpoint, name=args.name, force=args.force,
+           allow_int8_loss=args.allow_int8_loss, log=say)
     return 0

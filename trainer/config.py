@@ -14,6 +14,13 @@ from typing import Any
 from lstmgen.errors import LstmgenError
 
 
+DEFAULT_EPOCHS = 20
+# What a resumed run must keep: they fix the model's shape or its vocabulary (section, field).
+FIXED_ON_RESUME = {("data", "level"), ("data", "records"), ("data", "column"), ("data", "min_count"),
+                   ("data", "lowercase"), ("model", "embed_dim"), ("model", "hidden_size"), ("model", "num_layers"),
+                   ("model", "tie_weights")}
+
+
 @dataclass
 class DataConfig:
     corpus: str = ""  # path of the training corpus (TXT, or CSV for records)
@@ -44,7 +51,7 @@ class TrainConfig:
     warmup_steps: int = 50  # linear warm-up
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not on biases, norms or embeddings)
     clip: float = 1.0  # gradient-norm clipping
-    epochs: int = 20  # stop after this many passes over the data ...
+    epochs: int = 0  # stop after this many passes over the data (0 = 20, or no limit under a time budget) ...
     max_steps: int = 0  # ... or this many optimizer steps (0 = no limit) ...
     time_budget: float = 0.0  # ... or this many seconds of training (0 = no limit), whichever first
     eval_every: int = 200  # steps between validations (and checkpoints)
@@ -55,6 +62,13 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
     sample_every: int = 0  # print samples every N steps (0 = never)
     sample_size: int = 3  # how many samples then
+    target: float = 0.0  # validation nats/token the run aims at, drawn on loss.png (0 = none)
+
+    def epoch_limit(self) -> int:
+        """Passes over the data that end the run (0 = none: a bare time budget trains for the budget)."""
+        if self.epochs:
+            return self.epochs
+        return 0 if self.time_budget else DEFAULT_EPOCHS
 
 
 @dataclass
@@ -102,8 +116,8 @@ class RunConfig:
             bad(f"min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
         if t.warmup_steps < 0 or t.weight_decay < 0 or t.clip <= 0:
             bad("--warmup-steps and --weight-decay must be >= 0 and --clip > 0")
-        if t.epochs < 1:
-            bad(f"--epochs must be >= 1, got {t.epochs}")
+        if t.epochs < 0:
+            bad(f"--epochs must be >= 0 (0 = {DEFAULT_EPOCHS}, or no limit under a time budget), got {t.epochs}")
         if t.max_steps < 0:
             bad(f"--max-steps must be >= 0 (0 = no limit), got {t.max_steps}")
         if t.time_budget < 0:
@@ -112,20 +126,24 @@ class RunConfig:
             bad("--eval-every and eval_streams must be >= 1 and --patience >= 0")
         if t.device not in ("auto", "cpu", "cuda"):
             bad(f"--device must be auto, cpu or cuda, got {t.device!r}")
+        if t.target < 0:
+            bad(f"--target must be >= 0 nats/token (0 = none), got {t.target}")
         if t.threads < 0 or t.sample_every < 0 or t.sample_size < 1:
             bad("--threads and --sample-every must be >= 0 and --sample-size >= 1")
 
-    def same_experiment(self, other: "RunConfig") -> list[str]:
-        """Fields that differ in what a resumed run must keep (budgets may change)."""
-        free = {"epochs", "max_steps", "time_budget", "patience", "device", "threads", "sample_every", "sample_size",
-                "eval_every", "corpus", "vocab_size"}
+    def differences(self, other: "RunConfig") -> list[str]:
+        """Every setting that differs from `other`, as 'section.field: other -> self'."""
         diffs = []
         for section in ("data", "model", "train"):
             a, b = getattr(self, section), getattr(other, section)
             for f in fields(a):
-                if f.name not in free and getattr(a, f.name) != getattr(b, f.name):
+                if f.name != "vocab_size" and getattr(a, f.name) != getattr(b, f.name):
                     diffs.append(f"{section}.{f.name}: {getattr(b, f.name)!r} -> {getattr(a, f.name)!r}")
         return diffs
+
+    def fixed_differences(self, other: "RunConfig") -> list[str]:
+        """The differences a resumed run cannot take (FIXED_ON_RESUME)."""
+        return [d for d in self.differences(other) if tuple(d.split(":")[0].split(".")) in FIXED_ON_RESUME]
 
 
 def apply_overrides(cfg: RunConfig, values: dict[str, Any], source: str) -> None:

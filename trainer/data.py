@@ -32,8 +32,11 @@ class PreparedData:
     start_ids: list[int]  # what generation feeds before a prompt
 
 
-def prepare(cfg: DataConfig, text: str | None = None) -> PreparedData:
-    """Read the corpus named in cfg (or use `text`), split it, build the tokenizer and encode."""
+def prepare(cfg: DataConfig, text: str | None = None, base_tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Read the corpus named in cfg (or use `text`), split it, build the tokenizer and encode.
+
+    With `base_tokenizer` (fine-tuning), the vocabulary is that one, extended at the end by what is
+    new in this corpus, so the ids of the model being fine-tuned keep their meaning."""
     source = cfg.corpus or "corpus"
     if text is None:
         text = read_text(cfg.corpus)
@@ -43,12 +46,14 @@ def prepare(cfg: DataConfig, text: str | None = None) -> PreparedData:
         train_r, val_r = split_records(records)
         tok = Tokenizer.build(cfg.level, train_r, records=True, min_count=cfg.min_count, lowercase=cfg.lowercase,
                               extra_texts=val_r)
+        tok = base_tokenizer.extended(tok) if base_tokenizer is not None else tok
         enc = lambda r: np.array([tok.eos_id, *tok.encode(r), tok.eos_id], dtype=np.int64)  # noqa: E731
         return PreparedData(tok, True, [enc(r) for r in train_r], [enc(r) for r in val_r], "\n".join(val_r) + "\n",
                             records, [tok.eos_id])
     train_t, val_t = split_text(text)
     tok = Tokenizer.build(cfg.level, [train_t], records=False, min_count=cfg.min_count, lowercase=cfg.lowercase,
                           extra_texts=[val_t])
+    tok = base_tokenizer.extended(tok) if base_tokenizer is not None else tok
     train_ids = np.array(tok.encode(train_t), dtype=np.int64)
     val_ids = np.array(tok.encode(val_t), dtype=np.int64)
     if len(train_ids) < 4 or len(val_ids) < 2:

@@ -23,12 +23,14 @@ from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graph import OPSET, build_step_graph
 from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, Manifest, SamplingDefaults,
-                              sha256_file, write_artifact_atomically)
+                              read_manifest, sha256_file, write_artifact_atomically)
 from lstmgen.tokenizer import Tokenizer
 
 from . import checkpoint
+from .checkpoint import Checkpoint
 from .config import RunConfig
 from .model import LSTMLanguageModel
+from .train import plot_curve
 
 PARITY_TOLERANCE = 1e-4
 INT8_MAX_LOSS_INCREASE = 0.01  # relative; an int8 export that loses more is reported as failing
@@ -70,17 +72,22 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: str = "best", name: str | None = None,
-           log=print, allow_int8_loss: bool = False) -> Manifest:
-    """Export a run's checkpoint to an artifact folder at `out`, atomically."""
+           log=print, allow_int8_loss: bool = False, force: bool = False) -> Manifest:
+    """Export a run's checkpoint to an artifact folder at `out`, atomically. An artifact already at
+    `out` is replaced only if it came from the same run, or with `force`."""
     run_dir, out = Path(run_dir), Path(out)
     ckpt_path = checkpoint.find(run_dir, which)
     ckpt = checkpoint.load(ckpt_path)
-    cfg = RunConfig.from_dict(ckpt["config"])
-    tok = Tokenizer.from_dict(ckpt["tokenizer"])
+    cfg = RunConfig.from_dict(ckpt.config)
+    if not force:
+        refuse_to_replace(out, ckpt, cfg)
+    steps_run = run_steps(run_dir, ckpt)
+    log(f"exporting {ckpt_path.name}: step {ckpt.progress.step} of a {steps_run}-step run")
+    tok = Tokenizer.from_dict(ckpt.tokenizer)
     model = LSTMLanguageModel(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.model)
     model.eval()
-    records = bool(ckpt["records"])
+    records = ckpt.records
     val_path = run_dir / "val.txt"
     val_text = val_path.read_text(encoding="utf-8") if val_path.is_file() else None
     rec_path = run_dir / RECORDS_FILE
@@ -96,14 +103,10 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
         base = Manifest(
             tokenizer=tok.to_dict(), records=records,
             dims=Dims(d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers),
-            start_ids=[int(i) for i in ckpt["start_ids"]], model_sha256=sha256_file(fp32_path),
+            start_ids=[int(i) for i in ckpt.start_ids], model_sha256=sha256_file(fp32_path),
             defaults=SamplingDefaults(max_tokens=_default_max_tokens(records, tok, val_text)),
             name=name or out.name,
-            training={"corpus": ckpt.get("corpus", ""), "seed": cfg.train.seed, "steps": ckpt["step"],
-                      "epochs_started": ckpt["epoch"] + 1, "train_seconds": round(ckpt["elapsed"], 1),
-                      "machine": ckpt.get("machine", ""), "checkpoint": ckpt_path.name,
-                      "val_nats_per_token": ckpt["best_val"] if which == "best" else ckpt["last_val"],
-                      "eval_streams": cfg.train.eval_streams, "config": cfg.to_dict()},
+            training=training_record(ckpt, cfg, ckpt_path, steps_run),
             export={"parity_max_abs_diff": diff, "parity_tolerance": PARITY_TOLERANCE, "opset": OPSET,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "versions": _versions()})
@@ -137,9 +140,53 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
             Manifest.from_dict(json.loads((tmp / MANIFEST_FILE).read_text()), "exported manifest")
 
         write_artifact_atomically(out, fill)
+    if (run_dir / "metrics.jsonl").is_file():
+        plot_curve(run_dir, exported_step=ckpt.progress.step, target=cfg.train.target or None)  # marks what was exported
     size = sum(f.stat().st_size for f in out.iterdir())
     log(f"exported {base.precision} artifact to {out} ({size / 1e6:.2f} MB)")
     return base
+
+
+def refuse_to_replace(out: Path, ckpt: Checkpoint, cfg: RunConfig) -> None:
+    """One line if `out` holds something other than an earlier export of this same run."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    try:
+        existing = read_manifest(out).training
+    except LstmgenError:
+        raise LstmgenError(f"--out {out} exists and is not an lstmgen artifact; pick another folder") from None
+    if existing.get("run_id"):
+        same = existing["run_id"] == ckpt.run_id
+    else:  # exported before runs had an id: the same corpus, seed and model settings count as the same run
+        old = existing.get("config", {})
+        same = (existing.get("corpus"), existing.get("seed"), old.get("model")) == (ckpt.corpus, cfg.train.seed,
+                                                                                  cfg.to_dict()["model"])
+    if not same:
+        raise LstmgenError(f"{out} holds an artifact exported from another run; pass --force to replace it, or pick"
+                           " another --out")
+
+
+def run_steps(run_dir: Path, exported: Checkpoint) -> int:
+    """Steps the whole run took (last.pt), which may be past the exported (best) checkpoint."""
+    last = run_dir / checkpoint.LAST
+    if not last.is_file():
+        return exported.progress.step
+    return max(exported.progress.step, checkpoint.load(last).progress.step)
+
+
+def training_record(ckpt: Checkpoint, cfg: RunConfig, ckpt_path: Path, steps_run: int) -> dict:
+    """The manifest's `training` section: provenance and the exported checkpoint's place in its run.
+
+    `steps` is the exported checkpoint's step (the weights' age); `run_steps` is how far the run went."""
+    p = ckpt.progress
+    record = {"run_id": ckpt.run_id, "corpus": ckpt.corpus, "seed": cfg.train.seed, "steps": p.step, "run_steps": steps_run,
+              "epochs_started": p.epoch + 1, "train_seconds": round(p.elapsed, 1), "machine": ckpt.machine,
+              "checkpoint": ckpt_path.name,
+              "val_nats_per_token": p.best_val if ckpt_path.name == checkpoint.BEST else p.last_val,
+              "eval_streams": cfg.train.eval_streams, "config": cfg.to_dict()}
+    if ckpt.init_from is not None:
+        record["init_from"] = ckpt.init_from
+    return record
 
 
 def _score_file(onnx_path: Path, manifest: Manifest, val_text: str, cfg: RunConfig) -> float:

@@ -1,10 +1,14 @@
-"""The training loop: AdamW, warm-up + cosine schedule, clipping, validation, early stopping,
-checkpoints that resume bit-for-bit, Ctrl-C/SIGTERM safety, progress, metrics and a loss curve.
+"""The training loop, as one object (`Trainer`) whose parts read top to bottom and can be tested one
+by one: setting up (data, model, optimizer, resume), the time-budget plan, one optimizer step,
+validation, checkpoints, and the loop that ties them together.
 
-The run folder holds: config.json (resolved config), last.pt and best.pt (checkpoints), metrics.jsonl
-(one JSON object per log line), loss.png (learning curve), val.txt (the validation split as text, so
-that export can score the artifact on exactly what training validated on) and, for records, records.u64
-(hashes of every corpus record, for --novel).
+AdamW with a warm-up + cosine schedule, gradient clipping, early stopping, checkpoints that resume
+bit-for-bit, Ctrl-C/SIGTERM safety, progress, metrics and a loss curve.
+
+The run folder holds: config.json (resolved config), last.pt and best.pt (checkpoints, schema in
+checkpoint.py), metrics.jsonl (one JSON object per log line), loss.png (learning curve), val.txt (the
+validation split as text, so that export can score the artifact on exactly what training validated
+on) and, for records, records.u64 (hashes of every corpus record, for --novel).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,12 +34,18 @@ from lstmgen.scoring import Score, stream_segments
 from lstmgen.tokenizer import Tokenizer
 
 from . import checkpoint
+from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
 from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records, prepare
 from .distributed import Dist
 from .model import LSTMLanguageModel
 
+from .finetune import StartingPoint, check_shape
+
 CALIBRATE_AT = 30  # step at which a --time-budget run fixes its schedule length from measured speed
+NO_LIMIT = 2**62  # a time-budget run without --epochs or --max-steps: the budget alone ends it
+FEW_STEPS = 200  # a plan shorter than this learns little; the user is told
+LOG_POINTS = 100  # the training loss is logged about this often over a run (at most every 50 steps)
 
 
 @dataclass
@@ -98,7 +109,8 @@ def evaluate(model: LSTMLanguageModel, data: PreparedData, streams: int, device:
     return Score(nats, tokens, chars)
 
 
-def _param_groups(model: LSTMLanguageModel, weight_decay: float) -> list[dict]:
+def param_groups(model: LSTMLanguageModel, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and embeddings."""
     decay, no_decay = [], []
     seen = set()
     for name, p in model.named_parameters():
@@ -109,14 +121,14 @@ def _param_groups(model: LSTMLanguageModel, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class _StopFlag:
+class StopFlag:
     """Ctrl-C / SIGTERM set a flag; the loop saves a resumable checkpoint at the next step boundary."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -139,282 +151,479 @@ def machine_description(device: torch.device) -> str:
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
-          log: Callable[[str], None] = print, interrupt_at_step: int | None = None) -> TrainResult:
-    """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests).
+          log: Callable[[str], None] = print, interrupt_at_step: int | None = None,
+          clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> TrainResult:
+    """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests);
+    `clock` measures training time (tests pass a fake one to drive the time budget by steps); `start`
+    is a fine-tuning starting point (finetune.py).
 
     Under torchrun (WORLD_SIZE > 1) this runs data-parallel; see trainer/distributed.py.
     """
-    run_dir = Path(run_dir)
     cfg.validate()
-    t = cfg.train
     ranks = Dist()
-    if ranks.enabled and t.batch_size % ranks.world:
-        raise LstmgenError(f"--batch-size {t.batch_size} must be divisible by the {ranks.world} processes")
+    if ranks.enabled and cfg.train.batch_size % ranks.world:
+        raise LstmgenError(f"--batch-size {cfg.train.batch_size} must be divisible by the {ranks.world} processes")
     if not ranks.is_main:
         progress, log = False, (lambda m: None)
-    device = ranks.start(pick_device(t.device))
+    device = ranks.start(pick_device(cfg.train.device))
     completed = False
     try:
-        result = _train(cfg, run_dir, resume, progress, log, interrupt_at_step, ranks, device)
+        trainer = Trainer(cfg, Path(run_dir), resume=resume, ranks=ranks, device=device, log=log, clock=clock,
+                          start=start)
+        result = trainer.run(progress=progress, interrupt_at_step=interrupt_at_step)
         completed = True
         return result
     finally:
         ranks.stop(completed)
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, log: Callable[[str], None],
-           interrupt_at_step: int | None, ranks: Dist, device: torch.device) -> TrainResult:
-    t = cfg.train
-    main = ranks.is_main
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    ckpt = None
-    if resume:
-        ckpt = checkpoint.load(checkpoint.find(run_dir, "last"))
-        saved = RunConfig.from_dict(ckpt["config"])
-        diffs = cfg.same_experiment(saved)
-        if diffs:
-            raise LstmgenError(f"--resume with a different config than {run_dir} was trained with ({'; '.join(diffs)});"
-                               " drop --resume to start over, or use the same settings")
-        if ckpt.get("world_size", 1) != ranks.world:
-            raise LstmgenError(f"{run_dir} was trained with {ckpt.get('world_size', 1)} process(es); resume it with"
-                               f" the same number (now {ranks.world})")
-    elif (run_dir / checkpoint.LAST).exists():
-        raise LstmgenError(f"{run_dir} already holds a run; add --resume to continue it, or pick another --out")
+class Trainer:
+    """One training run. Build it (data, model, optimizer, restored state), then `run()` it.
 
-    data = prepare(cfg.data)
-    tok = data.tokenizer
-    if ckpt is not None and Tokenizer.from_dict(ckpt["tokenizer"]).tokens != tok.tokens:
-        raise LstmgenError(f"the corpus gives a different vocabulary than the run in {run_dir} was trained on;"
-                           " resume with the same corpus")
-    cfg.model.vocab_size = tok.vocab_size
-    torch.manual_seed(t.seed)
-    model = LSTMLanguageModel(cfg.model).to(device)
-    if ranks.enabled:
-        torch.manual_seed(t.seed * 1000 + ranks.rank)  # same weights everywhere, different dropout per rank
-    net = torch.nn.parallel.DistributedDataParallel(model) if ranks.enabled else model
-    opt = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
-    batches = (RecordBatches(data.train, t.batch_size, t.seed, tok.eos_id, ranks.rank, ranks.world) if data.records
-               else StreamBatches(data.train, t.batch_size, t.seq_len, ranks.rank, ranks.world))
-    spe = batches.steps_per_epoch
-    cap = t.epochs * spe if not t.max_steps else min(t.max_steps, t.epochs * spe)  # never plan past this
-    planned = cap
-    step, epoch, index, elapsed = 0, 0, 0, 0.0
-    best_val, last_val, bad_evals, calibrated = math.inf, math.inf, 0, False
-    carry = None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"][ranks.rank] if ranks.enabled else ckpt["torch_rng"])
-        step, epoch, index, elapsed = ckpt["step"], ckpt["epoch"], ckpt["index"], ckpt["elapsed"]
-        best_val, last_val, bad_evals = ckpt["best_val"], ckpt["last_val"], ckpt["bad_evals"]
-        calibrated = ckpt["calibrated"]
-        saved_t = RunConfig.from_dict(ckpt["config"]).train
-        same_budget = (saved_t.epochs, saved_t.max_steps, saved_t.time_budget) == (t.epochs, t.max_steps, t.time_budget)
-        if same_budget:
-            planned = ckpt["planned"]
+    Sections, in the order a step meets them: setup, the plan (how many steps, fitted to a time
+    budget), one step, validation, checkpoints, the loop. Every rank of a data-parallel run builds
+    its own Trainer; only rank 0 (`self.main`) writes files.
+    """
+
+    # ------------------------------------------------------------------------------------------------
+    # Setup: refuse what cannot work, read the data, build the model and optimizer, restore a checkpoint
+    # ------------------------------------------------------------------------------------------------
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, resume: bool = False, ranks: Dist | None = None,
+                 device: torch.device | None = None, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> None:
+        self.cfg, self.t, self.run_dir = cfg, cfg.train, run_dir
+        self.ranks = ranks or Dist()
+        self.main = self.ranks.is_main
+        self.device = device or pick_device(cfg.train.device)
+        self.log, self.clock, self.start = log, clock, start
+        self.bar = None
+        if self.t.threads:
+            torch.set_num_threads(self.t.threads)
+        if start is not None:
+            check_shape(cfg, start)
+        if not resume:
+            self.refuse_to_overwrite()
+        resumed = self.checkpoint_to_resume() if resume else None
+        self.init_from = start.provenance if start else (resumed.init_from if resumed else None)
+        self.run_id = resumed.run_id if resumed is not None and resumed.run_id else uuid.uuid4().hex
+        self.data = prepare(cfg.data, base_tokenizer=self.base_tokenizer(resumed))
+        self.tok = self.data.tokenizer
+        if resumed is not None and Tokenizer.from_dict(resumed.tokenizer).tokens != self.tok.tokens:
+            raise LstmgenError(f"the corpus gives a different vocabulary than the run in {run_dir} was trained on;"
+                               " resume with the same corpus")
+        cfg.model.vocab_size = self.tok.vocab_size
+        self.model, self.net, self.opt = self.build_model()
+        self.batches = (RecordBatches(self.data.train, self.t.batch_size, self.t.seed, self.tok.eos_id, self.ranks.rank,
+                                      self.ranks.world) if self.data.records
+                        else StreamBatches(self.data.train, self.t.batch_size, self.t.seq_len, self.ranks.rank,
+                                           self.ranks.world))
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.progress = Progress(planned=self.step_cap())
+        self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # running text: state between windows
+        if resumed is not None:
+            self.restore(resumed)
+        self.use_amp = self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.host = machine_description(self.device)  # once: every checkpoint records the same machine
+
+    def refuse_to_overwrite(self) -> None:
+        if (self.run_dir / checkpoint.LAST).exists():
+            raise LstmgenError(f"{self.run_dir} already holds a run; add --resume to continue it, or pick another --out")
+
+    def checkpoint_to_resume(self) -> Checkpoint:
+        """last.pt, after checking that this config can continue it (settings that fix the model's
+        shape or its vocabulary cannot change; the others can, and the user is told)."""
+        ckpt = checkpoint.load(checkpoint.find(self.run_dir, "last"))
+        saved = RunConfig.from_dict(ckpt.config)
+        fixed = self.cfg.fixed_differences(saved)
+        if fixed:
+            raise LstmgenError(f"{self.run_dir} was trained with a different config in what --resume cannot change"
+                               f" ({'; '.join(fixed)}); drop --resume to start over, or keep those settings")
+        changed = self.cfg.differences(saved)
+        if changed:
+            self.log(f"resuming with changed settings: {'; '.join(changed)}")
+        return ckpt
+
+    def base_tokenizer(self, resumed: Checkpoint | None) -> Tokenizer | None:
+        """A fine-tuned run's vocabulary extends its starting model's (a resumed one: the checkpoint's)."""
+        if self.start is not None:
+            return self.start.tokenizer
+        if resumed is not None and resumed.init_from is not None:
+            return Tokenizer.from_dict(resumed.tokenizer)
+        return None
+
+    def build_model(self) -> tuple[LSTMLanguageModel, torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(self.t.seed)
+        model = LSTMLanguageModel(self.cfg.model).to(self.device)
+        if self.start is not None:
+            self.start.load_into(model)
+        if self.ranks.enabled:
+            torch.manual_seed(self.t.seed * 1000 + self.ranks.rank)  # same weights everywhere, different dropout per rank
+        net = torch.nn.parallel.DistributedDataParallel(model) if self.ranks.enabled else model
+        opt = torch.optim.AdamW(param_groups(model, self.t.weight_decay), lr=self.t.lr, betas=(0.9, 0.99))
+        return model, net, opt
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Weights, optimizer, random state, counters and carried state from a checkpoint."""
+        ranks = self.ranks
+        self.model.load_state_dict(ckpt.model)
+        self.opt.load_state_dict(ckpt.optimizer)
+        for g in self.opt.param_groups:  # the checkpoint's hyper-parameters give way to this config's
+            g["weight_decay"] = self.t.weight_decay if g["weight_decay"] else 0.0
+        self.torch_rng_from(ckpt)
+        saved = ckpt.progress
+        self.progress = Progress(**vars(saved))
+        saved_t = RunConfig.from_dict(ckpt.config).train
+        if (saved_t.epochs, saved_t.max_steps, saved_t.time_budget) != (self.t.epochs, self.t.max_steps, self.t.time_budget):
+            self.progress.planned, self.progress.calibrated = self.step_cap(), False
+            self.log("budget changed on resume: the schedule is planned again"
+                     + (f" ({self.progress.planned} steps)" if not self.t.time_budget else ""))
+        if ckpt.carry is not None and ckpt.carry[0].shape[1] == self.t.batch_size:
+            share = self.t.batch_size // ranks.world
+            self.carry = tuple(s[:, ranks.rank * share: (ranks.rank + 1) * share].to(self.device) for s in ckpt.carry)
+        if ckpt.world_size != ranks.world:
+            self.log(f"resuming a {ckpt.world_size}-process run with {ranks.world}: it continues from step"
+                     f" {saved.step} and the same data position, but is no longer bit-identical to an uninterrupted run")
+        self.log(f"resumed {self.run_dir} at step {saved.step} (epoch {saved.epoch + 1}, batch {saved.index})")
+
+    def torch_rng_from(self, ckpt: Checkpoint) -> None:
+        """Each rank takes its own saved random state; a rank the checkpoint has none for (the process
+        count changed) starts from a seed of its rank and step."""
+        states = ckpt.torch_rng if isinstance(ckpt.torch_rng, list) else [ckpt.torch_rng]
+        rank = self.ranks.rank
+        if rank < len(states):
+            torch.set_rng_state(states[rank])
         else:
-            calibrated = False
-            log(f"budget changed on resume: the schedule now plans {planned} steps")
-        if ckpt.get("carry") is not None:
-            share = t.batch_size // ranks.world
-            carry = tuple(s[:, ranks.rank * share: (ranks.rank + 1) * share].to(device) for s in ckpt["carry"])
-        log(f"resumed {run_dir} at step {step} (epoch {epoch + 1}, batch {index})")
+            torch.manual_seed(self.t.seed * 1000 + rank + 7919 * ckpt.progress.step)
 
-    metrics = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint.remove_stale_temporaries(run_dir):
-            log(f"removed temporary files of an interrupted checkpoint write in {run_dir}")
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        (run_dir / "val.txt").write_text(data.val_text, encoding="utf-8")
-        if data.all_records is not None:
-            record_hashes(data.all_records).astype("<u8").tofile(run_dir / "records.u64")
-        metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    log(f"{'records' if data.records else 'running text'}, {tok.level} level, vocabulary {tok.vocab_size},"
-        f" {n_params / 1e6:.2f}M parameters, {spe} steps/epoch, planning {planned} steps on {device}"
-        + (f" x {ranks.world} processes" if ranks.enabled else ""))
+    # ------------------------------------------------------------------------------------------------
+    # The plan: how many steps the learning-rate schedule spans
+    # ------------------------------------------------------------------------------------------------
 
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    host = machine_description(device)  # once: every checkpoint records the same machine
+    def step_cap(self) -> int:
+        """Never plan past this: --max-steps, or --epochs passes over the data (none under a bare time budget)."""
+        epochs = self.t.epoch_limit()
+        cap = epochs * self.steps_per_epoch if epochs else NO_LIMIT
+        return min(self.t.max_steps, cap) if self.t.max_steps else cap
 
-    def state_dict() -> dict:
-        rng = ranks.gather(torch.get_rng_state()) if ranks.enabled else torch.get_rng_state()
-        full_carry = None
-        if carry is not None:
-            full_carry = tuple(torch.cat(ranks.gather(s.detach()), dim=1) for s in carry)
-        return {"config": cfg.to_dict(), "tokenizer": tok.to_dict(), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "torch_rng": rng, "step": step, "epoch": epoch,
-                "index": index, "elapsed": elapsed, "planned": planned, "calibrated": calibrated,
-                "best_val": best_val, "last_val": last_val, "bad_evals": bad_evals, "carry": full_carry,
-                "start_ids": data.start_ids, "records": data.records, "machine": host,
-                "corpus": os.path.basename(cfg.data.corpus), "world_size": ranks.world}
+    def fit_plan(self, margin: float) -> int:
+        """Steps that fit the time budget at the speed so far (never past the step cap); `margin` keeps
+        a share of the budget for validation and the last checkpoint."""
+        p = self.progress
+        fit = p.step + int((self.t.time_budget - p.elapsed) / max(1e-9, p.elapsed / p.step) * margin)
+        return self.ranks.broadcast_int(max(p.step + 1, min(self.step_cap(), fit)))
 
-    def save(name: str) -> None:
-        sd = state_dict()  # every rank takes part in the gathers inside
-        if main:
-            checkpoint.save_atomically(sd, run_dir / name)
+    def calibrate(self) -> None:
+        """Under a time budget, fix the plan from the speed measured over the first CALIBRATE_AT steps."""
+        p = self.progress
+        p.planned, p.calibrated = self.fit_plan(0.92), True  # keep ~8% for validation
+        self.show_plan()
+        self.say(f"step {p.step}: {p.step / max(1e-9, p.elapsed):.1f} steps/s, planning {p.planned} steps to fit the"
+                 f" {self.t.time_budget:g} s budget")
+        if p.planned < FEW_STEPS:
+            self.say(f"warning: {p.planned} steps is too few to learn much; give a longer --time-budget or a smaller"
+                     " model")
 
-    def validate() -> None:
-        nonlocal best_val, last_val, bad_evals
-        part = evaluate(model, data, t.eval_streams, device, ranks.rank, ranks.world)
+    def refit(self) -> None:
+        """Re-fit the plan to the speed seen so far (the machine may be busier or quieter than at
+        calibration); validation time is inside `elapsed` from here on."""
+        self.progress.planned = self.fit_plan(0.95)
+        self.show_plan()
+
+    def show_plan(self) -> None:
+        if self.bar is not None:
+            self.bar.total = self.progress.planned
+            self.bar.refresh()
+
+    def describe_plan(self) -> str:
+        p = self.progress
+        if self.t.time_budget and not p.calibrated:
+            limit = f", at most {p.planned}" if p.planned < NO_LIMIT else ""
+            return f"a {self.t.time_budget:g} s time budget (steps fitted at step {CALIBRATE_AT}{limit})"
+        return f"{p.planned} steps"
+
+    def log_every(self) -> int:
+        """Training-loss log interval: about LOG_POINTS points over the plan, so short runs get a curve."""
+        if self.progress.planned >= NO_LIMIT:  # a time budget before calibration: the plan is not known yet
+            return 1
+        return max(1, min(50, self.progress.planned // LOG_POINTS))
+
+    # ------------------------------------------------------------------------------------------------
+    # One step: a batch forward and backward, clipped, one AdamW update
+    # ------------------------------------------------------------------------------------------------
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step on the next batch. Returns (mean loss over the global batch, its tokens)."""
+        p, ranks = self.progress, self.ranks
+        if self.data.records or p.index == 0:
+            self.carry = None
+        x, y = self.batches.batch(p.epoch, p.index)
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        yt = torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
+        # Sum over this rank's tokens / tokens of the whole global batch: DDP's gradient average
+        # then equals the single-process mean over the global batch exactly.
+        global_tokens = ranks.sum(int((yt != IGNORE).sum()))[0]
+        self.lr = lr_at(p.step, self.cfg, p.planned)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            logits, new_state = self.net(xt, self.carry)
+            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE, reduction="sum")
+            loss = loss_sum * (ranks.world / max(1.0, global_tokens))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.clip)
+        self.opt.step()
+        if not self.data.records:
+            self.carry = tuple(s.detach() for s in new_state)
+        p.step += 1
+        p.index += 1
+        return loss.item() / ranks.world, int(global_tokens)
+
+    def next_epoch_if_done(self) -> bool:
+        """At the end of an epoch, move to the next one. False when the epoch limit is reached."""
+        p = self.progress
+        if p.index < self.steps_per_epoch:
+            return True
+        p.epoch, p.index, self.carry = p.epoch + 1, 0, None
+        return not (self.t.epoch_limit() and p.epoch >= self.t.epoch_limit())
+
+    # ------------------------------------------------------------------------------------------------
+    # Validation: the score on the held-out split, best-so-far bookkeeping, samples
+    # ------------------------------------------------------------------------------------------------
+
+    def validate(self) -> Score:
+        """Score the validation split (summed over ranks), log it, and save best.pt on improvement."""
+        p, ranks = self.progress, self.ranks
+        part = evaluate(self.model, self.data, self.t.eval_streams, self.device, ranks.rank, ranks.world)
         nats, tokens = ranks.sum(part.nats, part.tokens)
         score = Score(nats, int(tokens), part.chars)
-        last_val = score.nats_per_token
-        improved = last_val < best_val - 1e-6
-        if main:
-            row = {"step": step, "epoch": epoch + 1, "val_nats_per_token": last_val, "val_perplexity": score.perplexity,
-                   "val_bits_per_char": score.bits_per_char, "elapsed": round(elapsed, 2)}
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+        p.last_val = score.nats_per_token
+        improved = p.last_val < p.best_val - 1e-6
+        self.write_metrics({"step": p.step, "epoch": p.epoch + 1, "val_nats_per_token": p.last_val,
+                            "val_perplexity": score.perplexity, "val_bits_per_char": score.bits_per_char,
+                            "elapsed": round(p.elapsed, 2)})
         if improved:
-            best_val, bad_evals = last_val, 0
-            save(checkpoint.BEST)
+            p.best_val, p.best_step, p.bad_evals = p.last_val, p.step, 0
+            self.save(checkpoint.BEST)
         else:
-            bad_evals += 1
-        bpc = f", {score.bits_per_char:.3f} bits/char" if tok.level == "char" else ""
-        log(f"step {step}: validation {last_val:.4f} nats/token, perplexity {score.perplexity:.2f}{bpc}"
-            f"{' (best)' if improved else ''}")
+            p.bad_evals += 1
+        bpc = f", {score.bits_per_char:.3f} bits/char" if self.tok.level == "char" else ""
+        self.say(f"step {p.step}: validation {p.last_val:.4f} nats/token, perplexity {score.perplexity:.2f}{bpc}"
+                 f"{' (best)' if improved else ''}")
+        return score
 
-    def print_samples() -> None:
+    def samples(self) -> list[str]:
         from .reference import torch_generate
 
-        texts = torch_generate(model, tok, data.start_ids, data.records, num=t.sample_size, seed=step,
-                               max_tokens=64 if data.records else 200, device=device)
-        model.train()
-        for s in texts:
-            log(f"  sample: {s!r}")
+        texts = torch_generate(self.model, self.tok, self.data.start_ids, self.data.records, num=self.t.sample_size,
+                               seed=self.progress.step, max_tokens=64 if self.data.records else 200, device=self.device)
+        self.model.train()
+        return texts
 
-    def fit_plan(margin: float) -> int:
-        """Steps that fit the time budget at the speed so far (never past the epoch/step cap)."""
-        fit = step + int((t.time_budget - elapsed) / (elapsed / step) * margin)
-        new = ranks.broadcast_int(max(step + 1, min(cap, fit)))
-        if bar is not None:
-            bar.total = new
-            bar.refresh()
-        return new
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints: the whole state in the typed schema of checkpoint.py, written by rank 0
+    # ------------------------------------------------------------------------------------------------
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def to_checkpoint(self) -> Checkpoint:
+        """The resumable state. Every rank must call it: it gathers random states and carried state."""
+        ranks = self.ranks
+        rng = ranks.gather(torch.get_rng_state()) if ranks.enabled else torch.get_rng_state()
+        carry = None
+        if self.carry is not None:
+            carry = tuple(torch.cat(ranks.gather(s.detach()), dim=1) for s in self.carry)
+        return Checkpoint(config=self.cfg.to_dict(), tokenizer=self.tok.to_dict(), model=self.model.state_dict(),
+                          optimizer=self.opt.state_dict(), torch_rng=rng, progress=Progress(**vars(self.progress)),
+                          start_ids=self.data.start_ids, records=self.data.records, carry=carry, machine=self.host,
+                          corpus=os.path.basename(self.cfg.data.corpus), world_size=ranks.world,
+                          init_from=self.init_from, run_id=self.run_id)
 
-        bar = tqdm(total=planned, initial=step, unit="step", dynamic_ncols=True, leave=True)
-    status = "finished"
-    model.train()
-    window_tokens, window_start = 0, time.perf_counter()
-    last_clock = time.perf_counter()
-    with _StopFlag() as stop:
+    def save(self, name: str) -> None:
+        ckpt = self.to_checkpoint()  # every rank takes part in the gathers inside
+        if self.main:
+            checkpoint.save_atomically(ckpt, self.run_dir / name)
+
+    # ------------------------------------------------------------------------------------------------
+    # The run folder's other files, and what the user sees
+    # ------------------------------------------------------------------------------------------------
+
+    def open_run_folder(self) -> None:
+        self.metrics = None
+        if not self.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint.remove_stale_temporaries(self.run_dir):
+            self.log(f"removed temporary files of an interrupted checkpoint write in {self.run_dir}")
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
+        (self.run_dir / "val.txt").write_text(self.data.val_text, encoding="utf-8")
+        if self.data.all_records is not None:
+            record_hashes(self.data.all_records).astype("<u8").tofile(self.run_dir / "records.u64")
+        self.metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write_metrics(self, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+
+    def say(self, message: str) -> None:
+        """Log a line without tearing the progress bar."""
+        if self.bar is None:
+            self.log(message)
+            return
+        with self.bar.external_write_mode():
+            self.log(message)
+
+    def announce(self) -> None:
+        d, tok = self.data, self.tok
+        n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        self.say(f"{'records' if d.records else 'running text'}, {tok.level} level, vocabulary {tok.vocab_size},"
+                 f" {n_params / 1e6:.2f}M parameters, {self.steps_per_epoch} steps/epoch, planning"
+                 f" {self.describe_plan()} on {self.device}" + (f" x {self.ranks.world} processes" if self.ranks.enabled else ""))
+        if self.start is not None:
+            kept = self.start.tokenizer.vocab_size
+            self.say(f"fine-tuning from {self.start.description}: {kept} tokens kept, {tok.vocab_size - kept} new")
+        if d.records and len(d.train) < self.t.batch_size:
+            self.say(f"warning: the corpus has {len(d.train)} training records, fewer than one batch"
+                     f" (--batch-size {self.t.batch_size}); every step sees all of them")
+
+    def show_step(self, loss: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{self.lr:.2e}", refresh=False)
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------
+
+    def run(self, *, progress: bool = True, interrupt_at_step: int | None = None) -> TrainResult:
+        """Train until the plan, the epochs, the time budget, early stopping or a signal ends it."""
+        self.open_run_folder()
+        p = self.progress
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = None if self.t.time_budget and not p.calibrated else p.planned
+            self.bar = tqdm(total=total, initial=p.step, unit="step", dynamic_ncols=True, leave=True)
+        self.announce()
+        self.model.train()
+        with StopFlag() as stop:
+            status = self.loop(stop, interrupt_at_step)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.finish(status)
+        return TrainResult(status, p.step, p.best_val, p.last_val, self.run_dir)
+
+    def loop(self, stop: StopFlag, interrupt_at_step: int | None) -> str:
+        """Steps until something ends the run; returns why (TrainResult.status)."""
+        p, t = self.progress, self.t
+        window = LossWindow(self.clock())
+        last_clock = window.start
         while True:
-            if step >= planned:
-                status = "finished"
-                break
-            if t.time_budget and elapsed >= t.time_budget:
-                status = "budget"
-                break
-            if index >= spe:
-                epoch, index, carry = epoch + 1, 0, None
-                if epoch >= t.epochs:
-                    status = "finished"
-                    break
-            if data.records or index == 0:
-                carry = None
-            x, y = batches.batch(epoch, index)
-            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-            yt = torch.from_numpy(np.ascontiguousarray(y)).to(device)
-            n_tok = int((yt != IGNORE).sum())
-            # Sum over this rank's tokens / tokens of the whole global batch: DDP's gradient average
-            # then equals the single-process mean over the global batch exactly.
-            global_tok = ranks.sum(n_tok)[0]
-            lr = lr_at(step, cfg, planned)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, new_state = net(xt, carry)
-                loss_sum = F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE,
-                                           reduction="sum")
-                loss = loss_sum * (ranks.world / max(1.0, global_tok))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip)
-            opt.step()
-            if not data.records:
-                carry = tuple(s.detach() for s in new_state)
-            step += 1
-            index += 1
+            if p.step >= p.planned:
+                return "finished"
+            if t.time_budget and p.elapsed >= t.time_budget:
+                return "budget"
+            if not self.next_epoch_if_done():
+                return "finished"
+            loss, tokens = self.train_step()
             faults.pause("train-step")  # crash tests kill the process at an exact step here
-            now = time.perf_counter()
-            elapsed += now - last_clock
+            now = self.clock()
+            p.elapsed += now - last_clock
             last_clock = now
-            window_tokens += global_tok
-            shown_loss = loss.item() / ranks.world
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0:
-                    rate = window_tokens / max(1e-9, now - window_start)
-                    bar.set_postfix(loss=f"{shown_loss:.3f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
-            if step % 50 == 0:
-                rate = window_tokens / max(1e-9, now - window_start)
-                if main:
-                    metrics.write(json.dumps({"step": step, "epoch": epoch + 1, "train_loss": shown_loss, "lr": lr,
-                                              "tokens_per_s": round(rate, 1), "elapsed": round(elapsed, 2)}) + "\n")
-                window_tokens, window_start = 0, now
-            if t.time_budget and not calibrated and step >= CALIBRATE_AT:
-                planned = fit_plan(0.92)  # keep ~8% for validation
-                calibrated = True
-            if t.sample_every and step % t.sample_every == 0 and main:
-                print_samples()
-            if step % t.eval_every == 0 or step >= planned:
-                validate()
-                if t.time_budget and calibrated and step < planned:
-                    # Re-fit the plan to the speed seen so far (the machine may have been busier or
-                    # quieter than at calibration); validation time is inside `elapsed` from here.
-                    planned = fit_plan(0.95)
-                save(checkpoint.LAST)
+            window.add(loss, tokens)
+            self.show_step(loss, window.tokens_per_s(now))
+            if p.step % self.log_every() == 0:
+                self.write_metrics({"step": p.step, "epoch": p.epoch + 1, **window.take(now), "lr": self.lr,
+                                    "elapsed": round(p.elapsed, 2)})
+            if t.time_budget and not p.calibrated and p.step >= CALIBRATE_AT:
+                self.calibrate()
+            validating = p.step % t.eval_every == 0 or p.step >= p.planned
+            if t.sample_every and p.step % t.sample_every == 0 and self.main:
+                self.print_samples(loss, validating)
+            if validating:
+                self.checkpoint_stretch()
                 if not t.time_budget:
-                    last_clock = time.perf_counter()
-                if t.patience and bad_evals >= t.patience:
-                    status = "early-stopped"
-                    break
-            if interrupt_at_step is not None and step == interrupt_at_step:
+                    last_clock = self.clock()  # without a budget, validation time is not training time
+                if t.patience and p.bad_evals >= t.patience:
+                    return "early-stopped"
+            if interrupt_at_step is not None and p.step == interrupt_at_step:
                 stop.signal = signal.SIGINT
             # Every rank must stop at the same step; one small all-reduce per step agrees on it.
-            halt, over_budget = ranks.any(stop.signal is not None, bool(t.time_budget and elapsed >= t.time_budget))
+            halt, over_budget = self.ranks.any(stop.signal is not None, bool(t.time_budget and p.elapsed >= t.time_budget))
             if halt:
-                status = "interrupted"
-                break
+                return "interrupted"
             if over_budget:
-                status = "budget"
-                break
-    if bar is not None:
-        bar.close()
-    if status == "budget" and step % t.eval_every != 0:
-        validate()
-    save(checkpoint.LAST)
-    if ranks.broadcast_int(int(main and not (run_dir / checkpoint.BEST).exists())):
-        save(checkpoint.BEST)
-    _dump_rank_weights(model, ranks)
-    if main:
-        metrics.close()
-        plot_curve(run_dir)
-    if status == "interrupted":
-        log(f"interrupted at step {step}; a resumable checkpoint is in {run_dir / checkpoint.LAST}"
-            f" (continue with the same command and --resume)")
-    else:
-        log(f"{status} at step {step}: best validation {best_val:.4f} nats/token; checkpoints in {run_dir}")
-    return TrainResult(status, step, best_val, last_val, run_dir)
+                return "budget"
+
+    def print_samples(self, loss: float, validating: bool) -> None:
+        """Samples come before the `step N:` line they belong to (the validation line, or one of their own)."""
+        for text in self.samples():
+            self.say(f"  sample: {text!r}")
+        if not validating:
+            self.say(f"step {self.progress.step}: samples above (training loss {loss:.4f})")
+
+    def checkpoint_stretch(self) -> None:
+        """End of a stretch of eval_every steps: validate, re-fit a time-budget plan, save last.pt."""
+        p = self.progress
+        self.validate()
+        if self.t.time_budget and p.calibrated and p.step < p.planned:
+            self.refit()
+        self.save(checkpoint.LAST)
+
+    def finish(self, status: str) -> None:
+        """Validate where the last validation is stale, write last.pt (and best.pt if none), the curve."""
+        p = self.progress
+        if status == "budget" and p.step % self.t.eval_every != 0:
+            self.validate()
+        self.save(checkpoint.LAST)
+        if self.ranks.broadcast_int(int(self.main and not (self.run_dir / checkpoint.BEST).exists())):
+            self.save(checkpoint.BEST)
+        dump_rank_weights(self.model, self.ranks)
+        if self.main:
+            self.metrics.close()
+            plot_curve(self.run_dir, best_step=p.best_step or None, target=self.t.target or None)
+        if status == "interrupted":
+            self.log(f"interrupted at step {p.step}; a resumable checkpoint is in {self.run_dir / checkpoint.LAST}"
+                     f" (continue with `lstmgen train --out {self.run_dir} --resume`)")
+        else:
+            met = "" if not self.t.target else f" (target {self.t.target:g} {'met' if p.best_val <= self.t.target else 'not met'})"
+            self.log(f"{status} at step {p.step}: best validation {p.best_val:.4f} nats/token at step {p.best_step}{met};"
+                     f" checkpoints in {self.run_dir}")
 
 
-def _dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
+class LossWindow:
+    """Training loss and throughput since the last metrics row (the curve's points are their means)."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.loss, self.tokens, self.steps = start, 0.0, 0, 0
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss, self.tokens, self.steps = self.loss + loss, self.tokens + tokens, self.steps + 1
+
+    def tokens_per_s(self, now: float) -> float:
+        return self.tokens / max(1e-9, now - self.start)
+
+    def take(self, now: float) -> dict:
+        """The window's metrics row fields; the next window starts now."""
+        row = {"train_loss": self.loss / max(1, self.steps), "tokens_per_s": round(self.tokens_per_s(now), 1)}
+        self.start, self.loss, self.tokens, self.steps = now, 0.0, 0, 0
+        return row
+
+
+def dump_rank_weights(model: LSTMLanguageModel, ranks: Dist) -> None:
     """Tests set LSTMGEN_DUMP_RANK_WEIGHTS=DIR to compare the weights every rank ends with."""
     folder = os.environ.get("LSTMGEN_DUMP_RANK_WEIGHTS")
     if folder:
         torch.save(model.state_dict(), Path(folder) / f"rank{ranks.rank}.pt")
 
 
-def plot_curve(run_dir: Path) -> None:
-    """loss.png from metrics.jsonl: training loss and validation loss against steps."""
+def plot_curve(run_dir: Path, best_step: int | None = None, exported_step: int | None = None,
+               target: float | None = None) -> None:
+    """loss.png from metrics.jsonl: training and validation loss against steps, with the checkpoint that
+    `lstmgen export` took marked (before any export: the best one, which export takes by default) and
+    the run's validation target, if it has one."""
     try:
         import matplotlib
 
@@ -431,9 +640,16 @@ def plot_curve(run_dir: Path) -> None:
             val_pts.append((row["step"], row["val_nats_per_token"]))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train_pts:
-        ax.plot(*zip(*train_pts), label="train (batch)", alpha=0.6)
+        ax.plot(*zip(*train_pts), label="training loss", alpha=0.6)
     if val_pts:
         ax.plot(*zip(*val_pts), "o-", label="validation")
+    marked = exported_step or best_step
+    marks = [v for s, v in val_pts if s == marked]
+    if marks:
+        ax.plot([marked], [marks[-1]], "*", markersize=14, color="tab:red",
+                label=f"{'exported' if exported_step else 'best'} checkpoint (step {marked})")
+    if target:
+        ax.axhline(target, linestyle="--", color="grey", label=f"target {target:g}")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.set_title(run_dir.name)
