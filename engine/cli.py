@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--verbose", "-v", action="store_true", help="log every request")
     add_runtime_flags(v)
 
+    a = sub.add_parser("add-graph", help="add generate.onnx (one-call generation for other runtimes) to artifacts",
+                       description="Write generate.onnx into artifact folders exported before it existed and list it in"
+                                   " their manifests; model.onnx is left untouched. Needs the onnx package.")
+    a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
+
     i = sub.add_parser("info", help="describe an artifact")
     i.add_argument("model", nargs="?", help="artifact folder or shipped model name")
     i.add_argument("--json", action="store_true", help="print the manifest")
@@ -109,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             return module.main(argv)
         args = _parser().parse_args(argv)
-        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve}[args.command](args)
+        return {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve,
+                "add-graph": cmd_add_graph}[args.command](args)
     except LstmgenError as e:
         if debug:
             raise
@@ -213,6 +220,22 @@ def cmd_serve(args) -> int:
         raise LstmgenError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
     server.verbose = args.verbose
     serve(server, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
+def cmd_add_graph(args) -> int:
+    from .generator import resolve_model
+
+    try:
+        import onnx  # noqa: F401
+    except ModuleNotFoundError:
+        raise LstmgenError("`lstmgen add-graph` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+    from .generation_graph import add_generation_graph
+
+    for name in args.models:
+        folder = resolve_model(name)
+        add_generation_graph(folder)
+        print(f"wrote {folder / 'generate.onnx'}")
     return 0
 
 
