@@ -175,36 +175,67 @@ def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict) -> str:
                 else_branch=_branch("sampled", sg, sampled_tok))
 
 
+def _advance(step, inits: set[str], consts: dict, m: Manifest, tokens: str, h0: str, c0: str, logits: str):
+    """If-branches: run the model on the rows still going, or (nothing left to write) just pass the state on.
+
+    The pass-through branch is also what keeps the model from ever running at batch 0, which ONNX
+    Runtime's LSTM does not survive.
+    """
+    onnx = _onnx()
+    h, T = onnx.helper, onnx.TensorProto
+    d = m.dims
+    shapes = [("logits", T.FLOAT, ["batch", d.vocab_size]), ("h", T.FLOAT, [d.num_layers, "batch", d.hidden_size]),
+              ("c", T.FLOAT, [d.num_layers, "batch", d.hidden_size])]
+    run = _Nodes("advance/", consts)
+    new_logits, h1, c1 = _embed_step(run, step, inits, run.op("Unsqueeze", [tokens, run.const([1], np.int64)]), h0, c0, m.io)
+    results = (run.op("Squeeze", [new_logits, run.const([1], np.int64)]), h1, c1)
+    run.nodes += [h.make_node("Identity", [x], [f"advance/{n}_out"]) for x, (n, _, _) in zip(results, shapes)]
+    hold = _Nodes("hold/", consts)
+    hold.nodes += [h.make_node("Identity", [x], [f"hold/{n}_out"]) for x, (n, _, _) in zip((logits, h0, c0), shapes)]
+    return [h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(f"{name}/{n}_out", t, shape) for n, t, shape in shapes])
+            for g, name in ((run, "advance"), (hold, "hold"))]
+
+
 def _loop_body(step, inits: set[str], consts: dict, m: Manifest, s: dict):
-    """One decode step: sample every row, mark rows that wrote <eos>, run the model on the new tokens."""
+    """One decode step: sample each running row, write its token, drop rows that wrote <eos>, step the rest.
+
+    Rows leave the batch when they finish, as in the Python decode loop, so later steps cost only
+    what is still running (and dynamic int8 quantizes the same batches as the Python engine does).
+    """
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
     d = m.dims
     g = _Nodes("step/", consts)
+    axis0, axis1 = g.const([0], np.int64), g.const([1], np.int64)
     counter = g.op("Cast", ["step/iter"], to=T.UINT32)
-    u = g.op("Mul", [g.op("Cast", [_fmix32(g, g.op("BitwiseXor", [s["keys"], counter]))], to=T.DOUBLE),
+    keys = g.op("Gather", [s["keys"], "step/rows"])
+    u = g.op("Mul", [g.op("Cast", [_fmix32(g, g.op("BitwiseXor", [keys, counter]))], to=T.DOUBLE),
                      g.const(rng.UNIFORM_SCALE, np.float64)])
     logits = g.op("Where", [s["banned"], g.const(-np.inf, np.float32), "step/logits"])
     tok = _sampler(g, consts, logits, u, s)
     is_eos = g.op("Equal", [tok, g.const(s["eos"], np.int64)])
-    emit = g.op("And", [g.op("Not", ["step/done"]), g.op("Not", [is_eos])])
-    out_tok = g.op("Where", [emit, tok, g.const(PAD, np.int64)])
-    done = g.op("Or", ["step/done", is_eos])
-    running = g.op("Cast", [g.op("Not", [done])], to=T.INT64)
-    cond = g.op("Greater", [g.op("ReduceMax", [running], keepdims=0), g.const(0, np.int64)])
-    tokens = g.op("Unsqueeze", [tok, g.const([1], np.int64)])
-    next_logits, h1, c1 = _embed_step(g, step, inits, tokens, "step/h", "step/c", m.io)
-    next_logits = g.op("Squeeze", [next_logits, g.const([1], np.int64)])
+    column = g.op("Expand", [g.op("Reshape", ["step/iter", g.const([1, 1], np.int64)]),
+                             g.op("Concat", [g.op("Shape", ["step/rows"]), axis1], axis=0)])
+    where = g.op("Concat", [g.op("Unsqueeze", ["step/rows", axis1]), column], axis=1)  # [batch, 2]: (row, step)
+    written = g.op("ScatterND", ["step/out", where, g.op("Where", [is_eos, g.const(PAD, np.int64), tok])])
+    keep = g.op("Squeeze", [g.op("NonZero", [g.op("Not", [is_eos])]), axis0])
+    kept = [g.op("Gather", [x, keep], axis=ax) for x, ax in (("step/rows", 0), (tok, 0), ("step/h", 1), ("step/c", 1),
+                                                             ("step/logits", 0))]
+    rows, tok_kept, h_kept, c_kept, logits_kept = kept
+    more = g.op("And", [g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)]),
+                        g.op("Less", [g.op("Add", ["step/iter", g.const(1, np.int64)]), "max_tokens"])])
+    advance, hold = _advance(step, inits, consts, m, tok_kept, h_kept, c_kept, logits_kept)
+    next_logits, h1, c1 = g.op("If", [more], n_out=3, then_branch=advance, else_branch=hold)
     g.nodes += [h.make_node("Identity", [x], [f"step/{name}_out"])
-                for x, name in ((cond, "cond"), (h1, "h"), (c1, "c"), (next_logits, "logits"), (done, "done"),
-                                (out_tok, "token"))]
+                for x, name in ((more, "cond"), (h1, "h"), (c1, "c"), (next_logits, "logits"), (rows, "rows"),
+                                (written, "out"))]
     state = [("h", T.FLOAT, [d.num_layers, "batch", d.hidden_size]), ("c", T.FLOAT, [d.num_layers, "batch", d.hidden_size]),
-             ("logits", T.FLOAT, ["batch", d.vocab_size]), ("done", T.BOOL, ["batch"])]
+             ("logits", T.FLOAT, ["batch", d.vocab_size]), ("rows", T.INT64, ["batch"]),
+             ("out", T.INT64, ["num", "max_tokens"])]
     inputs = [h.make_tensor_value_info("step/iter", T.INT64, []), h.make_tensor_value_info("step/cond", T.BOOL, [])]
     inputs += [h.make_tensor_value_info(f"step/{n}", t, shape) for n, t, shape in state]
     outputs = [h.make_tensor_value_info("step/cond_out", T.BOOL, [])]
     outputs += [h.make_tensor_value_info(f"step/{n}_out", t, shape) for n, t, shape in state]
-    outputs.append(h.make_tensor_value_info("step/token_out", T.INT64, ["batch"]))
     return h.make_graph(g.nodes, "decode_step", inputs, outputs)
 
 
@@ -273,17 +304,14 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
     rows_v = g.op("Concat", [num1, g.const([d.vocab_size], np.int64)], axis=0)
     state_shape = g.op("Concat", [g.const([d.num_layers], np.int64), num1, g.const([d.hidden_size], np.int64)], axis=0)
-    done0 = g.op("Expand", [g.const([False], np.bool_), num1])
+    rows0 = g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)])
+    out_shape = g.op("Concat", [num1, g.op("Reshape", ["max_tokens", g.const([1], np.int64)])], axis=0)
+    out0 = g.op("ConstantOfShape", [out_shape], value=onnx.numpy_helper.from_array(np.array([PAD], np.int64)))
     body = _loop_body(step, inits, consts, m, s)
     g.nodes.append(h.make_node(
         "Loop", ["max_tokens", g.const(True, np.bool_), g.op("Expand", [h1, state_shape]), g.op("Expand", [c1, state_shape]),
-                 g.op("Expand", [last, rows_v]), done0],
-        ["main/h_end", "main/c_end", "main/logits_end", "main/done_end", "main/steps"], body=body))
-    rows_steps = g.op("Transpose", ["main/steps"], perm=[1, 0])
-    missing = g.op("Sub", [g.op("Reshape", ["max_tokens", g.const([1], np.int64)]),
-                           g.op("Slice", [g.op("Shape", ["main/steps"]), g.const([0], np.int64), g.const([1], np.int64)])])
-    pads = g.op("Concat", [g.const([0, 0, 0], np.int64), missing], axis=0)
-    g.nodes.append(h.make_node("Pad", [rows_steps, pads, g.const(PAD, np.int64)], ["tokens"], mode="constant"))
+                 g.op("Expand", [last, rows_v]), rows0, out0],
+        ["main/h_end", "main/c_end", "main/logits_end", "main/rows_end", "tokens"], body=body))
     g.nodes.append(h.make_node("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", ["tokens", g.const(0, np.int64)])],
                                                   to=T.INT64), g.const([1], np.int64)], ["lengths"], keepdims=0))
     scalar = lambda name, t: h.make_tensor_value_info(name, t, [])  # noqa: E731

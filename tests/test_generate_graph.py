@@ -43,9 +43,9 @@ def test_graph_writes_the_python_engines_text_fp32(model, max_tokens, prompt, se
 
 @pytest.mark.parametrize("model", ["names-int8", "moe-int8"])
 def test_graph_writes_the_python_engines_text_int8(model):
-    # Dynamic int8 quantizes activations per call, over the rows in the batch; the Python engine
-    # drops finished rows, the graph keeps them, so an int8 row can round differently now and then.
-    assert agreement(model, 100, 24, temperature=0.8) >= 0.95
+    # Dynamic int8 quantizes activations per call, over the rows in the batch: agreement needs the
+    # graph to drop finished rows exactly as the Python decode loop does (it does; measured 100%).
+    assert agreement(model, 100, 24, temperature=0.8) >= 0.98
 
 
 def test_graph_draws_lstmgen_rng_numbers():
