@@ -2,9 +2,11 @@
 
 Built from an artifact's own model.onnx, fp32 or int8: its nodes run once over the context (prefill)
 and again as the body of an ONNX `Loop`, which samples one token per row per step and stops at
-<eos> or max_tokens. Weights are not copied per use: the step graph's initializers live in the
-outer graph, which the loop body sees. So any shipped artifact gets its generate.onnx without its
-training checkpoint (`add_generation_graph`).
+<eos> or max_tokens; finished rows leave the batch, as in the Python decode loop. The weights are
+not copied: generate.onnx reads them from model.onnx's own bytes (ONNX external data), and the loop
+body sees them in the outer graph. So any artifact, fp32 or int8, gets its generate.onnx without its
+training checkpoint (`add_generation_graph`, `lstmgen add-graph`). Load it from its folder (or, in
+the browser, hand ONNX Runtime model.onnx as external data).
 
 Inputs (scalars are 0-d tensors):
     prompt_ids int64 [P]    the encoded prompt, possibly empty (the manifest's start_ids come first)
@@ -48,12 +50,10 @@ class _Nodes:
     def __init__(self, prefix: str, consts: dict) -> None:
         self.prefix, self.nodes, self.consts, self.count = prefix, [], consts, 0
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs):
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs):
         self.count += 1
         outs = [f"{self.prefix}{op_type.lower()}{self.count}_{i}" for i in range(n_out)]
-        from onnx import helper
-
-        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain or None, **attrs))
+        self.nodes.append(_onnx().helper.make_node(op_type, inputs, outs, **attrs))
         return outs[0] if n_out == 1 else outs
 
     def const(self, value, dtype) -> str:

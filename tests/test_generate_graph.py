@@ -139,3 +139,22 @@ def test_plain_onnxruntime_runs_the_graph_with_no_lstmgen_code():
              "top_p": np.array(1.0), "banned_ids": np.zeros(0, np.int64)}
     tokens, lengths = session.run(None, feeds)
     assert tokens.shape == (4, 10) and lengths.shape == (4,) and (lengths >= 1).all()
+
+
+@pytest.mark.parametrize("name", ["names", "shakespeare", "moe"])
+def test_export_writes_a_generation_graph_that_agrees(artifacts, name):
+    # `artifacts` are freshly exported tiny models where torch is present (else the shipped ones).
+    folder = artifacts[name]
+    m = read_manifest(folder)
+    assert m.generate_sha256 == sha256_file(folder / GENERATE_FILE)
+    python = Generator.load(folder, device="cpu").generate(40, max_tokens=24, seed=8, temperature=1.0, top_k=6)
+    assert GraphGenerator.load(folder).generate(40, max_tokens=24, seed=8, temperature=1.0, top_k=6) == python
+
+
+def test_int8_export_writes_a_generation_graph(tiny_models, tmp_path):
+    from lstmgen.trainer.export import export
+
+    run, _ = tiny_models["names"]
+    export(run, tmp_path / "int8", int8=True, allow_int8_loss=True, log=lambda s: None)
+    python = Generator.load(tmp_path / "int8", device="cpu").generate(30, seed=4, max_tokens=20)
+    assert GraphGenerator.load(tmp_path / "int8").generate(30, seed=4, max_tokens=20) == python
