@@ -265,5 +265,8 @@ def cmd_info(args) -> int:
     df = m.defaults
     lines.append(f"  defaults    temperature {df.temperature}, top-k {df.top_k}, top-p {df.top_p},"
                  f" max tokens {df.max_tokens}")
+    lines.append("  graph       generate.onnx (one-call generation for JS and other runtimes; omits "
+                 f"{', '.join(m.generate_omits)})" if m.generate_sha256 else
+                 f"  graph       none (add generate.onnx with `lstmgen add-graph {folder}`)")
     print("\n".join(lines))
     return 0
