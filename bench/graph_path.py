@@ -3,9 +3,9 @@
     python -m lstmgen.bench.graph_path --models names,names-int8 --batch-sizes 1,64,256
     python -m lstmgen.bench.graph_path --agreement --rows 1000
 
-Both paths load the same artifact and use the same settings and seed; each timing is the median of
-`--repeats` runs after one warm-up run. The token count is the same for both (every sampled token,
-<eos> included), taken from the graph's output lengths.
+Both paths load the same artifact and make the same calls (settings, seeds); each timing is the
+median of `--repeats` runs after one warm-up run. The token count is the same for both (every
+sampled token, <eos> included), taken from the graph's output lengths.
 """
 
 from __future__ import annotations
@@ -33,15 +33,23 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def speed(model: str, batch: int, max_tokens: int, seed: int = 1, repeats: int = 3, threads: int | None = None) -> dict:
-    """tokens/s of generate.onnx and of Generator.generate for one model and batch size."""
+def speed(model: str, batch: int, max_tokens: int, repeats: int = 3, threads: int | None = None,
+          min_tokens: int = 2048) -> dict:
+    """tokens/s of generate.onnx and of Generator.generate for one model and batch size.
+
+    Small batches of short records make few tokens per call, so each timed run makes calls with
+    seeds 1, 2, ... until about `min_tokens` tokens are sampled; both paths make the same calls.
+    """
     graph = GraphGenerator.load(model, threads)
     engine = graph.generator
-    params = engine.sampling()
-    tokens, lengths = graph.run_ids([], batch, max_tokens, seed, params, engine.banned_ids())
-    sampled = int(lengths.sum() + (lengths < max_tokens).sum())  # <eos> is a sampled token too
-    t_graph = _median_seconds(lambda: graph.generate(batch, max_tokens=max_tokens, seed=seed), repeats)
-    t_engine = _median_seconds(lambda: engine.generate(batch, max_tokens=max_tokens, seed=seed), repeats)
+    params, banned = engine.sampling(), engine.banned_ids()
+    seeds, sampled = [], 0
+    while sampled < min_tokens:
+        seeds.append(len(seeds) + 1)
+        _, lengths = graph.run_ids([], batch, max_tokens, seeds[-1], params, banned)
+        sampled += int(lengths.sum() + (lengths < max_tokens).sum())  # <eos> is a sampled token too
+    t_graph = _median_seconds(lambda: [graph.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds], repeats)
+    t_engine = _median_seconds(lambda: [engine.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds], repeats)
     return {"model": model, "batch": batch, "tokens": sampled, "graph_tok_s": sampled / t_graph,
             "engine_tok_s": sampled / t_engine, "graph_over_engine": t_engine / t_graph}
 

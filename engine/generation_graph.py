@@ -90,15 +90,18 @@ def _onnx():
     return onnx
 
 
-def _embed_step(g: _Nodes, step, inits: set[str], tokens: str, h0: str, c0: str, io) -> tuple[str, str, str]:
-    """Append model.onnx's nodes to g with tokens/h0/c0 bound; returns (logits, h1, c1) names."""
+def _embed_step(g: _Nodes, step, weight_names: dict[str, str], tokens: str, h0: str, c0: str, io) -> tuple[str, str, str]:
+    """Append model.onnx's nodes to g with tokens/h0/c0 bound and its initializers renamed by weight_names;
+    returns (logits, h1, c1) names."""
     bound = {io.tokens: tokens, io.h0: h0, io.c0: c0}
     tag = f"{g.prefix}m{g.count}/"
     g.count += 1
 
     def rename(name: str) -> str:
-        if not name or name in inits:
+        if not name:
             return name
+        if name in weight_names:
+            return weight_names[name]
         return bound.get(name, tag + name)
 
     for node in step.graph.node:
@@ -175,11 +178,13 @@ def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict) -> str:
                 else_branch=_branch("sampled", sg, sampled_tok))
 
 
-def _advance(step, inits: set[str], consts: dict, m: Manifest, tokens: str, h0: str, c0: str, logits: str):
+def _advance(step, weights: list, consts: dict, m: Manifest, tokens: str, h0: str, c0: str, logits: str):
     """If-branches: run the model on the rows still going, or (nothing left to write) just pass the state on.
 
     The pass-through branch is also what keeps the model from ever running at batch 0, which ONNX
-    Runtime's LSTM does not survive.
+    Runtime's LSTM does not survive. The running branch holds its own copy of the weight entries
+    (the same bytes of model.onnx): ONNX Runtime pre-packs the LSTM's weights only when they are
+    initializers of the node's own graph, and without that a batch-1 step costs several times more.
     """
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
@@ -187,16 +192,24 @@ def _advance(step, inits: set[str], consts: dict, m: Manifest, tokens: str, h0: 
     shapes = [("logits", T.FLOAT, ["batch", d.vocab_size]), ("h", T.FLOAT, [d.num_layers, "batch", d.hidden_size]),
               ("c", T.FLOAT, [d.num_layers, "batch", d.hidden_size])]
     run = _Nodes("advance/", consts)
-    new_logits, h1, c1 = _embed_step(run, step, inits, run.op("Unsqueeze", [tokens, run.const([1], np.int64)]), h0, c0, m.io)
+    names = {w.name: f"advance/{w.name}" for w in weights}
+    new_logits, h1, c1 = _embed_step(run, step, names, run.op("Unsqueeze", [tokens, run.const([1], np.int64)]), h0, c0, m.io)
     results = (run.op("Squeeze", [new_logits, run.const([1], np.int64)]), h1, c1)
     run.nodes += [h.make_node("Identity", [x], [f"advance/{n}_out"]) for x, (n, _, _) in zip(results, shapes)]
     hold = _Nodes("hold/", consts)
     hold.nodes += [h.make_node("Identity", [x], [f"hold/{n}_out"]) for x, (n, _, _) in zip((logits, h0, c0), shapes)]
-    return [h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(f"{name}/{n}_out", t, shape) for n, t, shape in shapes])
-            for g, name in ((run, "advance"), (hold, "hold"))]
+    own_weights = []
+    for w in weights:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(w)
+        copy.name = names[w.name]
+        own_weights.append(copy)
+    return [h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(f"{name}/{n}_out", t, shape) for n, t, shape in shapes],
+                         initializer=init)
+            for g, name, init in ((run, "advance", own_weights), (hold, "hold", []))]
 
 
-def _loop_body(step, inits: set[str], consts: dict, m: Manifest, s: dict):
+def _loop_body(step, weights: list, consts: dict, m: Manifest, s: dict):
     """One decode step: sample each running row, write its token, drop rows that wrote <eos>, step the rest.
 
     Rows leave the batch when they finish, as in the Python decode loop, so later steps cost only
@@ -224,7 +237,7 @@ def _loop_body(step, inits: set[str], consts: dict, m: Manifest, s: dict):
     rows, tok_kept, h_kept, c_kept, logits_kept = kept
     more = g.op("And", [g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)]),
                         g.op("Less", [g.op("Add", ["step/iter", g.const(1, np.int64)]), "max_tokens"])])
-    advance, hold = _advance(step, inits, consts, m, tok_kept, h_kept, c_kept, logits_kept)
+    advance, hold = _advance(step, weights, consts, m, tok_kept, h_kept, c_kept, logits_kept)
     next_logits, h1, c1 = g.op("If", [more], n_out=3, then_branch=advance, else_branch=hold)
     g.nodes += [h.make_node("Identity", [x], [f"step/{name}_out"])
                 for x, name in ((more, "cond"), (h1, "h"), (c1, "c"), (next_logits, "logits"), (rows, "rows"),
@@ -292,14 +305,14 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
     d = m.dims
-    inits = {t.name for t in step.graph.initializer}
+    weights = list(step.graph.initializer) if step_bytes is None else _weights_from_step_file(step, step_bytes)
     consts: dict = {}
     g = _Nodes("main/", consts)
     s = _settings(g, m)
     context = g.op("Unsqueeze", [g.op("Concat", [g.const(m.start_ids, np.int64), "prompt_ids"], axis=0),
                                  g.const([0], np.int64)])
     zeros = g.const(np.zeros((d.num_layers, 1, d.hidden_size)), np.float32)
-    all_logits, h1, c1 = _embed_step(g, step, inits, context, zeros, zeros, m.io)
+    all_logits, h1, c1 = _embed_step(g, step, {w.name: w.name for w in weights}, context, zeros, zeros, m.io)
     last = g.op("Gather", [all_logits, g.const(-1, np.int64)], axis=1)  # [1, V]
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
     rows_v = g.op("Concat", [num1, g.const([d.vocab_size], np.int64)], axis=0)
@@ -307,7 +320,7 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
     rows0 = g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)])
     out_shape = g.op("Concat", [num1, g.op("Reshape", ["max_tokens", g.const([1], np.int64)])], axis=0)
     out0 = g.op("ConstantOfShape", [out_shape], value=onnx.numpy_helper.from_array(np.array([PAD], np.int64)))
-    body = _loop_body(step, inits, consts, m, s)
+    body = _loop_body(step, weights, consts, m, s)
     g.nodes.append(h.make_node(
         "Loop", ["max_tokens", g.const(True, np.bool_), g.op("Expand", [h1, state_shape]), g.op("Expand", [c1, state_shape]),
                  g.op("Expand", [last, rows_v]), rows0, out0],
@@ -320,7 +333,6 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
               scalar("top_k", T.INT64), scalar("top_p", T.DOUBLE), h.make_tensor_value_info("banned_ids", T.INT64, ["banned"])]
     outputs = [h.make_tensor_value_info("tokens", T.INT64, ["num", "max_tokens"]),
                h.make_tensor_value_info("lengths", T.INT64, ["num"])]
-    weights = list(step.graph.initializer) if step_bytes is None else _weights_from_step_file(step, step_bytes)
     initializers = weights + [onnx.numpy_helper.from_array(a, name) for name, a in consts.values()]
     graph = h.make_graph(g.nodes, "lstmgen_generate", inputs, outputs, initializers)
     opsets = [h.make_opsetid("", OPSET)] + [o for o in step.opset_import if o.domain not in ("", "ai.onnx")]
