@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rng
-from .manifest import GENERATE_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
+from .manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
 
 OPSET = 18  # BitwiseXor (the random numbers) is opset 18
 GRAPH_OMITS = ["repetition_penalty", "min_p", "stop_strings", "logit_bias"]
@@ -178,13 +178,16 @@ def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict) -> str:
                 else_branch=_branch("sampled", sg, sampled_tok))
 
 
-def _advance(step, weights: list, consts: dict, m: Manifest, tokens: str, h0: str, c0: str, logits: str):
+def _advance(step, weights: list, own_weights: bool, consts: dict, m: Manifest, tokens: str, h0: str, c0: str,
+             logits: str):
     """If-branches: run the model on the rows still going, or (nothing left to write) just pass the state on.
 
     The pass-through branch is also what keeps the model from ever running at batch 0, which ONNX
-    Runtime's LSTM does not survive. The running branch holds its own copy of the weight entries
-    (the same bytes of model.onnx): ONNX Runtime pre-packs the LSTM's weights only when they are
-    initializers of the node's own graph, and without that a batch-1 step costs several times more.
+    Runtime's LSTM does not survive. With own_weights the running branch holds its own copy of the
+    weight entries (the same bytes of model.onnx): ONNX Runtime pre-packs the LSTM's weights only
+    when they are initializers of the node's own graph, and without that a batch-1 step costs
+    several times more. ONNX Runtime Web cannot read external data of a subgraph's initializers, so
+    its graph (generate-web.onnx) reads the outer graph's instead.
     """
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
@@ -192,24 +195,24 @@ def _advance(step, weights: list, consts: dict, m: Manifest, tokens: str, h0: st
     shapes = [("logits", T.FLOAT, ["batch", d.vocab_size]), ("h", T.FLOAT, [d.num_layers, "batch", d.hidden_size]),
               ("c", T.FLOAT, [d.num_layers, "batch", d.hidden_size])]
     run = _Nodes("advance/", consts)
-    names = {w.name: f"advance/{w.name}" for w in weights}
+    names = {w.name: f"advance/{w.name}" if own_weights else w.name for w in weights}
     new_logits, h1, c1 = _embed_step(run, step, names, run.op("Unsqueeze", [tokens, run.const([1], np.int64)]), h0, c0, m.io)
     results = (run.op("Squeeze", [new_logits, run.const([1], np.int64)]), h1, c1)
     run.nodes += [h.make_node("Identity", [x], [f"advance/{n}_out"]) for x, (n, _, _) in zip(results, shapes)]
     hold = _Nodes("hold/", consts)
     hold.nodes += [h.make_node("Identity", [x], [f"hold/{n}_out"]) for x, (n, _, _) in zip((logits, h0, c0), shapes)]
-    own_weights = []
-    for w in weights:
+    branch_weights = []
+    for w in weights if own_weights else []:
         copy = onnx.TensorProto()
         copy.CopyFrom(w)
         copy.name = names[w.name]
-        own_weights.append(copy)
+        branch_weights.append(copy)
     return [h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(f"{name}/{n}_out", t, shape) for n, t, shape in shapes],
                          initializer=init)
-            for g, name, init in ((run, "advance", own_weights), (hold, "hold", []))]
+            for g, name, init in ((run, "advance", branch_weights), (hold, "hold", []))]
 
 
-def _loop_body(step, weights: list, consts: dict, m: Manifest, s: dict):
+def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest, s: dict):
     """One decode step: sample each running row, write its token, drop rows that wrote <eos>, step the rest.
 
     Rows leave the batch when they finish, as in the Python decode loop, so later steps cost only
@@ -237,7 +240,7 @@ def _loop_body(step, weights: list, consts: dict, m: Manifest, s: dict):
     rows, tok_kept, h_kept, c_kept, logits_kept = kept
     more = g.op("And", [g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)]),
                         g.op("Less", [g.op("Add", ["step/iter", g.const(1, np.int64)]), "max_tokens"])])
-    advance, hold = _advance(step, weights, consts, m, tok_kept, h_kept, c_kept, logits_kept)
+    advance, hold = _advance(step, weights, own_weights, consts, m, tok_kept, h_kept, c_kept, logits_kept)
     next_logits, h1, c1 = g.op("If", [more], n_out=3, then_branch=advance, else_branch=hold)
     g.nodes += [h.make_node("Identity", [x], [f"step/{name}_out"])
                 for x, name in ((more, "cond"), (h1, "h"), (c1, "c"), (next_logits, "logits"), (rows, "rows"),
@@ -297,10 +300,11 @@ def _weights_from_step_file(step, step_bytes: bytes) -> list:
     return out
 
 
-def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
+def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None, for_web: bool = False):
     """generate.onnx (an onnx.ModelProto) around the step graph `step` (model.onnx) described by `m`.
 
     With step_bytes (model.onnx's content) the weights are referenced in model.onnx, not copied.
+    for_web: the layout ONNX Runtime Web can load (generate-web.onnx; see _advance).
     """
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
@@ -320,7 +324,7 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
     rows0 = g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)])
     out_shape = g.op("Concat", [num1, g.op("Reshape", ["max_tokens", g.const([1], np.int64)])], axis=0)
     out0 = g.op("ConstantOfShape", [out_shape], value=onnx.numpy_helper.from_array(np.array([PAD], np.int64)))
-    body = _loop_body(step, weights, consts, m, s)
+    body = _loop_body(step, weights, not for_web, consts, m, s)
     g.nodes.append(h.make_node(
         "Loop", ["max_tokens", g.const(True, np.bool_), g.op("Expand", [h1, state_shape]), g.op("Expand", [c1, state_shape]),
                  g.op("Expand", [last, rows_v]), rows0, out0],
@@ -343,34 +347,41 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None):
     return model
 
 
-def write_generation_graph(folder: Path, m: Manifest, dest: Path | None = None) -> None:
-    """Write generate.onnx (to `dest`, default folder/generate.onnx) from folder/model.onnx and record it in `m`."""
+def write_generation_graph(folder: Path, m: Manifest, suffix: str = "") -> list[Path]:
+    """Write generate.onnx and generate-web.onnx (names + suffix) from folder/model.onnx; record them in `m`."""
     onnx = _onnx()
-    dest = dest or folder / GENERATE_FILE
     step_bytes = (folder / MODEL_FILE).read_bytes()
-    model = build_generation_graph(onnx.load_from_string(step_bytes), m, step_bytes)
-    dest.write_bytes(model.SerializeToString())
-    onnx.checker.check_model(str(dest))  # from the file, so that the weights in model.onnx are checked too
-    m.generate_sha256 = sha256_file(dest)
+    step = onnx.load_from_string(step_bytes)
+    written = []
+    for name, for_web in ((GENERATE_FILE, False), (GENERATE_WEB_FILE, True)):
+        dest = folder / f"{name}{suffix}"
+        dest.write_bytes(build_generation_graph(step, m, step_bytes, for_web).SerializeToString())
+        onnx.checker.check_model(str(dest))  # from the file, so that the weights in model.onnx are checked too
+        written.append(dest)
+    m.generate_sha256, m.generate_web_sha256 = (sha256_file(p) for p in written)
     m.generate_omits = list(GRAPH_OMITS)
+    return written
 
 
 def add_generation_graph(folder: str | os.PathLike) -> Manifest:
-    """Give an existing artifact its generate.onnx (model.onnx stays byte-identical); returns the new manifest.
+    """Give an existing artifact its generate.onnx and generate-web.onnx (model.onnx stays byte-identical).
 
-    Each file is written beside its final name and renamed into place, generate.onnx before the
-    manifest that names it, so an interrupted run leaves the artifact as it was or complete.
+    Each file is written beside its final name and renamed into place, the graphs before the
+    manifest that names them, so an interrupted run leaves the artifact as it was or complete.
+    Returns the new manifest.
     """
     folder = Path(folder)
     m = read_manifest(folder)
-    graph_tmp, manifest_tmp = folder / f".{GENERATE_FILE}.tmp", folder / f".{MANIFEST_FILE}.tmp"
+    manifest_tmp = folder / f".{MANIFEST_FILE}.tmp"
+    written: list[Path] = []
     try:
-        write_generation_graph(folder, m, graph_tmp)
+        written = write_generation_graph(folder, m, ".tmp")
         manifest_tmp.write_text(m.to_json(), encoding="utf-8")
         Manifest.from_dict(json.loads(manifest_tmp.read_text(encoding="utf-8")), str(manifest_tmp))
-        os.replace(graph_tmp, folder / GENERATE_FILE)
+        for tmp in written:
+            os.replace(tmp, tmp.with_suffix(""))
         os.replace(manifest_tmp, folder / MANIFEST_FILE)
     finally:
-        graph_tmp.unlink(missing_ok=True)
-        manifest_tmp.unlink(missing_ok=True)
+        for leftover in [*written, manifest_tmp]:
+            leftover.unlink(missing_ok=True)
     return m

@@ -6,7 +6,9 @@
 // It takes the runtime as an argument (onnxruntime-node or onnxruntime-web), so it runs in both;
 // node.mjs and web.mjs load an artifact folder for each.
 
-export const GENERATE_FILE = "generate.onnx";
+export const GENERATE_FILE = "generate.onnx"; // for onnxruntime-node (and every native ONNX Runtime)
+export const GENERATE_WEB_FILE = "generate-web.onnx"; // the same graph in the layout onnxruntime-web loads
+const DIGEST_KEYS = { [GENERATE_FILE]: "generate_sha256", [GENERATE_WEB_FILE]: "generate_web_sha256" };
 export const MODEL_FILE = "model.onnx";
 export const MANIFEST_FILE = "manifest.json";
 const MAX_NUM = 100_000; // as lstmgen.generator
@@ -30,17 +32,18 @@ export async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Check a parsed manifest.json and the sha256 of generate.onnx; `where` names the folder in messages. */
-export async function checkArtifact(manifest, graphBytes, where) {
+/** Check a parsed manifest.json and the sha256 of the graph file `graphFile`; `where` names the folder in messages. */
+export async function checkArtifact(manifest, graphBytes, where, graphFile) {
   if (!manifest || manifest.format !== "lstmgen-artifact") {
     throw new LstmgenError(`${where}/${MANIFEST_FILE} is not an lstmgen artifact manifest`);
   }
-  if (!manifest.generate_sha256 || !graphBytes) {
-    throw new LstmgenError(`${where} has no ${GENERATE_FILE} (exported before it existed); re-export it, or run`
+  const digest = manifest[DIGEST_KEYS[graphFile]];
+  if (!digest || !graphBytes) {
+    throw new LstmgenError(`${where} has no ${graphFile} (exported before it existed); re-export it, or run`
       + ` \`lstmgen add-graph ${where}\``);
   }
-  if ((await sha256Hex(graphBytes)) !== manifest.generate_sha256) {
-    throw new LstmgenError(`${where}/${GENERATE_FILE} does not match the sha256 in its manifest (truncated, replaced`
+  if ((await sha256Hex(graphBytes)) !== digest) {
+    throw new LstmgenError(`${where}/${graphFile} does not match the sha256 in its manifest (truncated, replaced`
       + " or corrupt); rebuild it with `lstmgen add-graph` or re-export the model");
   }
 }

@@ -30,7 +30,7 @@ export async function load(folder) {
     throw new LstmgenError(`${path.join(folder, MANIFEST_FILE)} is not valid JSON (${e.message}); re-export the model`);
   }
   const graphBytes = await readOrNull(path.join(folder, GENERATE_FILE));
-  await checkArtifact(manifest, graphBytes, folder);
+  await checkArtifact(manifest, graphBytes, folder, GENERATE_FILE);
   // From the path, so that ONNX Runtime finds the weights generate.onnx reads from model.onnx beside it.
   const session = await ort.InferenceSession.create(path.join(folder, GENERATE_FILE), { executionProviders: ["cpu"] });
   return new Generator(ort, session, manifest);

@@ -1,6 +1,6 @@
 // Browser (or any fetch-capable) loader: an artifact folder at a URL -> a Generator on onnxruntime-web.
 // The runtime is passed in, so the page decides where onnxruntime-web and its .wasm files come from.
-import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact } from "./lstmgen.mjs";
+import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact } from "./lstmgen.mjs";
 
 export { Generator, LstmgenError };
 
@@ -11,7 +11,7 @@ async function fetchBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-/** Load the artifact at `folderUrl` (manifest.json, generate.onnx, model.onnx) and check its hashes. */
+/** Load the artifact at `folderUrl` (manifest.json, generate-web.onnx, model.onnx) and check its hashes. */
 export async function load(ort, folderUrl) {
   const base = folderUrl.endsWith("/") ? folderUrl : `${folderUrl}/`;
   const manifestBytes = await fetchBytes(base + MANIFEST_FILE);
@@ -22,11 +22,11 @@ export async function load(ort, folderUrl) {
   } catch (e) {
     throw new LstmgenError(`${base}${MANIFEST_FILE} is not valid JSON (${e.message}); re-export the model`);
   }
-  const graphBytes = await fetchBytes(base + GENERATE_FILE);
-  await checkArtifact(manifest, graphBytes, folderUrl);
+  const graphBytes = await fetchBytes(base + GENERATE_WEB_FILE);
+  await checkArtifact(manifest, graphBytes, folderUrl, GENERATE_WEB_FILE);
   const modelBytes = await fetchBytes(base + MODEL_FILE);
   if (modelBytes === null) throw new LstmgenError(`${folderUrl} has no ${MODEL_FILE} (the artifact is incomplete; re-export it)`);
-  // generate.onnx reads its weights from model.onnx (ONNX external data): hand the runtime those bytes.
+  // The graph reads its weights from model.onnx (ONNX external data): hand the runtime those bytes.
   const session = await ort.InferenceSession.create(graphBytes, {
     executionProviders: ["wasm"], externalData: [{ path: MODEL_FILE, data: modelBytes }],
   });

@@ -17,7 +17,7 @@ from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graph_runner import GraphGenerator
-from lstmgen.manifest import GENERATE_FILE, MANIFEST_FILE, read_manifest, sha256_file
+from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, read_manifest, sha256_file
 
 from .conftest import EXPORTED
 
@@ -78,6 +78,7 @@ def test_shipped_artifacts_list_their_graph_and_what_it_omits(model):
     m = Generator.load(model).manifest
     folder = Generator.load(model).folder
     assert m.generate_sha256 == sha256_file(folder / GENERATE_FILE)
+    assert m.generate_web_sha256 == sha256_file(folder / GENERATE_WEB_FILE)
     assert set(m.generate_omits) == {"repetition_penalty", "min_p", "stop_strings", "logit_bias"}
 
 
@@ -86,8 +87,9 @@ def old_artifact(tmp_path):
     folder = tmp_path / "names"
     shutil.copytree(EXPORTED / "names", folder)
     (folder / GENERATE_FILE).unlink()
+    (folder / GENERATE_WEB_FILE).unlink()
     d = json.loads((folder / MANIFEST_FILE).read_text())
-    del d["generate_sha256"], d["generate_omits"]
+    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
     (folder / MANIFEST_FILE).write_text(json.dumps(d))
     return folder
 
@@ -105,14 +107,15 @@ def test_old_artifact_still_generates_and_add_graph_upgrades_it(tmp_path, capsys
     assert not list(folder.glob(".*.tmp"))
 
 
-def test_a_graph_that_does_not_match_its_hash_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("graph_file", [GENERATE_FILE, GENERATE_WEB_FILE])
+def test_a_graph_that_does_not_match_its_hash_is_refused(tmp_path, capsys, graph_file):
     folder = tmp_path / "names"
     shutil.copytree(EXPORTED / "names", folder)
-    with open(folder / GENERATE_FILE, "ab") as f:
+    with open(folder / graph_file, "ab") as f:
         f.write(b"\0")
     assert main(["generate", str(folder), "--seed", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "generate.onnx" in err and "sha256" in err and "add-graph" in err and len(err.splitlines()) == 1
+    assert graph_file in err and "sha256" in err and "add-graph" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -132,13 +135,17 @@ def test_bad_input_gets_one_clear_line(kwargs, message):
     assert "\n" not in str(e.value)
 
 
-def test_plain_onnxruntime_runs_the_graph_with_no_lstmgen_code():
-    session = ort.InferenceSession(str(EXPORTED / "names" / GENERATE_FILE), providers=["CPUExecutionProvider"])
-    feeds = {"prompt_ids": np.array([1], np.int64), "num": np.array(4, np.int64), "max_tokens": np.array(10, np.int64),
+@pytest.mark.parametrize("model", ["names", "moe-int8"])
+def test_plain_onnxruntime_runs_both_layouts_with_no_lstmgen_code(model):
+    # generate-web.onnx (the layout ONNX Runtime Web loads) is the same computation as generate.onnx.
+    feeds = {"prompt_ids": np.array([1], np.int64), "num": np.array(16, np.int64), "max_tokens": np.array(12, np.int64),
              "seed": np.array(2**40 + 3, np.int64), "temperature": np.array(0.7), "top_k": np.array(0, np.int64),
              "top_p": np.array(1.0), "banned_ids": np.zeros(0, np.int64)}
-    tokens, lengths = session.run(None, feeds)
-    assert tokens.shape == (4, 10) and lengths.shape == (4,) and (lengths >= 1).all()
+    outputs = [ort.InferenceSession(str(EXPORTED / model / name), providers=["CPUExecutionProvider"]).run(None, feeds)
+               for name in (GENERATE_FILE, GENERATE_WEB_FILE)]
+    (tokens, lengths), (web_tokens, web_lengths) = outputs
+    assert tokens.shape == (16, 12) and lengths.shape == (16,) and (lengths >= 1).all()
+    assert np.array_equal(tokens, web_tokens) and np.array_equal(lengths, web_lengths)
 
 
 @pytest.mark.parametrize("name", ["names", "shakespeare", "moe"])

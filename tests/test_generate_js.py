@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import pytest
 
 from lstmgen.cli import main
-from lstmgen.manifest import GENERATE_FILE, MANIFEST_FILE
+from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE
 
 from .conftest import EXPORTED, REPO
 
@@ -65,8 +65,9 @@ def artifact_copy(tmp_path, model: str = "names"):
 def old_artifact(tmp_path):
     folder = artifact_copy(tmp_path)
     (folder / GENERATE_FILE).unlink()
+    (folder / GENERATE_WEB_FILE).unlink()
     d = json.loads((folder / MANIFEST_FILE).read_text())
-    del d["generate_sha256"], d["generate_omits"]
+    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
     (folder / MANIFEST_FILE).write_text(json.dumps(d))
     return folder
 
