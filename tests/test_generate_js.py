@@ -15,6 +15,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from lstmgen.cli import main
@@ -135,3 +136,27 @@ def test_browser_page_generates_pythons_names(tmp_path, capsys, model, settings)
         server.server_close()
     python = python_samples(capsys, model, *[x for k, v in settings.items() for x in (f"--{k}", str(v))])
     assert reports[0] == {"samples": python}
+
+
+@needs_node
+def test_js_tokenizer_encodes_and_decodes_as_python():
+    from lstmgen.tokenizer import Tokenizer
+
+    manifest = json.loads((EXPORTED / "moe" / MANIFEST_FILE).read_text())
+    tok = Tokenizer.from_dict(manifest["tokenizer"])
+    rng = np.random.default_rng(0)
+    marks = [tok.index[t] for t in ('.', ',', '!', '?', ';', '"', '(', ')', '--', '-', '\n') if t in tok.index]
+    sequences = [[int(rng.choice(marks)) if rng.random() < 0.4 else int(rng.integers(tok.vocab_size)) for _ in range(30)]
+                 for _ in range(200)]
+    texts = ['Moe_Szyslak: (QUIETLY) Hey -- "you" ... Homer?!', "well-well-- a-b (c) d;e\r\nf", "Ünïcode Straße 42"]
+    script = ("import { Tokenizer } from './js/lstmgen.mjs';"
+              "const { spec, sequences, texts } = JSON.parse(require('fs').readFileSync(0, 'utf-8'));"
+              "const t = new Tokenizer(spec);"
+              "console.log(JSON.stringify({ decoded: sequences.map((s) => t.decode(s)), encoded: texts.map((x) => t.encode(x)) }));")
+    run = subprocess.run([NODE, "--input-type=module", "-e", script.replace("require('fs')", "(await import('node:fs'))")],
+                         input=json.dumps({"spec": manifest["tokenizer"], "sequences": sequences, "texts": texts}),
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    js = json.loads(run.stdout)
+    assert js["decoded"] == [tok.decode(s) for s in sequences]
+    assert js["encoded"] == [tok.encode(x) for x in texts]
