@@ -4,8 +4,8 @@
     python -m lstmgen.bench.graph_path --agreement --rows 1000
 
 Both paths load the same artifact and make the same calls (settings, seeds); each timing is the
-median of `--repeats` runs after one warm-up run. The token count is the same for both (every
-sampled token, <eos> included), taken from the graph's output lengths.
+median of `--repeats` runs, alternating between the paths, after one warm-up run. The token count
+is the same for both (every sampled token, <eos> included), taken from the graph's output lengths.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ AGREEMENT_CASES = [("names", 28, None), ("names-int8", 28, None), ("shakespeare"
                    ("shakespeare-int8", 40, "ROMEO:"), ("moe", 30, "moe_szyslak:"), ("moe-int8", 30, "moe_szyslak:")]
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _median_seconds(fns, repeats: int) -> list[float]:
+    """Median wall time of each function; runs alternate between them so that drifting load hits all alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def speed(model: str, batch: int, max_tokens: int, repeats: int = 3, threads: int | None = None,
@@ -48,8 +51,9 @@ def speed(model: str, batch: int, max_tokens: int, repeats: int = 3, threads: in
         seeds.append(len(seeds) + 1)
         _, lengths = graph.run_ids([], batch, max_tokens, seeds[-1], params, banned)
         sampled += int(lengths.sum() + (lengths < max_tokens).sum())  # <eos> is a sampled token too
-    t_graph = _median_seconds(lambda: [graph.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds], repeats)
-    t_engine = _median_seconds(lambda: [engine.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds], repeats)
+    t_graph, t_engine = _median_seconds([lambda: [graph.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds],
+                                         lambda: [engine.generate(batch, max_tokens=max_tokens, seed=s) for s in seeds]],
+                                        repeats)
     return {"model": model, "batch": batch, "tokens": sampled, "graph_tok_s": sampled / t_graph,
             "engine_tok_s": sampled / t_engine, "graph_over_engine": t_engine / t_graph}
 
