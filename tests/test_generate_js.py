@@ -116,9 +116,12 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 @needs_browser
-@pytest.mark.parametrize("model,settings", [("names", {"num": 10, "seed": 7}),
-                                            ("names", {"num": 5, "seed": 2, "prompt": "ka", "top-k": 5})])
-def test_browser_page_generates_pythons_names(tmp_path, capsys, model, settings):
+@pytest.mark.parametrize("model,settings", [
+    ("names", {"num": 10, "seed": 7}),
+    ("names", {"num": 5, "seed": 2, "prompt": "ka", "top-k": 5}),
+    ("moe", {"num": 3, "seed": 5, "prompt": "Moe_Szyslak: Hey", "max-tokens": 30, "top-p": 0.9}),
+])
+def test_browser_page_generates_pythons_text(tmp_path, capsys, model, settings):
     reports, done = [], threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, reports=reports, done=done))
     threading.Thread(target=server.serve_forever, daemon=True).start()
