@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text (statistics use all)")
     add_runtime_flags(n)
 
+    a = sub.add_parser("add-graph", help="add generate.onnx (one-call generation for other runtimes) to artifacts",
+                       description="Write generate.onnx into artifact folders exported before it existed and list it in"
+                                   " their manifests; model.onnx is left untouched. Needs the onnx package.")
+    a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
+
     i = sub.add_parser("info", help="describe an artifact (with no MODEL: list the shipped models)")
     i.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: list the shipped models)")
     i.add_argument("--json", action="store_true", help="print the manifest (default: a summary)")
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return module.main(argv)
         args = _parser().parse_args(argv)
         commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
-                    "inspect": cmd_inspect}
+                    "inspect": cmd_inspect, "add-graph": cmd_add_graph}
         return commands[args.command](args)
     except LstmgenError as e:
         if debug:
@@ -368,6 +374,22 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_add_graph(args) -> int:
+    from .generator import resolve_model
+
+    try:
+        import onnx  # noqa: F401
+    except ModuleNotFoundError:
+        raise LstmgenError("`lstmgen add-graph` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+    from .generation_graph import add_generation_graph
+
+    for name in args.models:
+        folder = resolve_model(name)
+        add_generation_graph(folder)
+        print(f"wrote {folder / 'generate.onnx'}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .generator import resolve_model
     from .manifest import read_manifest
@@ -399,5 +421,8 @@ def cmd_info(args) -> int:
     df = m.defaults
     lines.append(f"  defaults    temperature {df.temperature}, top-k {df.top_k}, top-p {df.top_p},"
                  f" max tokens {df.max_tokens}")
+    lines.append("  graph       generate.onnx (one-call generation for JS and other runtimes; omits "
+                 f"{', '.join(m.generate_omits)})" if m.generate_sha256 else
+                 f"  graph       none (add generate.onnx with `lstmgen add-graph {folder}`)")
     print("\n".join(lines))
     return 0

@@ -4,6 +4,9 @@ An artifact is a folder:
     manifest.json   this schema (format name + version first, checked loudly on load)
     model.onnx      one step of the model: tokens[batch,time], h0, c0 -> logits[batch,time,vocab], h1, c1
     records.u64     optional: sorted 64-bit hashes of the corpus records, for --novel (no raw corpus)
+    generate.onnx   optional: the whole generation in one ONNX Runtime call (lstmgen.generation_graph),
+                    for apps in other languages; artifacts exported before it existed lack it
+    generate-web.onnx optional: the same graph in the layout ONNX Runtime Web (the browser) can load
 Nothing in it is pickled; JSON and raw little-endian integers only.
 """
 
@@ -28,6 +31,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 RECORDS_FILE = "records.u64"
+GENERATE_FILE = "generate.onnx"
+GENERATE_WEB_FILE = "generate-web.onnx"
 
 
 @dataclass
@@ -73,6 +78,9 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)  # corpus, seed, config, machine, metrics
     export: dict[str, Any] = field(default_factory=dict)  # parity figures, int8 losses, versions, time
     records_sha256: str | None = None  # of records.u64 when present
+    generate_sha256: str | None = None  # of generate.onnx when present
+    generate_web_sha256: str | None = None  # of generate-web.onnx when present
+    generate_omits: list[str] = field(default_factory=list)  # sampling settings generate.onnx does not apply
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -199,6 +207,11 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         rec = folder / RECORDS_FILE
         if not rec.is_file() or sha256_file(rec) != m.records_sha256:
             raise LstmgenError(f"{rec} is missing or does not match its sha256 in the manifest; re-export the model")
+    for name, digest in ((GENERATE_FILE, m.generate_sha256), (GENERATE_WEB_FILE, m.generate_web_sha256)):
+        gen = folder / name
+        if digest is not None and (not gen.is_file() or sha256_file(gen) != digest):
+            raise LstmgenError(f"{gen} is missing or does not match its sha256 in the manifest (truncated, replaced or"
+                               " corrupt); rebuild it with `lstmgen add-graph` or re-export the model")
     return m
 
 

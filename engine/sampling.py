@@ -1,9 +1,9 @@
 """Choosing the next token: temperature, top-k, top-p, min-p, repetition penalty, greedy.
 
 `sample_rows` is the Numba kernel every generation path calls (the engine and the PyTorch reference
-loop alike). Randomness is not drawn inside: each row brings one uniform number per step, drawn from
-its own NumPy generator seeded by (seed, row) (`RowRandom`), so row i's text depends only on the seed
-and i, whatever the batch, device or backend. `sample_rows_reference` is a plain NumPy twin used by
+loop alike). Randomness is not drawn inside: each row brings one uniform number per step, a hash of
+(seed, row, step) (`RowRandom`, lstmgen.rng), so row i's text depends only on the seed and i,
+whatever the batch, device, backend or runtime (generate.onnx draws the same numbers). `sample_rows_reference` is a plain NumPy twin used by
 the tests.
 
 The kernel's order, step for step the reference's: penalise recently seen tokens (`_penalise`),
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import rng
 from .errors import LstmgenError
 
 # Numba caches compiled code beside this file; where that is read-only (a system install) it falls
@@ -85,24 +86,17 @@ def _is_int(x) -> bool:
 
 
 class RowRandom:
-    """Per-row uniform streams: row i draws from np.random.default_rng([seed, i]) and nothing else."""
-
-    BLOCK = 256  # uniforms drawn per row at a time
+    """Per-row uniform streams: row i's number at step t is lstmgen.rng's hash of (seed, i, t) and nothing else."""
 
     def __init__(self, seed: int, rows: range | list[int]) -> None:
         self.rows = list(rows)
-        self._gens = [np.random.default_rng([seed, i]) for i in self.rows]
-        self._buf = np.empty((len(self.rows), self.BLOCK), dtype=np.float64)
-        self._pos = self.BLOCK
+        self._keys = rng.row_keys(seed, self.rows)
+        self._step = 0
 
     def next(self) -> np.ndarray:
         """One uniform per row (in the order of `rows`), for the next step."""
-        if self._pos == self.BLOCK:
-            for j, g in enumerate(self._gens):
-                self._buf[j] = g.random(self.BLOCK)
-            self._pos = 0
-        u = self._buf[:, self._pos]
-        self._pos += 1
+        u = rng.uniforms(self._keys, self._step)
+        self._step += 1
         return u
 
 

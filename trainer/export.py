@@ -1,4 +1,4 @@
-"""Checkpoint -> artifact folder: model.onnx (ONNX LSTM ops), manifest.json, records.u64.
+"""Checkpoint -> artifact folder: model.onnx (ONNX LSTM ops), generate.onnx, manifest.json, records.u64.
 
 The graph is written from the state_dict by lstmgen.graph rather than traced (see there why).
 Export then proves itself: PyTorch and ONNX Runtime must agree on random inputs (batch > 1,
@@ -21,6 +21,7 @@ import torch
 import lstmgen
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
+from lstmgen.generation_graph import write_generation_graph
 from lstmgen.graph import OPSET, build_step_graph
 from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, Manifest, SamplingDefaults,
                               read_manifest, sha256_file, write_artifact_atomically)
@@ -133,6 +134,7 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
 
         def fill(tmp: Path) -> None:
             shutil.copyfile(model_src, tmp / MODEL_FILE)
+            write_generation_graph(tmp, base)
             if records and rec_path.is_file():
                 shutil.copyfile(rec_path, tmp / RECORDS_FILE)
                 base.records_sha256 = sha256_file(tmp / RECORDS_FILE)

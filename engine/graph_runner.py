@@ -1,0 +1,79 @@
+"""Generation through an artifact's generate.onnx: one ONNX Runtime call per request, no Python decode loop.
+
+The same graph runs in Node.js and the browser (js/); this is its Python caller, used by the tests
+that hold it equal to `Generator.generate` and by the bench (`run_graph`). Arguments are checked by
+`Generator.request`, the one place that checks them for every path; settings the graph does not
+apply (manifest `generate_omits`) are refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LstmgenError
+from .generator import Generator
+from .manifest import GENERATE_FILE
+from .sampling import SamplingParams
+
+
+class GraphGenerator:
+    """An artifact's generate.onnx in an ONNX Runtime session, with the artifact's tokenizer and checks."""
+
+    def __init__(self, generator: Generator, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.generator = generator
+        folder, m = generator.folder, generator.manifest
+        path = folder / GENERATE_FILE
+        if m.generate_sha256 is None or not path.is_file():
+            raise LstmgenError(f"{folder} has no {GENERATE_FILE} (exported before it existed); add it with"
+                               f" `lstmgen add-graph {folder}` or re-export the model")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT reports malformed graphs with its own exception types
+            raise LstmgenError(f"{path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:200]});"
+                               " rebuild it with `lstmgen add-graph` or re-export the model") from None
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike | None = None, threads: int | None = None) -> "GraphGenerator":
+        return cls(Generator.load(name_or_path, device="cpu", threads=threads), threads)
+
+    def generate(self, num: int = 1, prompt: str | None = None, *, max_tokens: int | None = None,
+                 seed: int | None = None, allow_unk: bool = False, **sampling) -> list[str]:
+        """Like Generator.generate (same seed, same text) for the settings the graph applies."""
+        r = self.generator.request(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, allow_unk=allow_unk,
+                                   **sampling)
+        if r.stop:
+            raise LstmgenError(f"{GENERATE_FILE} does not apply stop strings; cut the texts afterwards or use the Python engine")
+        tokens, lengths = self.run_ids(r.prompt_ids, r.num, r.max_tokens, r.seed, r.params, r.banned)
+        decode = self.generator.tokenizer.decode
+        return [decode([*r.prompt_ids, *tokens[i, : lengths[i]]]) for i in range(r.num)]
+
+    def run_ids(self, prompt_ids: list[int], num: int, max_tokens: int, seed: int, params: SamplingParams,
+                banned: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's raw outputs: tokens [num, max_tokens] (-1 past each row's end) and lengths [num]."""
+        omitted = [name for name, off in (("min_p", params.min_p == 0.0),
+                                          ("repetition_penalty", params.repetition_penalty == 1.0)) if not off]
+        if omitted:
+            raise LstmgenError(f"{GENERATE_FILE} does not apply {', '.join(omitted)}; leave it at its default"
+                               " or generate with the Python engine")
+        feeds = {"prompt_ids": np.asarray(prompt_ids, np.int64), "num": np.array(num, np.int64),
+                 "max_tokens": np.array(max_tokens, np.int64), "seed": np.array(seed, np.int64),
+                 "temperature": np.array(params.temperature, np.float64), "top_k": np.array(params.top_k, np.int64),
+                 "top_p": np.array(params.top_p, np.float64), "banned_ids": np.asarray(banned, np.int64)}
+        tokens, lengths = self.session.run(["tokens", "lengths"], feeds)
+        return tokens, lengths
+
+
+def run_graph(folder: str | os.PathLike | Path, num: int, max_tokens: int, seed: int, *,
+              threads: int | None = None, **sampling) -> list[str]:
+    """One generate.onnx call from a fresh load: the bench's entry point (load once and reuse
+    GraphGenerator.generate to keep loading out of a timing)."""
+    return GraphGenerator.load(folder, threads).generate(num, max_tokens=max_tokens, seed=seed, **sampling)

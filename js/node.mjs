@@ -1,0 +1,37 @@
+// Node.js loader: an artifact folder on disk -> a Generator running on onnxruntime-node.
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+
+import * as ort from "onnxruntime-node";
+
+import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, checkArtifact } from "./lstmgen.mjs";
+
+export { Generator, LstmgenError };
+
+async function readOrNull(file) {
+  try {
+    return await readFile(file);
+  } catch (e) {
+    if (e.code === "ENOENT") return null;
+    throw e;
+  }
+}
+
+/** Load the artifact in `folder` (manifest.json + generate.onnx + model.onnx) and check its hashes. */
+export async function load(folder) {
+  const manifestBytes = await readOrNull(path.join(folder, MANIFEST_FILE));
+  if (manifestBytes === null) {
+    throw new LstmgenError(`${folder} has no ${MANIFEST_FILE}: not an lstmgen artifact folder`);
+  }
+  let manifest;
+  try {
+    manifest = JSON.parse(manifestBytes.toString("utf-8"));
+  } catch (e) {
+    throw new LstmgenError(`${path.join(folder, MANIFEST_FILE)} is not valid JSON (${e.message}); re-export the model`);
+  }
+  const graphBytes = await readOrNull(path.join(folder, GENERATE_FILE));
+  await checkArtifact(manifest, graphBytes, folder, GENERATE_FILE);
+  // From the path, so that ONNX Runtime finds the weights generate.onnx reads from model.onnx beside it.
+  const session = await ort.InferenceSession.create(path.join(folder, GENERATE_FILE), { executionProviders: ["cpu"] });
+  return new Generator(ort, session, manifest);
+}

@@ -1,0 +1,34 @@
+// Browser (or any fetch-capable) loader: an artifact folder at a URL -> a Generator on onnxruntime-web.
+// The runtime is passed in, so the page decides where onnxruntime-web and its .wasm files come from.
+import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact } from "./lstmgen.mjs";
+
+export { Generator, LstmgenError };
+
+async function fetchBytes(url) {
+  const response = await fetch(url);
+  if (response.status === 404) return null;
+  if (!response.ok) throw new LstmgenError(`cannot fetch ${url} (HTTP ${response.status})`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** Load the artifact at `folderUrl` (manifest.json, generate-web.onnx, model.onnx) and check its hashes. */
+export async function load(ort, folderUrl) {
+  const base = folderUrl.endsWith("/") ? folderUrl : `${folderUrl}/`;
+  const manifestBytes = await fetchBytes(base + MANIFEST_FILE);
+  if (manifestBytes === null) throw new LstmgenError(`${folderUrl} has no ${MANIFEST_FILE}: not an lstmgen artifact folder`);
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  } catch (e) {
+    throw new LstmgenError(`${base}${MANIFEST_FILE} is not valid JSON (${e.message}); re-export the model`);
+  }
+  const graphBytes = await fetchBytes(base + GENERATE_WEB_FILE);
+  await checkArtifact(manifest, graphBytes, folderUrl, GENERATE_WEB_FILE);
+  const modelBytes = await fetchBytes(base + MODEL_FILE);
+  if (modelBytes === null) throw new LstmgenError(`${folderUrl} has no ${MODEL_FILE} (the artifact is incomplete; re-export it)`);
+  // The graph reads its weights from model.onnx (ONNX external data): hand the runtime those bytes.
+  const session = await ort.InferenceSession.create(graphBytes, {
+    executionProviders: ["wasm"], externalData: [{ path: MODEL_FILE, data: modelBytes }],
+  });
+  return new Generator(ort, session, manifest);
+}

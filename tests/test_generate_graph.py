@@ -1,0 +1,167 @@
+"""generate.onnx: same text as the Python engine for the same seed, its artifact upkeep, and its bad input.
+
+The Node.js and browser runs of the same graph are in test_generate_js.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from lstmgen import rng
+from lstmgen.cli import main
+from lstmgen.errors import LstmgenError
+from lstmgen.generator import Generator
+from lstmgen.graph_runner import GraphGenerator
+from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, read_manifest, sha256_file
+
+from .conftest import EXPORTED
+
+SETTINGS = [dict(temperature=0.8), dict(temperature=0.0), dict(temperature=1.0, top_k=5),
+            dict(temperature=0.9, top_p=0.9), dict(temperature=1.2, top_k=10, top_p=0.8)]
+
+
+def agreement(model: str, num: int, max_tokens: int, prompt: str | None = None, **settings) -> float:
+    python = Generator.load(model, device="cpu").generate(num, prompt, max_tokens=max_tokens, seed=11, **settings)
+    graph = GraphGenerator.load(model).generate(num, prompt, max_tokens=max_tokens, seed=11, **settings)
+    assert len(graph) == num and all(g.startswith(prompt or "") for g in graph)
+    return sum(a == b for a, b in zip(python, graph)) / num
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("model,max_tokens,prompt", [("names", 28, None), ("shakespeare", 40, "ROMEO:"),
+                                                     ("moe", 24, "homer_simpson:")])
+def test_graph_writes_the_python_engines_text_fp32(model, max_tokens, prompt, settings):
+    # Same weights, same ONNX Runtime kernels, same uniforms, same sampling rules: fp32 rows agree
+    # (measured 100%; the bound leaves room for a rare rounding difference on another CPU).
+    assert agreement(model, 100, max_tokens, prompt, **settings) >= 0.98
+
+
+@pytest.mark.parametrize("model", ["names-int8", "moe-int8"])
+def test_graph_writes_the_python_engines_text_int8(model):
+    # Dynamic int8 quantizes activations per call, over the rows in the batch: agreement needs the
+    # graph to drop finished rows exactly as the Python decode loop does (it does; measured 100%).
+    assert agreement(model, 100, 24, temperature=0.8) >= 0.98
+
+
+def test_graph_draws_lstmgen_rng_numbers():
+    # temperature 1, no filter, a constant model would make the graph's choice a pure function of u;
+    # instead check the graph's first token against the engine's sampler fed with rng's uniforms.
+    gen = Generator.load("names", device="cpu")
+    g = GraphGenerator.load("names")
+    params = gen.sampling(temperature=1.0)
+    tokens, _ = g.run_ids([], 64, 1, 99, params, [])
+    logits, _ = gen.backend.prefill(np.asarray([gen.manifest.start_ids], np.int64))
+    u = rng.uniforms(rng.row_keys(99, range(64)), 0)
+    cdf = np.cumsum(np.exp((logits[0] - logits[0].max()).astype(np.float64)))
+    expected = np.searchsorted(cdf, u * cdf[-1], side="right")
+    assert np.array_equal(np.where(tokens[:, 0] >= 0, tokens[:, 0], gen.tokenizer.eos_id), expected)
+
+
+def test_rows_are_the_same_alone_or_batched_and_stop_at_eos():
+    g = GraphGenerator.load("names")
+    params = g.generator.sampling()
+    batch, lengths = g.run_ids([], 8, 28, 5, params, [])
+    for n in (1, 3):  # rows 0..n-1 of a smaller batch
+        fewer, fewer_len = g.run_ids([], n, 28, 5, params, [])
+        assert np.array_equal(batch[:n], fewer) and np.array_equal(lengths[:n], fewer_len)
+    for row, n in zip(batch, lengths):
+        assert (row[:n] > 0).all() and (row[n:] == -1).all()  # <eos> (id 0) ends a row and is not written
+
+
+@pytest.mark.parametrize("model", ["names", "moe-int8", "shakespeare-int8"])
+def test_shipped_artifacts_list_their_graph_and_what_it_omits(model):
+    m = Generator.load(model).manifest
+    folder = Generator.load(model).folder
+    assert m.generate_sha256 == sha256_file(folder / GENERATE_FILE)
+    assert m.generate_web_sha256 == sha256_file(folder / GENERATE_WEB_FILE)
+    assert set(m.generate_omits) == {"repetition_penalty", "min_p", "stop_strings", "logit_bias"}
+
+
+def old_artifact(tmp_path):
+    """names as exported before generate.onnx existed: no file, no manifest fields."""
+    folder = tmp_path / "names"
+    shutil.copytree(EXPORTED / "names", folder)
+    (folder / GENERATE_FILE).unlink()
+    (folder / GENERATE_WEB_FILE).unlink()
+    d = json.loads((folder / MANIFEST_FILE).read_text())
+    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(d))
+    return folder
+
+
+def test_old_artifact_still_generates_and_add_graph_upgrades_it(tmp_path, capsys):
+    folder = old_artifact(tmp_path)
+    model_sha = sha256_file(folder / "model.onnx")
+    assert len(Generator.load(folder).generate(3, seed=1)) == 3
+    with pytest.raises(LstmgenError, match="has no generate.onnx.*lstmgen add-graph"):
+        GraphGenerator.load(folder)
+    assert main(["add-graph", str(folder)]) == 0
+    assert sha256_file(folder / "model.onnx") == model_sha
+    assert read_manifest(folder).generate_sha256 == sha256_file(folder / GENERATE_FILE)
+    assert GraphGenerator.load(folder).generate(5, seed=3) == Generator.load(folder).generate(5, seed=3)
+    assert not list(folder.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("graph_file", [GENERATE_FILE, GENERATE_WEB_FILE])
+def test_a_graph_that_does_not_match_its_hash_is_refused(tmp_path, capsys, graph_file):
+    folder = tmp_path / "names"
+    shutil.copytree(EXPORTED / "names", folder)
+    with open(folder / graph_file, "ab") as f:
+        f.write(b"\0")
+    assert main(["generate", str(folder), "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert graph_file in err and "sha256" in err and "add-graph" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompt="Ab#"), "characters the model's vocabulary lacks"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_p=1.5), "top-p"),
+    (dict(top_k=-3), "top-k"),
+    (dict(num=0), "num"),
+    (dict(max_tokens=0), "max-tokens"),
+    (dict(min_p=0.1), "does not apply min_p"),
+    (dict(repetition_penalty=1.3), "does not apply repetition_penalty"),
+    (dict(stop=["a"]), "does not apply stop strings"),
+])
+def test_bad_input_gets_one_clear_line(kwargs, message):
+    with pytest.raises(LstmgenError, match=message) as e:
+        GraphGenerator.load("names").generate(**{"num": 2, **kwargs})
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["names", "moe-int8"])
+def test_plain_onnxruntime_runs_both_layouts_with_no_lstmgen_code(model):
+    # generate-web.onnx (the layout ONNX Runtime Web loads) is the same computation as generate.onnx.
+    feeds = {"prompt_ids": np.array([1], np.int64), "num": np.array(16, np.int64), "max_tokens": np.array(12, np.int64),
+             "seed": np.array(2**40 + 3, np.int64), "temperature": np.array(0.7), "top_k": np.array(0, np.int64),
+             "top_p": np.array(1.0), "banned_ids": np.zeros(0, np.int64)}
+    outputs = [ort.InferenceSession(str(EXPORTED / model / name), providers=["CPUExecutionProvider"]).run(None, feeds)
+               for name in (GENERATE_FILE, GENERATE_WEB_FILE)]
+    (tokens, lengths), (web_tokens, web_lengths) = outputs
+    assert tokens.shape == (16, 12) and lengths.shape == (16,) and (lengths >= 1).all()
+    assert np.array_equal(tokens, web_tokens) and np.array_equal(lengths, web_lengths)
+
+
+@pytest.mark.parametrize("name", ["names", "shakespeare", "moe"])
+def test_export_writes_a_generation_graph_that_agrees(artifacts, name):
+    # `artifacts` are freshly exported tiny models where torch is present (else the shipped ones).
+    folder = artifacts[name]
+    m = read_manifest(folder)
+    assert m.generate_sha256 == sha256_file(folder / GENERATE_FILE)
+    python = Generator.load(folder, device="cpu").generate(40, max_tokens=24, seed=8, temperature=1.0, top_k=6)
+    assert GraphGenerator.load(folder).generate(40, max_tokens=24, seed=8, temperature=1.0, top_k=6) == python
+
+
+def test_int8_export_writes_a_generation_graph(tiny_models, tmp_path):
+    from lstmgen.trainer.export import export
+
+    run, _ = tiny_models["names"]
+    export(run, tmp_path / "int8", int8=True, allow_int8_loss=True, log=lambda s: None)
+    python = Generator.load(tmp_path / "int8", device="cpu").generate(30, seed=4, max_tokens=20)
+    assert GraphGenerator.load(tmp_path / "int8").generate(30, seed=4, max_tokens=20) == python

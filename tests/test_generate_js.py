@@ -1,0 +1,165 @@
+"""generate.onnx from JavaScript with the real runtimes: onnxruntime-node (the Node example) and
+onnxruntime-web in a real headless Chromium; both must write Python's text for the same seed.
+
+Needs `node` with `npm ci --prefix js` done, and `chromium` for the browser test; without them these
+tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+
+from lstmgen.cli import main
+from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE
+
+from .conftest import EXPORTED, REPO
+
+JS = REPO / "js"
+EXAMPLE = JS / "examples" / "generate.mjs"
+NODE = shutil.which("node")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_node = pytest.mark.skipif(not NODE or not (JS / "node_modules" / "onnxruntime-node").is_dir(),
+                                reason="needs node and js/node_modules: run `npm ci --prefix js`")
+needs_browser = pytest.mark.skipif(not CHROMIUM or not (JS / "node_modules" / "onnxruntime-web").is_dir(),
+                                   reason="needs chromium (apt install chromium) and `npm ci --prefix js`")
+BROWSER_TIMEOUT_S = 180  # an upper bound for a hung browser, not a race: the page reports when it is done
+
+
+def python_samples(capsys, model: str, *flags: str) -> list[str]:
+    capsys.readouterr()
+    assert main(["generate", model, "--json", "--allow-known", *flags]) == 0
+    return json.loads(capsys.readouterr().out)["samples"]
+
+
+def node(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([NODE, str(EXAMPLE), *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@needs_node
+@pytest.mark.parametrize("model,flags", [
+    ("names", ["--num", "10", "--seed", "7"]),
+    ("names", ["--num", "6", "--seed", "3", "--prompt", "ma", "--temperature", "1.1", "--top-k", "8"]),
+    ("moe", ["--num", "3", "--seed", "5", "--prompt", "Moe_Szyslak: Hey", "--max-tokens", "40", "--top-p", "0.9"]),
+    ("shakespeare", ["--num", "2", "--seed", "9", "--max-tokens", "80", "--temperature", "0"]),
+])
+def test_node_example_writes_lstmgen_generates_text(capsys, model, flags):
+    run = node(str(EXPORTED / model), "--json", *flags)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["samples"] == python_samples(capsys, model, *flags)
+
+
+def artifact_copy(tmp_path, model: str = "names"):
+    folder = tmp_path / model
+    shutil.copytree(EXPORTED / model, folder)
+    return folder
+
+
+def old_artifact(tmp_path):
+    folder = artifact_copy(tmp_path)
+    (folder / GENERATE_FILE).unlink()
+    (folder / GENERATE_WEB_FILE).unlink()
+    d = json.loads((folder / MANIFEST_FILE).read_text())
+    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(d))
+    return folder
+
+
+def corrupt_graph(tmp_path):
+    folder = artifact_copy(tmp_path)
+    with open(folder / GENERATE_FILE, "ab") as f:
+        f.write(b"\0")
+    return folder
+
+
+@needs_node
+@pytest.mark.parametrize("make,flags,message", [
+    (old_artifact, [], "has no generate.onnx (exported before it existed); re-export it"),
+    (corrupt_graph, [], "generate.onnx does not match the sha256 in its manifest"),
+    (artifact_copy, ["--prompt", "Zo#"], "characters the model's vocabulary lacks"),
+    (artifact_copy, ["--temperature", "-1"], "temperature must be a number >= 0"),
+    (artifact_copy, ["--top-p", "1.5"], "top-p must be in (0, 1]"),
+    (artifact_copy, ["--top-k", "0"], "top-k must be an integer >= 1"),
+    (artifact_copy, ["--num", "0"], "num must be an integer in [1, 100000]"),
+    (artifact_copy, ["--seed", "-4"], "seed must be an integer in [0, 2^63)"),
+])
+def test_node_bad_input_gets_one_line(tmp_path, make, flags, message):
+    run = node(str(make(tmp_path)), *flags)
+    assert run.returncode == 2
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files from the repository, and POST /report where the page sends its result."""
+
+    def __init__(self, *args, reports: list, done: threading.Event, **kw):
+        self.reports, self.done = reports, done
+        super().__init__(*args, directory=str(REPO), **kw)
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.reports.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+        self.done.set()
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_browser
+@pytest.mark.parametrize("model,settings", [
+    ("names", {"num": 10, "seed": 7}),
+    ("names", {"num": 5, "seed": 2, "prompt": "ka", "top-k": 5}),
+    ("moe", {"num": 3, "seed": 5, "prompt": "Moe_Szyslak: Hey", "max-tokens": 30, "top-p": 0.9}),
+])
+def test_browser_page_generates_pythons_text(tmp_path, capsys, model, settings):
+    reports, done = [], threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, reports=reports, done=done))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    query = urlencode({"model": f"{base}/exported/{model}", **settings, "run": 1, "report": f"{base}/report"})
+    browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                f"--user-data-dir={tmp_path / 'profile'}", f"{base}/js/web/index.html?{query}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert done.wait(BROWSER_TIMEOUT_S), "the page never reported a result"
+    finally:
+        browser.kill()
+        browser.wait()
+        server.shutdown()
+        server.server_close()
+    python = python_samples(capsys, model, *[x for k, v in settings.items() for x in (f"--{k}", str(v))])
+    assert reports[0] == {"samples": python}
+
+
+@needs_node
+def test_js_tokenizer_encodes_and_decodes_as_python():
+    from lstmgen.tokenizer import Tokenizer
+
+    manifest = json.loads((EXPORTED / "moe" / MANIFEST_FILE).read_text())
+    tok = Tokenizer.from_dict(manifest["tokenizer"])
+    rng = np.random.default_rng(0)
+    marks = [tok.index[t] for t in ('.', ',', '!', '?', ';', '"', '(', ')', '--', '-', '\n') if t in tok.index]
+    sequences = [[int(rng.choice(marks)) if rng.random() < 0.4 else int(rng.integers(tok.vocab_size)) for _ in range(30)]
+                 for _ in range(200)]
+    texts = ['Moe_Szyslak: (QUIETLY) Hey -- "you" ... Homer?!', "well-well-- a-b (c) d;e\r\nf", "Ünïcode Straße 42"]
+    script = ("import { Tokenizer } from './js/lstmgen.mjs';"
+              "const { spec, sequences, texts } = JSON.parse(require('fs').readFileSync(0, 'utf-8'));"
+              "const t = new Tokenizer(spec);"
+              "console.log(JSON.stringify({ decoded: sequences.map((s) => t.decode(s)), encoded: texts.map((x) => t.encode(x)) }));")
+    run = subprocess.run([NODE, "--input-type=module", "-e", script.replace("require('fs')", "(await import('node:fs'))")],
+                         input=json.dumps({"spec": manifest["tokenizer"], "sequences": sequences, "texts": texts}),
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    js = json.loads(run.stdout)
+    assert js["decoded"] == [tok.decode(s) for s in sequences]
+    assert js["encoded"] == [tok.encode(x) for x in texts]
