@@ -48,8 +48,11 @@ class GraphGenerator:
     def generate(self, num: int = 1, prompt: str | None = None, *, max_tokens: int | None = None,
                  seed: int | None = None, allow_unk: bool = False, **sampling) -> list[str]:
         """Like Generator.generate (same seed, same text) for the settings the graph applies."""
-        r = self.generator.request(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, allow_unk=allow_unk,
-                                   **sampling)
+        [job] = self.generator.jobs(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, allow_unk=allow_unk,
+                                    **sampling)  # the engine's own checks and defaults
+        r = job.request
+        if r.bias:
+            raise LstmgenError(f"{GENERATE_FILE} does not apply a logit bias; generate with the Python engine")
         if r.stop:
             raise LstmgenError(f"{GENERATE_FILE} does not apply stop strings; cut the texts afterwards or use the Python engine")
         tokens, lengths = self.run_ids(r.prompt_ids, r.num, r.max_tokens, r.seed, r.params, r.banned)

@@ -33,6 +33,8 @@ def test_summed_logprobs_equal_the_score_of_the_text(gens, name, prompt):
     for s in samples:
         if g.records and s.logprobs[-1].token != "<eos>":
             continue  # cut by max_tokens: score would add the end marker that was never written
+        if g.records and not s.text:
+            continue  # an empty record (end marker first): a text to score cannot hold one
         ids = g.tokenizer.encode(_scored_text(g, s.text))
         skip = 0 if g.records else 1  # running text: the first (start) token is never predicted
         assert [t.id for t in s.logprobs if t.token != "<eos>"] == ids[skip:]

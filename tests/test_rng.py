@@ -17,16 +17,24 @@ def fmix32_int(x: int) -> int:
 
 
 def uniform_int(seed: int, row: int, step: int) -> float:
-    key = fmix32_int(fmix32_int(fmix32_int((seed & MASK) ^ 0x9E3779B9) ^ (seed >> 32)) ^ row)
+    seed_key = fmix32_int(fmix32_int((seed & MASK) ^ 0x9E3779B9) ^ (seed >> 32))
+    key = fmix32_int(((seed_key + (row >> 32) * 0x9E3779B1) & MASK) ^ (row & MASK))
     return fmix32_int(key ^ step) / 2**32
 
 
 def test_vectorised_hash_equals_plain_integer_arithmetic():
     for seed in (0, 1, 7, 2**32 - 1, 2**32, 2**62 + 12345):
-        keys = rng.row_keys(seed, [0, 1, 5, 1000])
+        rows = [0, 1, 5, 1000, 2**32, 2**32 + 5, 7 * 2**32 + 1]  # high words: the rows of later prompts
+        keys = rng.row_keys(seed, rows)
         for step in (0, 1, 255, 99_999):
             got = rng.uniforms(keys, step)
-            assert got.tolist() == [uniform_int(seed, r, step) for r in (0, 1, 5, 1000)]
+            assert got.tolist() == [uniform_int(seed, r, step) for r in rows]
+
+
+def test_rows_of_different_prompts_never_share_a_key():
+    """Prompt i of a several-prompt request uses rows i * 2**32 + j: no two of them may collide."""
+    rows = [i * 2**32 + j for i in range(64) for j in range(256)]
+    assert len(set(rng.row_keys(12345, rows).tolist())) == len(rows)
 
 
 def test_uniforms_are_in_range_and_look_uniform():
