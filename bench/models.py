@@ -54,7 +54,7 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
     """A loadable artifact over synthetic tokens (one per id) for the engine rows."""
     import onnx
 
-    from lstmgen.graph import build_step_graph
+    from lstmgen.trainer.graph import build_step_graph
 
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / ("fp32.onnx" if int8 else MODEL_FILE)

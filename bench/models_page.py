@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from lstmgen import Generator
-from lstmgen.corpus import read_text, split_text
+from lstmgen.corpus import read_text
+from lstmgen.trainer.splits import split_text
 from lstmgen.generator import shipped_models
 
 SAMPLES = {  # model -> (generate kwargs, how many)
@@ -29,6 +30,16 @@ QUALITY = {
     "shakespeare": "target <= 1.50 nats/char",
     "moe": "perplexity reported (no target)",
 }
+
+
+def training_steps(t: dict) -> str:
+    """Which checkpoint was exported, at which step, of how many the run took (when the manifest says).
+
+    The exported checkpoint is usually best.pt, from before the run's end: its step is not the
+    length of the learning curve, so the page names both."""
+    which = t.get("checkpoint", "best.pt")
+    of = f" of the run's {t['run_steps']}" if t.get("run_steps") else " (the run's total is not recorded in this artifact)"
+    return f"{which} exported at step {t.get('steps')}{of}"
 
 
 def _machine(bench: dict | None) -> str:
@@ -81,8 +92,8 @@ def build(root: Path, bench: dict | None) -> str:
                 f"- Model: {g.tokenizer.level} level, vocabulary {m.dims.vocab_size}, embedding {m.dims.embed_dim},"
                 f" LSTM {m.dims.num_layers} x {m.dims.hidden_size}, dropout {cfg.get('model', {}).get('dropout')},"
                 f" weight drop {cfg.get('model', {}).get('weight_drop', 0.0)}.",
-                f"- Training: {t.get('steps')} steps, {t.get('train_seconds')} s on {t.get('machine')}, seed {t.get('seed')};"
-                f" best checkpoint validation {t.get('val_nats_per_token'):.4f} nats/token.",
+                f"- Training: {training_steps(t)}, {t.get('train_seconds')} s on {t.get('machine')}, seed {t.get('seed')};"
+                f" exported checkpoint validation {t.get('val_nats_per_token'):.4f} nats/token.",
                 f"- Export: parity with PyTorch max |diff| {m.export.get('parity_max_abs_diff'):.1e}."]
         twin = Path(str(g.folder) + "-int8")
         if twin.is_dir():

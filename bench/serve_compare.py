@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmgen import Generator
-from lstmgen.machine import describe
+from lstmgen.trainer.machine import describe
 
 SERVERS = {"old": [sys.executable, "-m", "lstmgen.bench.old_server"],
            "new": [sys.executable, "-m", "lstmgen", "serve", "--max-connections", "8192", "--max-requests", "1024"]}

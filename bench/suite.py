@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmgen.graph import step_flops
-from lstmgen.machine import cpu_name
+from lstmgen.trainer.graph import step_flops
+from lstmgen.trainer.machine import cpu_name
 
 from .models import ModelSpec, random_weights
 

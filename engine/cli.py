@@ -381,7 +381,7 @@ def cmd_add_graph(args) -> int:
         import onnx  # noqa: F401
     except ModuleNotFoundError:
         raise LstmgenError("`lstmgen add-graph` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
-    from .generation_graph import add_generation_graph
+    from .trainer.generation_graph import add_generation_graph
 
     for name in args.models:
         folder = resolve_model(name)

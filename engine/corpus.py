@@ -1,6 +1,7 @@
 """Reading corpora from disk with clear errors: running text, or records (one item a line, TXT or CSV).
 
 Shared by the trainer (training data) and the engine (`lstmgen score`), so both read a file the same way.
+Which part of a corpus is validation is the trainer's policy: lstmgen.trainer.splits.
 """
 
 from __future__ import annotations
@@ -8,12 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-import random
 
 from .errors import LstmgenError
 
-VALIDATION_FRACTION = 0.1  # fixed by ../shared/data/SOURCES.md so that figures are comparable
-RECORD_SPLIT_SEED = 1234  # the seeded 10% of records held out; one value so every run splits alike
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -71,18 +69,3 @@ def read_records(path: str | os.PathLike, *, column: int | str = 0) -> list[str]
     """Records from a TXT (one a line) or CSV file (one column, by index or header name)."""
     path = os.fspath(path)
     return parse_records(read_text(path), csv_format=path.lower().endswith(".csv"), column=column, source=path)
-
-
-def split_text(text: str) -> tuple[str, str]:
-    """Running text: the last 10% by characters is validation."""
-    cut = int(len(text) * (1 - VALIDATION_FRACTION))
-    return text[:cut], text[cut:]
-
-
-def split_records(records: list[str]) -> tuple[list[str], list[str]]:
-    """Records: a seeded random 10% of them is validation (at least one), in their original order."""
-    n_val = max(1, int(round(len(records) * VALIDATION_FRACTION)))
-    picked = set(random.Random(RECORD_SPLIT_SEED).sample(range(len(records)), n_val))
-    train = [r for i, r in enumerate(records) if i not in picked]
-    val = [r for i, r in enumerate(records) if i in picked]
-    return train, val

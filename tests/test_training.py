@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lstmgen.errors import LstmgenError
-from lstmgen.machine import cpu_name
+from lstmgen.trainer.machine import cpu_name
 
 from .conftest import needs_torch, tiny_config
 

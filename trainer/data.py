@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstmgen.corpus import parse_records, read_text, split_records, split_text
+from lstmgen.corpus import parse_records, read_text
+
+from .splits import split_records, split_text
 from lstmgen.errors import LstmgenError
 from lstmgen.tokenizer import Tokenizer
 

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lstmgen import faults, machine
+from lstmgen import faults
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import record_hashes
 from lstmgen.scoring import Score, stream_segments
 from lstmgen.tokenizer import Tokenizer
 
-from . import checkpoint
+from . import checkpoint, machine
 from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
 from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records, prepare
