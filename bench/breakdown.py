@@ -13,7 +13,7 @@
 - the floors of bench/ceilings.py, measured in this run.
 
 Candidates run interleaved, round after round, so a busy machine slows them alike; each figure is
-the median over rounds, with the best round beside it. Writes breakdown-<model>.json and .txt.
+the best round (other processes only ever add time), with the median over rounds beside it. Writes breakdown-<model>.json and .txt.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from . import ceilings
 from .models import SPECS, ModelSpec, random_weights, write_artifact
 
 PROBE_BATCHES = [1, 8, 64, 256]
+# Pause before each timed block: the previous session's intra-op threads spin for a while after its
+# last run, and on a 2-core machine they would steal the next block's cores.
+SETTLE_S = 0.05
 
 
 # -- sessions and their ping-pong bindings --------------------------------------------------------
@@ -152,29 +155,29 @@ def interleaved(fns: dict, tokens: int, rounds: int) -> dict:
     runs = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(SETTLE_S)
             runs[name].append(per_token(fn, tokens) * 1e6)
     return {name: {"median_us": statistics.median(r), "best_us": min(r), "runs_us": r} for name, r in runs.items()}
 
 
-def loop_fns(folder: Path, threads: int) -> dict:
-    """The engine's own path at batch 1: decode loop, backend step, sampler (public API only)."""
-    from lstmgen.generator import Generator, decode_loop
+def loop_fns(gen, batch: int, spec: ModelSpec) -> dict:
+    """The engine's own path at `batch`: decode loop, backend step, ORT run, sampler (public API only)."""
+    from lstmgen.generator import decode_loop
     from lstmgen.sampling import RowSampler, SamplingParams
 
-    gen = Generator.load(folder, device="cpu", threads=threads)
-    params = SamplingParams(temperature=0.8, top_k=min(40, gen.manifest.dims.vocab_size))
+    params = SamplingParams(temperature=0.8, top_k=min(40, spec.vocab))
     start = list(gen.manifest.start_ids)
     backend = gen.backend
     logits, state = backend.prefill(np.asarray([start], np.int64))
-    held = {"state": state}
-    tok = np.zeros(1, np.int64)
+    held = {"state": backend.expand(state, batch)}
+    tokens = np.zeros(batch, np.int64)
 
     def step():
-        _, held["state"] = backend.step(tok, held["state"])
+        _, held["state"] = backend.step(tokens, held["state"])
 
-    sampler = RowSampler(params, 1234, range(1), start)
-    active = np.arange(1)
-    saved = logits.copy()
+    sampler = RowSampler(params, 1234, range(batch), start)
+    active = np.arange(batch)
+    saved = np.repeat(logits, batch, axis=0)
 
     def sample():
         sampler.sample(saved.copy(), active)
@@ -189,13 +192,32 @@ def loop_fns(folder: Path, threads: int) -> dict:
             try:
                 next(self.it)
             except (StopIteration, TypeError):
-                self.it = decode_loop(backend, start, range(1), 10_000, params, 1234, None)
+                self.it = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
                 next(self.it)
 
-    return {"decode loop": Loop(), "backend step": step, "sampler (+ logits copy)": sample, "logits copy": copy_only}
+    return {"decode loop": Loop(), "backend step": step, "ORT run (IOBinding)": bound_step(backend.session, batch, spec),
+            "sampler (+ logits copy)": sample, "logits copy": copy_only}
+
+
+def empty_run(threads: int):
+    """One IOBinding run of a one-node graph (Identity of a float): what any ONNX Runtime call costs."""
+    from onnx import TensorProto, helper
+
+    sess = ceilings.ort_session([helper.make_node("Identity", ["x"], ["y"])],
+                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [], threads)
+    x, y = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    b = sess.io_binding()
+    b.bind_cpu_input("x", x)
+    b.bind_output("y", "cpu", 0, np.float32, [1], y.ctypes.data)
+    run = lambda: sess.run_with_iobinding(b)  # noqa: E731
+    run.buffers = (x, y)
+    return run
 
 
 def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: Path, log) -> dict:
+    from lstmgen.generator import Generator
+
     sd = random_weights(spec)
     out = {"model": asdict(spec), "threads": threads, "tokens_per_round": tokens, "rounds": rounds}
     floors = ceilings.floor_probes(asdict(spec), threads)
@@ -205,9 +227,11 @@ def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: 
         art = write_artifact(tmp / f"{spec.name}-{precision}", spec, sd, int8=precision == "int8")
         scratch = save_graph(per_layer_state_graph(sd, spec.layers), tmp / f"per-layer-{precision}.onnx", precision == "int8")
         shipped = art / "model.onnx"
-        fns = loop_fns(art, threads)
-        fns["ORT run (IOBinding), engine options"] = bound_step(session(shipped, threads), 1, spec)
-        out[precision] = {"parts": interleaved(fns, tokens, rounds)}
+        gen = Generator.load(art, device="cpu", threads=threads)
+        out[precision] = {"parts": interleaved({**loop_fns(gen, 1, spec), "ORT run of a one-node graph": empty_run(threads)},
+                                               tokens, rounds)}
+        out[precision]["parts_by_batch"] = {str(b): interleaved(loop_fns(gen, b, spec), max(4, tokens // b), rounds)
+                                            for b in PROBE_BATCHES[1:]}
         cands = {f"engine options ({threads} threads)": session(shipped, threads),
                  "1 intra-op thread": session(shipped, 1),
                  "no spinning": session(shipped, threads, spinning=False),
@@ -235,27 +259,36 @@ def report(result: dict) -> str:
     lines = []
     for m in result["models"]:
         name, floor = m["model"]["name"], m["floor_us"]
-        lines.append(f"== {name} ({m['threads']} threads; median of {m['rounds']} rounds of {m['tokens_per_round']} tokens,"
-                     " best round in brackets)")
+        lines += [f"== {name} ({m['threads']} threads): best of {m['rounds']} interleaved rounds, median in brackets;"
+                  " per token at batch 1, per step at larger batches"]
         for precision in ("fp32", "int8"):
-            p = m[precision]["parts"]
-            med = lambda k: p[k]["median_us"]  # noqa: E731
-            derived = {"binding bookkeeping (step - ORT run)": med("backend step") - med("ORT run (IOBinding), engine options"),
-                       "Python loop (loop - step - sampler)": med("decode loop") - med("backend step")
-                       - (med("sampler (+ logits copy)") - med("logits copy"))}
-            lines.append(f"-- {precision}: floor {floor[precision]:.1f} us/token")
-            for k, v in p.items():
-                lines.append(f"   {k:42s} {v['median_us']:8.1f} us [{v['best_us']:7.1f}]  {v['median_us'] / floor[precision]:5.2f}x floor")
-            for k, v in derived.items():
-                lines.append(f"   {k:42s} {v:8.1f} us")
-            lines.append("   candidates, ORT run alone at batch 1:")
-            for k, v in m[precision]["candidates"].items():
-                lines.append(f"   {k:42s} {v['median_us']:8.1f} us [{v['best_us']:7.1f}]  {v['median_us'] / floor[precision]:5.2f}x floor")
+            f = floor[precision]
+            lines.append(f"-- {precision}: floor {f:.1f} us (one batch-1 pass over the {precision} weights)")
+            lines += section("parts at batch 1", m[precision]["parts"], f) + derived(m[precision]["parts"])
+            for batch, parts in m[precision]["parts_by_batch"].items():
+                lines += section(f"parts at batch {batch}", parts, None) + derived(parts)
+            lines += section("candidates: the ORT run alone at batch 1", m[precision]["candidates"], f)
             lines.append("   threads by batch size, ORT run per step:")
             for batch, v in m[precision]["threads_by_batch"].items():
-                cells = "  ".join(f"{k}: {x['median_us']:9.1f} us [{x['best_us']:9.1f}]" for k, x in v.items())
-                lines.append(f"   batch {batch:>4s}  {cells}")
+                cells = "  ".join(f"{k}: {x['best_us']:9.1f} us [{x['median_us']:9.1f}]" for k, x in v.items())
+                lines.append(f"     batch {batch:>4s}  {cells}")
     return "\n".join(lines)
+
+
+def section(title: str, figures: dict, floor: float | None) -> list[str]:
+    lines = [f"   {title}:"]
+    for k, v in figures.items():
+        ratio = f"  {v['best_us'] / floor:5.2f}x floor" if floor else ""
+        lines.append(f"     {k:40s} {v['best_us']:9.1f} us [{v['median_us']:9.1f}]{ratio}")
+    return lines
+
+
+def derived(parts: dict) -> list[str]:
+    """What the parts imply, from the best rounds: the binding bookkeeping and the Python loop."""
+    best = lambda k: parts[k]["best_us"]  # noqa: E731
+    sampler = best("sampler (+ logits copy)") - best("logits copy")
+    return [f"     {'= binding bookkeeping (step - ORT run)':40s} {best('backend step') - best('ORT run (IOBinding)'):9.1f} us",
+            f"     {'= Python loop (loop - step - sampler)':40s} {best('decode loop') - best('backend step') - sampler:9.1f} us"]
 
 
 def main(argv: list[str]) -> int:

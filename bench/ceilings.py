@@ -64,7 +64,7 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _ort_session(nodes, inputs, outputs, inits, threads: int):
+def ort_session(nodes, inputs, outputs, inits, threads: int):
     import onnxruntime as ort
     from onnx import helper
 
@@ -97,7 +97,7 @@ def _matmul_session(mats: list[np.ndarray], batch: int, int8: bool, threads: int
             inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [batch, k]))
             outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [batch, n]))
             feeds[f"x{i}"] = np.ones((batch, k), np.float32)
-    sess = _ort_session(nodes, inputs, outputs, inits, threads)
+    sess = ort_session(nodes, inputs, outputs, inits, threads)
     return lambda: sess.run(None, feeds)
 
 
