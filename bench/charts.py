@@ -99,6 +99,8 @@ def ratio_panel(ax, rows: list[dict]) -> None:
                 ax.annotate(f"{x:.2f}", (b, x), textcoords="offset points", xytext=(6, 2), fontsize=7, color=colour)
             drawn = True
     ax.axhline(1.0, color="#ff7f0e", lw=1, ls="--", label="best PyTorch (x 1)")
+    ax.set_yscale("log")  # 0.9x and 18x both readable
+    ax.yaxis.set_major_formatter("{x:g}")
     if not drawn:
         ax.text(0.5, 0.5, "no PyTorch tuned rows to compare with", ha="center", va="center", transform=ax.transAxes,
                 fontsize=8)

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", metavar="PATH", help="write the PNG chart here (default: beside --json, else"
                    f" ./{DEFAULT_CHART})")
     p.add_argument("--no-chart", action="store_true", help="write no chart (default: off)")
-    p.add_argument("--model", help="bench this artifact folder instead of the standard random-weight models")
+    p.add_argument("--model", help="bench this artifact folder instead of the standard random-weight models"
+                   " (default: the standard models)")
     p.add_argument("--models", default=",".join(SPECS), help="standard models to run (default: %(default)s)")
     p.add_argument("--batch-sizes", help="comma-separated (default 1,8,64,256; quick 1,64)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="default: %(default)s")
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    " on a machine without CUDA the cuda rows say so and are skipped (default: %(default)s)")
     p.add_argument("--steps", type=int, help="tokens per row per timed run (default 64; quick 32)")
     p.add_argument("--repeats", type=int, help="timed runs per row; the median is reported (default 5; quick 3)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for PyTorch and the engine (default: %(default)s, this machine's cores)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for PyTorch and the engine (default: %(default)s, this machine's cores)")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the tuned PyTorch row (default: off)")
     p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
     return p
