@@ -11,6 +11,7 @@ inside the timed loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -91,21 +92,26 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
         logits, state = model(tokens[:, None], state)
         return logits[:, -1], state
 
-    variants = {DEFAULT_VARIANT: (default_step, torch.no_grad, None)}
+    threads = job["threads"]
+    fused = _fused_step(model)
+    variants = {DEFAULT_VARIANT: (default_step, torch.no_grad, None, threads)}
     if tuned:  # the default variant stays a candidate: tuned is the best of them all
-        variants |= {"nn.LSTM, oneDNN off": (default_step, torch.inference_mode, False),
-                     "fused cell loop": (_fused_step(model), torch.inference_mode, None)}
+        variants |= {"nn.LSTM, oneDNN off": (default_step, torch.inference_mode, False, threads),
+                     "fused cell loop": (fused, torch.inference_mode, None, threads)}
+        if threads > 1:  # small batches can run faster on one thread than on a pool
+            variants["fused cell loop, 1 thread"] = (fused, torch.inference_mode, None, 1)
         if job.get("compile"):
             variants["fused cell loop, torch.compile"] = (torch.compile(_fused_step(model), dynamic=False),
-                                                          torch.inference_mode, None)
+                                                          torch.inference_mode, None, threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for B in job["batch_sizes"]:
         measured = []
-        for name, (step, ctx, mkldnn) in variants.items():
-            def run_once(warmup: bool, B=B, step=step, ctx=ctx, mkldnn=mkldnn):
+        for name, (step, ctx, mkldnn, n_threads) in variants.items():
+            def run_once(warmup: bool, B=B, step=step, ctx=ctx, mkldnn=mkldnn, n_threads=n_threads):
                 n = 4 if warmup else job["steps"]
-                flags = torch.backends.mkldnn.flags(enabled=mkldnn) if mkldnn is not None else _null()
+                flags = torch.backends.mkldnn.flags(enabled=mkldnn) if mkldnn is not None else contextlib.nullcontext()
+                torch.set_num_threads(n_threads)
                 with ctx(), flags:
                     torch.manual_seed(0)
                     state = model.zero_state(B, device)
@@ -125,14 +131,6 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
             measured.append({"variant": name, **_timed(run_once, job["repeats"])})
         rows.append({"batch_size": B, "variants": measured})
     return rows
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fused_step(model):
