@@ -140,24 +140,27 @@ def save_graph(model, path: Path, int8: bool) -> Path:
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def per_token(fn, tokens: int) -> float:
-    """Seconds per call of fn over `tokens` calls."""
-    t0 = time.perf_counter()
+def per_token(fn, tokens: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds per call of fn over `tokens` calls."""
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(tokens):
         fn()
-    return (time.perf_counter() - t0) / tokens
+    return (time.perf_counter() - w0) / tokens, (time.process_time() - c0) / tokens
 
 
 def interleaved(fns: dict, tokens: int, rounds: int) -> dict:
-    """Per-token microseconds of each fn: median and best over rounds, all fns timed in every round."""
+    """Per-token microseconds of each fn, all fns timed in every round: wall time (best round, median, every
+    round) and process CPU time (best round; with one thread it barely moves on a busy machine)."""
     for fn in fns.values():
         per_token(fn, 10)  # warm-up: first runs allocate
     runs = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(SETTLE_S)
-            runs[name].append(per_token(fn, tokens) * 1e6)
-    return {name: {"median_us": statistics.median(r), "best_us": min(r), "runs_us": r} for name, r in runs.items()}
+            runs[name].append(per_token(fn, tokens))
+    return {name: {"best_us": min(w for w, _ in r) * 1e6, "median_us": statistics.median(w for w, _ in r) * 1e6,
+                   "runs_us": [w * 1e6 for w, _ in r], "cpu_best_us": min(c for _, c in r) * 1e6}
+            for name, r in runs.items()}
 
 
 def loop_fns(gen, batch: int, spec: ModelSpec) -> dict:
@@ -259,8 +262,8 @@ def report(result: dict) -> str:
     lines = []
     for m in result["models"]:
         name, floor = m["model"]["name"], m["floor_us"]
-        lines += [f"== {name} ({m['threads']} threads): best of {m['rounds']} interleaved rounds, median in brackets;"
-                  " per token at batch 1, per step at larger batches"]
+        lines += [f"== {name} ({m['threads']} threads): best of {m['rounds']} interleaved rounds, median in brackets,"
+                  " then the best round's process CPU time; per token at batch 1, per step at larger batches"]
         for precision in ("fp32", "int8"):
             f = floor[precision]
             lines.append(f"-- {precision}: floor {f:.1f} us (one batch-1 pass over the {precision} weights)")
@@ -279,7 +282,7 @@ def section(title: str, figures: dict, floor: float | None) -> list[str]:
     lines = [f"   {title}:"]
     for k, v in figures.items():
         ratio = f"  {v['best_us'] / floor:5.2f}x floor" if floor else ""
-        lines.append(f"     {k:40s} {v['best_us']:9.1f} us [{v['median_us']:9.1f}]{ratio}")
+        lines.append(f"     {k:40s} {v['best_us']:9.1f} us [{v['median_us']:9.1f}] cpu {v['cpu_best_us']:9.1f}{ratio}")
     return lines
 
 

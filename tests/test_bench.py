@@ -147,3 +147,26 @@ def test_cuda_rows_without_a_gpu_are_skipped_with_the_reason(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(r["tokens_per_s"] is None and "CUDA provider" in r["skipped"] for r in rows)
     assert "skipped: onnxruntime has no CUDA provider" in capsys.readouterr().out
+
+
+def test_breakdown_per_layer_state_graph_computes_what_the_shipped_graph_computes(tmp_path):
+    # The breakdown's scratch graph shape is only a fair candidate if it does the same step.
+    import onnxruntime as ort
+
+    from lstmgen.bench.breakdown import per_layer_state_graph, save_graph
+    from lstmgen.bench.models import ModelSpec, random_weights, write_artifact
+
+    spec = ModelSpec("tiny", 11, 6, 8, 2)
+    sd = random_weights(spec, seed=3)
+    shipped = ort.InferenceSession(str(write_artifact(tmp_path / "a", spec, sd) / "model.onnx"))
+    scratch = ort.InferenceSession(str(save_graph(per_layer_state_graph(sd, spec.layers), tmp_path / "s.onnx", False)))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, spec.vocab, (3, 1))
+    h, c = rng.standard_normal((2, spec.layers, 3, spec.hidden)).astype(np.float32)
+    logits, h1, c1 = shipped.run(["logits", "h1", "c1"], {"tokens": tokens, "h0": h, "c0": c})
+    feeds = {"tokens": tokens} | {f"{k}0_{i}": s[i:i + 1] for k, s in (("h", h), ("c", c)) for i in range(spec.layers)}
+    out = dict(zip([o.name for o in scratch.get_outputs()], scratch.run(None, feeds)))
+    np.testing.assert_allclose(out["logits"], logits[:, 0], rtol=1e-5, atol=1e-6)
+    for i in range(spec.layers):
+        np.testing.assert_allclose(out[f"h1_{i}"][0], h1[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[f"c1_{i}"][0], c1[i], rtol=1e-5, atol=1e-6)
