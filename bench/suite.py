@@ -209,7 +209,7 @@ def table(result: dict) -> str:
             f" {'x default':>9s} {'x tuned':>8s} {'TTFT ms':>8s} {'Gop/s':>7s} {'%ceil':>6s} {'step/floor':>10s}"
             f" {'RSS MB':>7s}  variant")
     lines = [head, "-" * len(head)]
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    fmt = lambda v, width, f: f"{'-':>{width}}" if v is None else format(v, f"{width}{f}")  # noqa: E731
     for r in result["rows"]:
         if r.get("tokens_per_s") is None:
             lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} skipped: {r.get('skipped')}")
@@ -217,7 +217,7 @@ def table(result: dict) -> str:
         mark = "!" if r["noisy"] else " "
         lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} {r['tokens_per_s']:>10,.0f}"
                      f" {r['tokens_per_s_min']:>9,.0f} {r['tokens_per_s_max']:>9,.0f} {100 * r['spread']:>5.0f}%{mark}"
-                     f" {fmt(r['ratio_vs_torch_default'], '9.1f')} {fmt(r['ratio_vs_torch_tuned'], '8.2f')}"
+                     f" {fmt(r['ratio_vs_torch_default'], 9, '.1f')} {fmt(r['ratio_vs_torch_tuned'], 8, '.2f')}"
                      f" {r['ttft_ms']:>8.2f} {r['gops_per_s']:>7.1f} {r['pct_of_ceiling']:>5.1f}{'^' if r['above_ceiling'] else ' '}"
                      f" {r['step_over_floor']:>10.2f} {r['peak_rss_mb']:>7.0f}  {r['variant']}")
     return "\n".join(lines + notes(result))
