@@ -149,6 +149,8 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
             rows += backend_rows(spec, backend, batch_sizes=batch_sizes, steps=steps, repeats=repeats, device=device,
                                  threads=threads, compile_torch=compile_torch, artifact=artifact,
                                  has_torch=has_torch, log=log)
+    limits = ceiling_probe.best_of(limits, ceiling_probe.measure([asdict(s) for s in models], threads))
+    log_limits(limits, models, log, "after the rows, best of both probes")
     add_default_to_tuned(rows)
     specs = {s.name: s for s in models}
     for r in rows:
@@ -163,10 +165,10 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
             "ceilings": limits, "rows": rows}
 
 
-def log_limits(limits: dict, models: list[ModelSpec], log) -> None:
+def log_limits(limits: dict, models: list[ModelSpec], log, when: str = "before the rows") -> None:
     kernels = ", ".join(f"{b.get('internal_api')} {b.get('architecture')}" for b in limits["blas"]) or "no BLAS found"
     peaks = limits["peak_ops_per_s"]
-    log(f"ceilings: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, int8 {peaks['int8'] / 1e9:.1f} Gop/s"
+    log(f"ceilings ({when}): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, int8 {peaks['int8'] / 1e9:.1f} Gop/s"
         f" (BLAS kernel: {kernels}; removed from the probe's environment: {limits['blas_env_removed'] or 'nothing'})")
     for spec in models:
         f = limits["floor_s"][spec.name]

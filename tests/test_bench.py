@@ -170,3 +170,14 @@ def test_breakdown_per_layer_state_graph_computes_what_the_shipped_graph_compute
     for i in range(spec.layers):
         np.testing.assert_allclose(out[f"h1_{i}"][0], h1[i], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out[f"c1_{i}"][0], c1[i], rtol=1e-5, atol=1e-6)
+
+
+def test_two_ceiling_probes_combine_to_the_higher_ceilings_and_the_lower_floors():
+    def probe(fp32, int8, floor):
+        return {"blas": [], "peak_ops_per_s": {"fp32": fp32, "int8": int8}, "floor_s": {"m": {"fp32": floor, "int8": floor / 2}},
+                "peak_probes": {"fp32": {"numpy": fp32}}, "floor_probes": {"m": {}}}
+
+    both = ceilings.best_of(probe(100.0, 50.0, 2.0), probe(80.0, 70.0, 3.0))
+    assert both["peak_ops_per_s"] == {"fp32": 100.0, "int8": 70.0}
+    assert both["floor_s"] == {"m": {"fp32": 2.0, "int8": 1.0}}
+    assert [p["fp32"]["numpy"] for p in both["peak_probes"]] == [100.0, 80.0]
