@@ -9,6 +9,7 @@ ceiling large ones.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from lstmgen.graph import step_flops
@@ -42,7 +43,7 @@ def chart(result: dict, path: Path) -> bool:
     axes[0][0].set_ylabel("tokens / s (median; bars: min-max)")
     axes[1][0].set_ylabel("engine / best PyTorch (x tuned)")
     s = result["settings"]
-    left_out = "".join(f"\nleft out: {n}" for n in s.get("left_out", []))
+    left_out = "".join("\n" + textwrap.fill(f"left out: {n}", 55 * len(models)) for n in s.get("left_out", []))
     fig.suptitle(f"lstmgen bench, {s['device']}, {s['threads']} threads\n{result['machine'].get('cpu', '')}{left_out}",
                  fontsize=8)
     fig.tight_layout()

@@ -236,4 +236,6 @@ def notes(result: dict) -> list[str]:
            " ^ marks a row above its ceiling.",
            "step/floor: step time over the batch-1 pass over the weights at the row's precision (fp32 or int8)."]
     out += [f"left out: {n}" for n in s["left_out"]]
+    gpu = result["machine"].get("gpu")
+    out.append(f"GPU: {gpu}" if gpu else "GPU: none on this machine, so no CUDA rows (--device cuda runs them where one is)")
     return out

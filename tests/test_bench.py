@@ -59,6 +59,7 @@ def test_bench_json_schema_and_ratios(tmp_path, capsys):
     assert (tmp_path / "r.png").stat().st_size > 1000
     table = capsys.readouterr().out
     assert "engine-fp32" in table and "x default" in table and "left out: torch.compile" in table
+    assert ("GPU: none on this machine" in table) == (result["machine"]["gpu"] is None)
 
 
 def test_bench_without_torch_runs_the_engine_and_says_the_baseline_was_skipped(tmp_path):
