@@ -4,8 +4,11 @@
 (fp32 and int8) and times, per token at batch 1:
 
 - parts: the whole decode loop (`lstmgen.generator.decode_loop`), one backend step, the ONNX
-  Runtime run alone (IOBinding, buffers bound once), the sampler alone (`RowSampler.sample`); the
-  binding bookkeeping is step minus run, the Python loop is the loop minus step and sampler;
+  Runtime run alone (IOBinding, buffers bound once), the sampler alone (`RowSampler.sample`), the
+  decode loop around a no-op backend (its Python and sampler only); the binding bookkeeping is step
+  minus run; loop minus step minus sampler is the loop's Python plus what the parts lose by running
+  alternately rather than each in a tight loop (colder caches);
+- the fixed cost of each graph shape: both graphs on a tiny model, where compute is next to nothing;
 - candidates: the ONNX Runtime run with other session options (intra-op threads, spinning, graph
   optimization level, memory pattern) and another graph shape (per-layer state inputs and outputs,
   no Slice/Concat/Squeeze between layers: a scratch graph built here from the same weights, never shipped);
@@ -188,18 +191,53 @@ def loop_fns(gen, batch: int, spec: ModelSpec) -> dict:
     def copy_only():
         saved.copy()
 
-    class Loop:  # decode_loop is a generator: one call of this advances it one token, restarting when done
-        it = None
+    held_loop = {"it": iter(())}
 
-        def __call__(self):
-            try:
-                next(self.it)
-            except (StopIteration, TypeError):
-                self.it = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
-                next(self.it)
+    def loop():  # decode_loop is a generator: one call advances it one token, restarting it when done
+        try:
+            next(held_loop["it"])
+        except StopIteration:
+            held_loop["it"] = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
+            next(held_loop["it"])
 
-    return {"decode loop": Loop(), "backend step": step, "ORT run (IOBinding)": bound_step(backend.session, batch, spec),
-            "sampler (+ logits copy)": sample, "logits copy": copy_only}
+    return {"decode loop": loop, "backend step": step, "ORT run (IOBinding)": bound_step(backend.session, batch, spec),
+            "sampler (+ logits copy)": sample, "logits copy": copy_only,
+            "decode loop, no-op backend": no_op_loop(logits, batch, params, start)}
+
+
+class NoOpBackend:
+    """A backend whose step returns fixed logits at once: the decode loop around it costs its Python and its sampler."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+
+    def prefill(self, ids):
+        return self.logits[:1].copy(), None
+
+    def expand(self, state, n: int):
+        return state
+
+    def select(self, state, keep):
+        return state
+
+    def step(self, tokens, state):
+        return self.logits, state
+
+
+def no_op_loop(logits: np.ndarray, batch: int, params, start: list[int]):
+    from lstmgen.generator import decode_loop
+
+    backend = NoOpBackend(np.repeat(logits, batch, axis=0))
+    held = {"it": iter(())}
+
+    def advance():
+        try:
+            next(held["it"])
+        except StopIteration:
+            held["it"] = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
+            next(held["it"])
+
+    return advance
 
 
 def empty_run(threads: int):
@@ -218,6 +256,23 @@ def empty_run(threads: int):
     return run
 
 
+TINY = ModelSpec("tiny", 65, 8, 8, 2)  # compute next to nothing: what remains is each graph shape's fixed cost
+
+
+def graph_fixed_cost(tmp: Path, tokens: int, rounds: int) -> dict:
+    """The ORT run of both graph shapes on a tiny model, one thread, fp32 and int8: per-node overhead alone."""
+    sd = random_weights(TINY)
+    out = {}
+    for precision in ("fp32", "int8"):
+        int8 = precision == "int8"
+        shipped = write_artifact(tmp / f"tiny-{precision}", TINY, sd, int8=int8) / "model.onnx"
+        scratch = save_graph(per_layer_state_graph(sd, TINY.layers), tmp / f"tiny-per-layer-{precision}.onnx", int8)
+        out[precision] = interleaved({"shipped graph": bound_step(session(shipped, 1), 1, TINY),
+                                      "per-layer state graph": bound_step(session(scratch, 1), 1, TINY),
+                                      "one-node graph": empty_run(1)}, tokens, rounds)
+    return out
+
+
 def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: Path, log) -> dict:
     from lstmgen.generator import Generator
 
@@ -225,6 +280,7 @@ def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: 
     out = {"model": asdict(spec), "threads": threads, "tokens_per_round": tokens, "rounds": rounds}
     floors = ceilings.floor_probes(asdict(spec), threads)
     out["floor_us"] = {p: min(v.values()) * 1e6 for p, v in floors.items()}
+    out["graph_fixed_cost"] = graph_fixed_cost(tmp, tokens * 10, rounds)
     for precision in ("fp32", "int8"):
         log(f"{spec.name} {precision}: parts and candidates")
         art = write_artifact(tmp / f"{spec.name}-{precision}", spec, sd, int8=precision == "int8")
@@ -268,6 +324,8 @@ def report(result: dict) -> str:
             f = floor[precision]
             lines.append(f"-- {precision}: floor {f:.1f} us (one batch-1 pass over the {precision} weights)")
             lines += section("parts at batch 1", m[precision]["parts"], f) + derived(m[precision]["parts"])
+            lines += section(f"fixed cost of the graph shape: ORT run of a {TINY.dims} model, 1 thread",
+                             m["graph_fixed_cost"][precision], None)
             for batch, parts in m[precision]["parts_by_batch"].items():
                 lines += section(f"parts at batch {batch}", parts, None) + derived(parts)
             lines += section("candidates: the ORT run alone at batch 1", m[precision]["candidates"], f)
@@ -291,7 +349,7 @@ def derived(parts: dict) -> list[str]:
     best = lambda k: parts[k]["best_us"]  # noqa: E731
     sampler = best("sampler (+ logits copy)") - best("logits copy")
     return [f"     {'= binding bookkeeping (step - ORT run)':40s} {best('backend step') - best('ORT run (IOBinding)'):9.1f} us",
-            f"     {'= Python loop (loop - step - sampler)':40s} {best('decode loop') - best('backend step') - sampler:9.1f} us"]
+            f"     {'= loop and alternation (loop - step - sampler)':40s} {best('decode loop') - best('backend step') - sampler:9.1f} us"]
 
 
 def main(argv: list[str]) -> int:
