@@ -363,7 +363,13 @@ def main(argv: list[str]) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     from .suite import machine
 
-    for name in args.models.split(","):
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SPECS]
+    if unknown or args.threads < 1 or args.tokens < 1 or args.rounds < 1:
+        print(f"breakdown: error: models must be among {', '.join(SPECS)} (got {', '.join(unknown) or 'those'}),"
+              " and --threads, --tokens, --rounds >= 1", file=sys.stderr)
+        return 2
+    for name in names:
         with tempfile.TemporaryDirectory() as tmp:
             m = measure_model(SPECS[name], args.threads, args.tokens, args.rounds, Path(tmp), log)
         result = {"schema": "lstmgen-breakdown/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
