@@ -279,7 +279,6 @@ def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: 
     sd = random_weights(spec)
     out = {"model": asdict(spec), "threads": threads, "tokens_per_round": tokens, "rounds": rounds}
     floors = ceilings.floor_probes(asdict(spec), threads)
-    out["floor_us"] = {p: min(v.values()) * 1e6 for p, v in floors.items()}
     out["graph_fixed_cost"] = graph_fixed_cost(tmp, tokens * 10, rounds)
     for precision in ("fp32", "int8"):
         log(f"{spec.name} {precision}: parts and candidates")
@@ -301,6 +300,9 @@ def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: 
                  "per-layer state graph, 1 thread": session(scratch, 1)}
         out[precision]["candidates"] = interleaved({k: bound_step(s, 1, spec) for k, s in cands.items()}, tokens, rounds)
         out[precision]["threads_by_batch"] = threads_by_batch(shipped, spec, threads, rounds)
+    # The floors probed before and after everything else: the lower of the two (as the bench does).
+    after = ceilings.floor_probes(asdict(spec), threads)
+    out["floor_us"] = {p: min(min(v.values()), min(after[p].values())) * 1e6 for p, v in floors.items()}
     return out
 
 
