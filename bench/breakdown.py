@@ -372,10 +372,12 @@ def main(argv: list[str]) -> int:
               " and --threads, --tokens, --rounds >= 1", file=sys.stderr)
         return 2
     for name in names:
+        load_before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
             m = measure_model(SPECS[name], args.threads, args.tokens, args.rounds, Path(tmp), log)
         result = {"schema": "lstmgen-breakdown/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "machine": machine(), "blas_env": {k: os.environ.get(k) for k in ceilings.BLAS_HANDICAP_VARS},
+                  "machine": {**machine(), "load_average_at_start": load_before},
+                  "blas_env": {k: os.environ.get(k) for k in ceilings.BLAS_HANDICAP_VARS},
                   "models": [m]}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

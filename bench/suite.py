@@ -34,7 +34,8 @@ def machine() -> dict:
 
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
-            "ort_providers": onnxruntime.get_available_providers(), "gpu": gpu_name()}
+            "ort_providers": onnxruntime.get_available_providers(), "gpu": gpu_name(),
+            "load_average": os.getloadavg()}  # 1, 5, 15 minutes, when described: an idle machine reads near 0
     if importlib.util.find_spec("torch") is not None:
         import torch
 
@@ -138,6 +139,7 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
               device: str, threads: int, compile_torch: bool, artifact: str | None = None,
               log=print) -> dict:
     has_torch = importlib.util.find_spec("torch") is not None
+    load_at_start = os.getloadavg()
     left_out = [] if compile_torch or not has_torch or "torch-tuned" not in backends else [COMPILE_LEFT_OUT]
     for note in left_out:
         log(f"left out: {note}")
@@ -158,7 +160,8 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
             spread(r)
             against_limits(r, specs[r["model"]], limits)
     ratios(rows)
-    return {"schema": "lstmgen-bench/2", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+    return {"schema": "lstmgen-bench/2", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {**machine(), "load_average_at_start": load_at_start},
             "settings": {"steps": steps, "repeats": repeats, "threads": threads, "device": device,
                          "sampling": "temperature 0.8, top-k 40, inside the timed loop",
                          "torch_compile": compile_torch, "left_out": left_out, "noisy_spread": NOISY_SPREAD},
