@@ -12,25 +12,35 @@ from typing import Sequence
 from lstmgen.errors import LstmgenError
 
 from .models import SPECS, ModelSpec
-from .suite import BACKENDS, chart, run_suite, table
+from .charts import chart
+from .suite import BACKENDS, run_suite, table
+
+
+DEFAULT_CHART = "lstmgen-bench.png"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstmgen bench", description="Tokens/s of the engine against PyTorch, and"
                                 " how close each comes to this machine's limits.")
-    p.add_argument("--quick", action="store_true", help="batch sizes 1 and 64, fewer steps (about 2 minutes)")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
-    p.add_argument("--chart", metavar="PATH", help="write a PNG chart of tokens/s by batch size (default: beside --json)")
-    p.add_argument("--model", help="bench this artifact folder instead of the standard random-weight models")
+    p.add_argument("--quick", action="store_true", help="batch sizes 1 and 64, fewer steps, and no torch.compile"
+                   " variant in PyTorch tuned (about 2 minutes; default: off)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON here (default: not written)")
+    p.add_argument("--chart", metavar="PATH", help="write the PNG chart here (default: beside --json, else"
+                   f" ./{DEFAULT_CHART})")
+    p.add_argument("--no-chart", action="store_true", help="write no chart (default: off)")
+    p.add_argument("--model", help="bench this artifact folder instead of the standard random-weight models"
+                   " (default: the standard models)")
     p.add_argument("--models", default=",".join(SPECS), help="standard models to run (default: %(default)s)")
     p.add_argument("--batch-sizes", help="comma-separated (default 1,8,64,256; quick 1,64)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="default: %(default)s")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both PyTorch and the engine run")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both PyTorch and the engine run;"
+                   " on a machine without CUDA the cuda rows say so and are skipped (default: %(default)s)")
     p.add_argument("--steps", type=int, help="tokens per row per timed run (default 64; quick 32)")
     p.add_argument("--repeats", type=int, help="timed runs per row; the median is reported (default 5; quick 3)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for PyTorch and the engine")
-    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the tuned PyTorch row")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads for PyTorch and the engine (default: %(default)s, this machine's cores)")
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the tuned PyTorch row (default: off)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
     return p
 
 
@@ -84,8 +94,6 @@ def _run(args) -> int:
             raise LstmgenError(f"unknown model(s) {', '.join(bad)} (known: {', '.join(SPECS)})")
         models = [SPECS[n] for n in names]
         artifact = None
-    if args.device == "cuda":
-        _check_cuda(backends)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     result = run_suite(models=models, backends=backends, batch_sizes=batch_sizes, steps=steps, repeats=repeats,
                        device=args.device, threads=args.threads, compile_torch=not (args.quick or args.no_compile),
@@ -96,15 +104,7 @@ def _run(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
         log(f"wrote {path}")
-    chart_path = Path(args.chart) if args.chart else (Path(args.json).with_suffix(".png") if args.json else None)
-    if chart_path is not None:
+    if not args.no_chart:
+        chart_path = Path(args.chart) if args.chart else (Path(args.json).with_suffix(".png") if args.json else Path(DEFAULT_CHART))
         log(f"wrote {chart_path}" if chart(result, chart_path) else "no chart: matplotlib is not installed")
     return 0
-
-
-def _check_cuda(backends: list[str]) -> None:
-    import onnxruntime
-
-    if any(b.startswith("engine") for b in backends) and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        raise LstmgenError("--device cuda: onnxruntime has no CUDA provider here (pip install onnxruntime-gpu), "
-                           "or bench PyTorch alone with --backends torch-default,torch-tuned")

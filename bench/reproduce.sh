@@ -40,7 +40,9 @@ print(json.dumps(out, indent=1))
 PY
 
 step "bench: full suite"
-lstmgen bench --steps 32 --repeats 3 --json "$R/cpu.json" > "$R/cpu.txt"
+lstmgen bench --steps 32 --repeats 5 --json "$R/cpu.json" > "$R/cpu.txt"
+step "bench: batch-1 breakdown and fixed-cost candidates"
+python -m lstmgen.bench.breakdown --models char-medium,word-10k --out "$R"
 step "bench: shipped models"
 MODELS=$(cd exported && ls -d */ | tr -d / | grep -v __pycache__)
 for m in $MODELS; do

@@ -1,5 +1,6 @@
-"""The bench suite: ceilings of this machine, one worker process per (model, backend), then ratios,
-a table, JSON and a chart. Called by `lstmgen bench` (bench/cli.py).
+"""The bench suite: this machine's ceilings and floors (bench/ceilings.py), one worker process per
+(model, backend), then each row's figure, spread and ratios, a table and JSON. Called by
+`lstmgen bench` (bench/cli.py); the chart is bench/charts.py.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -20,10 +20,13 @@ import numpy as np
 from lstmgen.trainer.graph import step_flops
 from lstmgen.trainer.machine import cpu_name
 
-from .models import ModelSpec, random_weights
+from . import ceilings as ceiling_probe
+from .models import ModelSpec
 
 BACKENDS = ["torch-default", "torch-tuned", "engine-fp32", "engine-int8"]
 TORCH_BACKENDS = {"torch-default", "torch-tuned"}
+NOISY_SPREAD = 0.20  # a row whose (max - min) / median over its repeats exceeds this is marked
+COMPILE_LEFT_OUT = "torch.compile variant of PyTorch tuned (left out by --quick or --no-compile)"
 
 
 def machine() -> dict:
@@ -31,44 +34,33 @@ def machine() -> dict:
 
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
-            "ort_providers": onnxruntime.get_available_providers()}
+            "ort_providers": onnxruntime.get_available_providers(), "gpu": gpu_name(),
+            "load_average": os.getloadavg()}  # 1, 5, 15 minutes, when described: an idle machine reads near 0
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         info["torch"] = torch.__version__
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def gpu_name() -> str | None:
+    """The CUDA GPU PyTorch sees, or None (also when PyTorch is absent)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def peak_flops(n: int = 2048) -> float:
-    """FLOP/s of a large float32 matrix product through NumPy's BLAS: the compute ceiling."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    return 2 * n**3 / _median_time(lambda: a @ b, 5)
+def cuda_unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run on CUDA here, or None when it can."""
+    if backend in TORCH_BACKENDS:
+        return None if gpu_name() else "no CUDA GPU here (torch.cuda.is_available() is False)"
+    import onnxruntime
 
-
-def matvec_floor(spec: ModelSpec) -> float:
-    """Seconds to stream the model's weights once through matrix-vector products: the batch-1 floor."""
-    sd = random_weights(spec)
-    mats = [np.concatenate([sd[f"lstm.weight_ih_l{i}"], sd[f"lstm.weight_hh_l{i}"]], 1) for i in range(spec.layers)]
-    mats.append(sd["head.weight"])
-    vecs = [np.ones(m.shape[1], np.float32) for m in mats]
-
-    def once():
-        for m, v in zip(mats, vecs):
-            m @ v
-
-    return _median_time(once, 200)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu on a machine with a GPU)"
+    return None
 
 
 def run_worker(job: dict, timeout: float = 1800) -> dict:
@@ -80,106 +72,173 @@ def run_worker(job: dict, timeout: float = 1800) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# -- one row's figures ----------------------------------------------------------------------------
+def candidate(variant: dict, batch: int, steps: int, peak_rss_mb: float) -> dict:
+    """One timed variant as tokens/s: the median and every run."""
+    return {"variant": variant["variant"], "tokens_per_s": batch * steps / variant["seconds"],
+            "tokens_per_s_runs": [batch * steps / s for s in variant["seconds_all"]],
+            "step_ms": variant["seconds"] / steps * 1e3, "ttft_ms": variant["ttft_s"] * 1e3, "peak_rss_mb": peak_rss_mb}
+
+
+def best_candidate(candidates: list[dict]) -> dict:
+    """The fastest candidate by median tokens/s (the first of equals)."""
+    return max(candidates, key=lambda c: c["tokens_per_s"])
+
+
+def pick_variant(row: dict) -> dict:
+    """Fill the row's figures from its fastest candidate; the JSON keeps every candidate."""
+    best = best_candidate(row["candidates"])
+    row.update({k: best[k] for k in ("variant", "tokens_per_s", "tokens_per_s_runs", "step_ms", "ttft_ms", "peak_rss_mb")})
+    return row
+
+
+def add_default_to_tuned(rows: list[dict]) -> None:
+    """PyTorch tuned is the best of every PyTorch variant, the default row's own run included: never below it."""
+    for tuned in rows:
+        if tuned["backend"] != "torch-tuned" or tuned.get("tokens_per_s") is None:
+            continue
+        default = find_row(rows, "torch-default", tuned["model"], tuned["batch_size"])
+        if default is not None and default.get("tokens_per_s") is not None:
+            tuned["candidates"].append({**best_candidate(default["candidates"]),
+                                        "variant": default["variant"] + " (the torch-default run)"})
+            pick_variant(tuned)
+
+
+def find_row(rows: list[dict], backend: str, model: str, batch: int) -> dict | None:
+    return next((r for r in rows if r["backend"] == backend and r["model"] == model and r["batch_size"] == batch), None)
+
+
+def spread(row: dict) -> None:
+    """Min, max and relative spread of the row's repeats; `noisy` when the spread exceeds NOISY_SPREAD."""
+    runs = row["tokens_per_s_runs"]
+    row["tokens_per_s_min"], row["tokens_per_s_max"] = min(runs), max(runs)
+    row["spread"] = (max(runs) - min(runs)) / row["tokens_per_s"]
+    row["noisy"] = row["spread"] > NOISY_SPREAD
+
+
+def against_limits(row: dict, spec: ModelSpec, limits: dict) -> None:
+    """Achieved ops/s against the ceiling of the row's own precision, and step time over its floor."""
+    precision = row["precision"]
+    ops = row["tokens_per_s"] * step_flops(spec.vocab, spec.embed, spec.hidden, spec.layers)
+    row["gops_per_s"] = ops / 1e9
+    row["pct_of_ceiling"] = 100 * ops / limits["peak_ops_per_s"][precision]
+    row["above_ceiling"] = row["pct_of_ceiling"] > 100
+    row["step_over_floor"] = row["step_ms"] / 1e3 / limits["floor_s"][spec.name][precision]
+
+
+def ratios(rows: list[dict]) -> None:
+    for r in rows:
+        for ref in ("torch-default", "torch-tuned"):
+            other = find_row(rows, ref, r["model"], r["batch_size"])
+            ok = other is not None and other.get("tokens_per_s") and r.get("tokens_per_s")
+            r["ratio_vs_" + ref.replace("-", "_")] = r["tokens_per_s"] / other["tokens_per_s"] if ok else None
+
+
+# -- the suite -----------------------------------------------------------------------------------
 def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list[int], steps: int, repeats: int,
               device: str, threads: int, compile_torch: bool, artifact: str | None = None,
               log=print) -> dict:
     has_torch = importlib.util.find_spec("torch") is not None
-    ceilings = {"peak_flops": peak_flops(), "matvec_floor_s": {}}
-    log(f"ceilings: {ceilings['peak_flops'] / 1e9:.1f} GFLOP/s (float32 matrix product, NumPy BLAS)")
+    load_at_start = os.getloadavg()
+    left_out = [] if compile_torch or not has_torch or "torch-tuned" not in backends else [COMPILE_LEFT_OUT]
+    for note in left_out:
+        log(f"left out: {note}")
+    limits = ceiling_probe.measure([asdict(s) for s in models], threads)
+    log_limits(limits, models, log)
     rows = []
     for spec in models:
-        floor = matvec_floor(spec)
-        ceilings["matvec_floor_s"][spec.name] = floor
-        log(f"{spec.name} ({spec.dims}): batch-1 matrix-vector floor {floor * 1e6:.0f} us/step")
         for backend in backends:
-            base = {"backend": backend, "device": device, "model": spec.name, "model_dims": asdict(spec),
-                    "precision": "int8" if backend == "engine-int8" else "fp32"}
-            if backend in TORCH_BACKENDS and not has_torch:
-                rows += [{**base, "batch_size": b, "tokens_per_s": None, "skipped": "PyTorch is not installed"}
-                         for b in batch_sizes]
-                log(f"  {backend:14s} skipped: PyTorch is not installed (pip install 'lstmgen[train]')")
-                continue
-            job = {"backend": backend, "device": device, "spec": asdict(spec), "seed": 0, "batch_sizes": batch_sizes,
-                   "steps": steps, "repeats": repeats, "threads": threads, "compile": compile_torch}
-            if artifact:
-                if backend.startswith("engine"):
-                    job["artifact"] = artifact  # the CLI keeps only the engine row of the artifact's precision
-                else:
-                    job["onnx"] = str(Path(artifact) / "model.onnx")
-            t0 = time.perf_counter()
-            out = run_worker(job)
-            if "error" in out:
-                rows += [{**base, "batch_size": b, "tokens_per_s": None, "skipped": out["error"]} for b in batch_sizes]
-                log(f"  {backend:14s} failed: {out['error']}")
-                continue
-            for r in out["rows"]:
-                B = r["batch_size"]
-                tps = B * steps / r["seconds"]
-                rows.append({**base, "batch_size": B, "steps": steps, "repeats": repeats, "variant": r["variant"],
-                             "tokens_per_s": tps,
-                             "tokens_per_s_runs": [B * steps / s for s in r["seconds_all"]],
-                             "step_ms": r["seconds"] / steps * 1e3, "ttft_ms": r["ttft_s"] * 1e3,
-                             "peak_rss_mb": out["peak_rss_mb"],
-                             "gflops": tps * step_flops(spec.vocab, spec.embed, spec.hidden, spec.layers) / 1e9,
-                             "step_over_floor": r["seconds"] / steps / floor})
-            log(f"  {backend:14s} done in {time.perf_counter() - t0:.0f} s")
+            rows += backend_rows(spec, backend, batch_sizes=batch_sizes, steps=steps, repeats=repeats, device=device,
+                                 threads=threads, compile_torch=compile_torch, artifact=artifact,
+                                 has_torch=has_torch, log=log)
+    limits = ceiling_probe.best_of(limits, ceiling_probe.measure([asdict(s) for s in models], threads))
+    log_limits(limits, models, log, "after the rows, best of both probes")
+    add_default_to_tuned(rows)
+    specs = {s.name: s for s in models}
     for r in rows:
-        r["pct_of_peak_flops"] = None if r.get("gflops") is None else 100 * r["gflops"] * 1e9 / ceilings["peak_flops"]
-        for ref in ("torch-default", "torch-tuned"):
-            other = next((o for o in rows if o["backend"] == ref and o["model"] == r["model"]
-                          and o["batch_size"] == r["batch_size"] and o.get("tokens_per_s")), None)
-            key = "ratio_vs_" + ref.replace("-", "_")
-            r[key] = r["tokens_per_s"] / other["tokens_per_s"] if other and r.get("tokens_per_s") else None
-    return {"schema": "lstmgen-bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+        if r.get("tokens_per_s") is not None:
+            spread(r)
+            against_limits(r, specs[r["model"]], limits)
+    ratios(rows)
+    return {"schema": "lstmgen-bench/2", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {**machine(), "load_average_at_start": load_at_start},
             "settings": {"steps": steps, "repeats": repeats, "threads": threads, "device": device,
                          "sampling": "temperature 0.8, top-k 40, inside the timed loop",
-                         "torch_compile": compile_torch},
-            "ceilings": ceilings, "rows": rows}
+                         "torch_compile": compile_torch, "left_out": left_out, "noisy_spread": NOISY_SPREAD},
+            "ceilings": limits, "rows": rows}
 
 
+def log_limits(limits: dict, models: list[ModelSpec], log, when: str = "before the rows") -> None:
+    kernels = ", ".join(f"{b.get('internal_api')} {b.get('architecture')}" for b in limits["blas"]) or "no BLAS found"
+    peaks = limits["peak_ops_per_s"]
+    log(f"ceilings ({when}): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, int8 {peaks['int8'] / 1e9:.1f} Gop/s"
+        f" (BLAS kernel: {kernels}; removed from the probe's environment: {limits['blas_env_removed'] or 'nothing'})")
+    for spec in models:
+        f = limits["floor_s"][spec.name]
+        log(f"{spec.name} ({spec.dims}): batch-1 floor fp32 {f['fp32'] * 1e6:.0f} us/step, int8 {f['int8'] * 1e6:.0f} us/step")
+
+
+def backend_rows(spec: ModelSpec, backend: str, *, batch_sizes: list[int], steps: int, repeats: int, device: str,
+                 threads: int, compile_torch: bool, artifact: str | None, has_torch: bool, log) -> list[dict]:
+    base = {"backend": backend, "device": device, "model": spec.name, "model_dims": asdict(spec),
+            "precision": "int8" if backend == "engine-int8" else "fp32"}
+    skipped = lambda why: [{**base, "batch_size": b, "tokens_per_s": None, "skipped": why} for b in batch_sizes]  # noqa: E731
+    if backend in TORCH_BACKENDS and not has_torch:
+        log(f"  {backend:14s} skipped: PyTorch is not installed (pip install 'lstmgen[train]')")
+        return skipped("PyTorch is not installed")
+    why_not = cuda_unavailable(backend) if device == "cuda" else None
+    if why_not:
+        log(f"  {backend:14s} skipped: {why_not}")
+        return skipped(why_not)
+    job = {"backend": backend, "device": device, "spec": asdict(spec), "seed": 0, "batch_sizes": batch_sizes,
+           "steps": steps, "repeats": repeats, "threads": threads, "compile": compile_torch}
+    if artifact:
+        if backend.startswith("engine"):
+            job["artifact"] = artifact  # the CLI keeps only the engine row of the artifact's precision
+        else:
+            job["onnx"] = str(Path(artifact) / "model.onnx")
+    t0 = time.perf_counter()
+    out = run_worker(job)
+    if "error" in out:
+        log(f"  {backend:14s} failed: {out['error']}")
+        return skipped(out["error"])
+    log(f"  {backend:14s} done in {time.perf_counter() - t0:.0f} s")
+    return [pick_variant({**base, "batch_size": r["batch_size"], "steps": steps, "repeats": repeats,
+                          "candidates": [candidate(v, r["batch_size"], steps, out["peak_rss_mb"]) for v in r["variants"]]})
+            for r in out["rows"]]
+
+
+# -- the table -----------------------------------------------------------------------------------
 def table(result: dict) -> str:
-    head = f"{'model':12s} {'batch':>5s} {'backend':14s} {'tok/s':>10s} {'x default':>9s} {'x tuned':>8s}" \
-           f" {'TTFT ms':>8s} {'GFLOP/s':>8s} {'%peak':>6s} {'step/floor':>10s} {'RSS MB':>7s}  variant"
+    head = (f"{'model':12s} {'batch':>5s} {'backend':14s} {'tok/s':>10s} {'min':>9s} {'max':>9s} {'spread':>7s}"
+            f" {'x default':>9s} {'x tuned':>8s} {'TTFT ms':>8s} {'Gop/s':>7s} {'%ceil':>6s} {'step/floor':>10s}"
+            f" {'RSS MB':>7s}  variant")
     lines = [head, "-" * len(head)]
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    fmt = lambda v, width, f: f"{'-':>{width}}" if v is None else format(v, f"{width}{f}")  # noqa: E731
     for r in result["rows"]:
         if r.get("tokens_per_s") is None:
             lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} skipped: {r.get('skipped')}")
             continue
+        mark = "!" if r["noisy"] else " "
         lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} {r['tokens_per_s']:>10,.0f}"
-                     f" {fmt(r['ratio_vs_torch_default'], '9.1f')} {fmt(r['ratio_vs_torch_tuned'], '8.2f')}"
-                     f" {r['ttft_ms']:>8.2f} {r['gflops']:>8.2f} {r['pct_of_peak_flops']:>6.1f}"
+                     f" {r['tokens_per_s_min']:>9,.0f} {r['tokens_per_s_max']:>9,.0f} {100 * r['spread']:>5.0f}%{mark}"
+                     f" {fmt(r['ratio_vs_torch_default'], 9, '.1f')} {fmt(r['ratio_vs_torch_tuned'], 8, '.2f')}"
+                     f" {r['ttft_ms']:>8.2f} {r['gops_per_s']:>7.1f} {r['pct_of_ceiling']:>5.1f}{'^' if r['above_ceiling'] else ' '}"
                      f" {r['step_over_floor']:>10.2f} {r['peak_rss_mb']:>7.0f}  {r['variant']}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes(result))
 
 
-def chart(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), dpi=100, squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for backend in dict.fromkeys(r["backend"] for r in result["rows"]):
-            pts = [(r["batch_size"], r["tokens_per_s"]) for r in result["rows"]
-                   if r["model"] == model and r["backend"] == backend and r.get("tokens_per_s")]
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=backend)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(model)
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("tokens / s")
-    axes[0][-1].legend(fontsize=8)
-    cpu = result["machine"].get("cpu", "")
-    fig.suptitle(f"lstmgen bench, {result['settings']['device']}: {cpu}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+def notes(result: dict) -> list[str]:
+    lim, s = result["ceilings"], result["settings"]
+    kernels = ", ".join(f"{b.get('internal_api')} {b.get('architecture')}" for b in lim["blas"]) or "none found"
+    out = ["", f"tok/s is the median of {s['repeats']} runs of {s['steps']} tokens per row; min and max beside it;"
+               f" ! marks a spread (max - min) / median above {100 * s['noisy_spread']:.0f}%.",
+           "PyTorch tuned is the best of every PyTorch variant, the default one included; its variant is named.",
+           f"%ceil: fp32 rows against {lim['peak_ops_per_s']['fp32'] / 1e9:.1f} GFLOP/s (best float32 matrix product;"
+           f" BLAS kernel {kernels}), int8 rows against {lim['peak_ops_per_s']['int8'] / 1e9:.1f} Gop/s (MatMulInteger);"
+           " ^ marks a row above its ceiling.",
+           "step/floor: step time over the batch-1 pass over the weights at the row's precision (fp32 or int8)."]
+    out += [f"left out: {n}" for n in s["left_out"]]
+    gpu = result["machine"].get("gpu")
+    out.append(f"GPU: {gpu}" if gpu else "GPU: none on this machine, so no CUDA rows (--device cuda runs them where one is)")
+    return out
