@@ -19,6 +19,8 @@ STYLE = {  # backend -> (colour, marker), the same in every chart
     "torch-tuned": ("#ff7f0e", "^"),
     "engine-fp32": ("#1f77b4", "o"),
     "engine-int8": ("#2ca02c", "s"),
+    "graph-fp32": ("#9467bd", "D"),
+    "graph-int8": ("#8c564b", "P"),
 }
 LIMIT_STYLE = {"fp32": "#1f77b4", "int8": "#2ca02c"}
 
@@ -92,7 +94,7 @@ def ratio_panel(ax, rows: list[dict]) -> None:
     from matplotlib.ticker import LogLocator, NullFormatter
 
     drawn = False
-    for backend in ("engine-fp32", "engine-int8"):
+    for backend in ("engine-fp32", "engine-int8", "graph-fp32", "graph-int8"):
         colour, marker = STYLE[backend]
         pts = sorted((r["batch_size"], r["ratio_vs_torch_tuned"]) for r in rows
                      if r["backend"] == backend and r.get("ratio_vs_torch_tuned"))

@@ -83,9 +83,11 @@ def _run(args) -> int:
         m = read_manifest(folder)
         d = m.dims
         models = [ModelSpec(m.name or folder.name, d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers)]
-        engine_row = "engine-int8" if m.precision == "int8" else "engine-fp32"
-        backends = [engine_row if b.startswith("engine") else b for b in backends]
-        backends = list(dict.fromkeys(b for b in backends if m.precision == "fp32" or b.startswith("engine")))
+        # the artifact's own precision only: its engine row and, when it has generate.onnx, its graph row
+        backends = [b.rsplit("-", 1)[0] + "-" + m.precision if b.startswith(("engine", "graph")) else b for b in backends]
+        if m.generate_sha256 is None:
+            backends = [b for b in backends if not b.startswith("graph")]
+        backends = list(dict.fromkeys(b for b in backends if m.precision == "fp32" or b.startswith(("engine", "graph"))))
         artifact = str(folder)
     else:
         names = [n.strip() for n in args.models.split(",") if n.strip()]

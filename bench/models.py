@@ -50,8 +50,9 @@ def random_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return sd
 
 
-def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int8: bool = False) -> Path:
-    """A loadable artifact over synthetic tokens (one per id) for the engine rows."""
+def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int8: bool = False,
+                   generation_graph: bool = False) -> Path:
+    """A loadable artifact over synthetic tokens (one per id) for the engine rows (and generate.onnx for the graph rows)."""
     import onnx
 
     from lstmgen.trainer.graph import build_step_graph
@@ -71,4 +72,8 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
                  model_sha256=sha256_file(folder / MODEL_FILE), precision="int8" if int8 else "fp32",
                  defaults=SamplingDefaults(), name=spec.name, training={"note": "random weights for benchmarking"})
     (folder / MANIFEST_FILE).write_text(m.to_json())
+    if generation_graph:
+        from lstmgen.trainer.generation_graph import add_generation_graph
+
+        add_generation_graph(folder)
     return folder

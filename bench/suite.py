@@ -23,7 +23,10 @@ from lstmgen.trainer.machine import cpu_name
 from . import ceilings as ceiling_probe
 from .models import ModelSpec
 
-BACKENDS = ["torch-default", "torch-tuned", "engine-fp32", "engine-int8"]
+# engine-*: the Python engine (decode loop, Numba sampler); graph-*: generate.onnx, the whole generation in
+# one ONNX Runtime call (top-k sampling inside the graph), as another language would run it.
+BACKENDS = ["torch-default", "torch-tuned", "engine-fp32", "engine-int8", "graph-fp32", "graph-int8"]
+ARTIFACT_BACKENDS = ("engine", "graph")  # rows that run an exported artifact, not PyTorch
 TORCH_BACKENDS = {"torch-default", "torch-tuned"}
 NOISY_SPREAD = 0.20  # a row whose (max - min) / median over its repeats exceeds this is marked
 COMPILE_LEFT_OUT = "torch.compile variant of PyTorch tuned (left out by --quick or --no-compile)"
@@ -181,7 +184,7 @@ def log_limits(limits: dict, models: list[ModelSpec], log, when: str = "before t
 def backend_rows(spec: ModelSpec, backend: str, *, batch_sizes: list[int], steps: int, repeats: int, device: str,
                  threads: int, compile_torch: bool, artifact: str | None, has_torch: bool, log) -> list[dict]:
     base = {"backend": backend, "device": device, "model": spec.name, "model_dims": asdict(spec),
-            "precision": "int8" if backend == "engine-int8" else "fp32"}
+            "precision": "int8" if backend.endswith("int8") else "fp32"}
     skipped = lambda why: [{**base, "batch_size": b, "tokens_per_s": None, "skipped": why} for b in batch_sizes]  # noqa: E731
     if backend in TORCH_BACKENDS and not has_torch:
         log(f"  {backend:14s} skipped: PyTorch is not installed (pip install 'lstmgen[train]')")
@@ -193,7 +196,7 @@ def backend_rows(spec: ModelSpec, backend: str, *, batch_sizes: list[int], steps
     job = {"backend": backend, "device": device, "spec": asdict(spec), "seed": 0, "batch_sizes": batch_sizes,
            "steps": steps, "repeats": repeats, "threads": threads, "compile": compile_torch}
     if artifact:
-        if backend.startswith("engine"):
+        if backend.startswith(ARTIFACT_BACKENDS):
             job["artifact"] = artifact  # the CLI keeps only the engine row of the artifact's precision
         else:
             job["onnx"] = str(Path(artifact) / "model.onnx")

@@ -61,6 +61,28 @@ def engine_rows(job: dict) -> list[dict]:
     return rows
 
 
+def graph_rows(job: dict) -> list[dict]:
+    """generate.onnx: one ONNX Runtime call makes every token of every row (prefill, Loop, sampling).
+
+    The call returns when all tokens are made, so its time to first token is the whole call."""
+    from lstmgen.generator import Generator
+    from lstmgen.graph_runner import GraphGenerator
+
+    graph = GraphGenerator(Generator.load(job["artifact"], device="cpu", threads=job["threads"]), job["threads"])
+    gen = graph.generator
+    params = gen.sampling(temperature=TEMPERATURE, top_k=min(TOP_K, gen.manifest.dims.vocab_size))
+    rows = []
+    for B in job["batch_sizes"]:
+        def run_once(warmup: bool, B=B):
+            t0 = time.perf_counter()
+            graph.run_ids([], B, 4 if warmup else job["steps"], 1234, params, [])
+            total = time.perf_counter() - t0
+            return total, total
+
+        rows.append({"batch_size": B, "variants": [{"variant": "generate.onnx (one call)", **_timed(run_once, job["repeats"])}]})
+    return rows
+
+
 # -- PyTorch ------------------------------------------------------------------------------------------
 def torch_rows(job: dict, tuned: bool) -> list[dict]:
     import torch
@@ -165,14 +187,17 @@ def _fused_step(model):
 def main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     with tempfile.TemporaryDirectory() as tmp:
-        if job["backend"].startswith("engine") and not job.get("artifact"):
+        backend = job["backend"]
+        if backend.startswith(("engine", "graph")) and not job.get("artifact"):
             from lstmgen.bench.models import ModelSpec, random_weights, write_artifact
 
             spec = ModelSpec(**job["spec"])
             job["artifact"] = str(write_artifact(Path(tmp) / "a", spec, random_weights(spec, job["seed"]),
-                                                 int8=job["backend"] == "engine-int8"))
-        if job["backend"].startswith("engine"):
+                                                 int8=backend.endswith("int8"), generation_graph=backend.startswith("graph")))
+        if backend.startswith("engine"):
             rows = engine_rows(job)
+        elif backend.startswith("graph"):
+            rows = graph_rows(job)
         else:
             rows = torch_rows(job, tuned=job["backend"] == "torch-tuned")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

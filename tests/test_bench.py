@@ -70,15 +70,17 @@ def test_bench_without_torch_runs_the_engine_and_says_the_baseline_was_skipped(t
             "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'torch' else real(name, *a)\n"
             "sys.modules['torch'] = None\n"
             f"sys.exit(lstmgen.cli.main(['bench', '--models', 'char-small', '--batch-sizes', '1', '--steps', '3',"
-            f" '--repeats', '1', '--backends', 'torch-default,engine-fp32,engine-int8', '--threads', '1',"
+            f" '--repeats', '1', '--backends', 'torch-default,engine-fp32,engine-int8,graph-int8', '--threads', '1',"
             f" '--json', {str(out)!r}]))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
-    _check_schema(result, {"torch-default", "engine-fp32", "engine-int8"})
+    _check_schema(result, {"torch-default", "engine-fp32", "engine-int8", "graph-int8"})
     skipped = [row for row in result["rows"] if row["backend"] == "torch-default"]
     assert skipped and all(row["tokens_per_s"] is None and "not installed" in row["skipped"] for row in skipped)
-    assert all(row["tokens_per_s"] > 0 for row in result["rows"] if row["backend"].startswith("engine"))
+    assert all(row["tokens_per_s"] > 0 for row in result["rows"] if row["backend"].startswith(("engine", "graph")))
+    [graph] = [row for row in result["rows"] if row["backend"] == "graph-int8"]
+    assert graph["precision"] == "int8" and graph["variant"] == "generate.onnx (one call)"
     assert "skipped" in r.stdout
 
 
