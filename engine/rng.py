@@ -55,3 +55,9 @@ def row_keys(seed: int, rows) -> np.ndarray:
 def uniforms(keys: np.ndarray, step: int) -> np.ndarray:
     """One float64 uniform in [0, 1) per row key for the given step."""
     return fmix32(keys ^ np.uint32(step)).astype(np.float64) * UNIFORM_SCALE
+
+
+def uniform_block(keys: np.ndarray, first_step: int, steps: int) -> np.ndarray:
+    """Uniforms [rows, steps] for steps first_step .. first_step + steps - 1: uniforms() for many steps at once."""
+    step_ids = np.arange(first_step, first_step + steps, dtype=np.uint64).astype(np.uint32)  # wraps like uint32
+    return fmix32(keys[:, None] ^ step_ids[None, :]).astype(np.float64) * UNIFORM_SCALE

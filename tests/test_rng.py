@@ -53,3 +53,12 @@ def test_every_part_of_the_seed_matters():
     base = RowRandom(5, range(4)).next()
     for other in (6, 5 + 2**32, 5 + 2**40):
         assert not np.array_equal(base, RowRandom(other, range(4)).next())
+
+
+def test_row_random_hashes_blocks_of_steps_that_equal_one_step_at_a_time():
+    rows = [0, 3, 2**32 + 1]
+    r = RowRandom(5, rows)
+    steps = 2 * RowRandom.BLOCK + 7  # across two block boundaries
+    got = np.stack([r.next() for _ in range(steps)], axis=1)
+    keys = rng.row_keys(5, rows)
+    assert np.array_equal(got, np.stack([rng.uniforms(keys, s) for s in range(steps)], axis=1))
