@@ -3,7 +3,7 @@
 `python -m lstmgen.bench.breakdown --model char-medium` builds the bench's random-weight artifact
 (fp32 and int8) and times, per token at batch 1:
 
-- parts: the whole decode loop (`lstmgen.generator.decode_loop`), one backend step, the ONNX
+- parts: the whole decode loop (`lstmgen.decoding.DecodeLoop`, text included), one backend step, the ONNX
   Runtime run alone (IOBinding, buffers bound once), the sampler alone (`RowSampler.sample`), the
   decode loop around a no-op backend (its Python and sampler only); the binding bookkeeping is step
   minus run; loop minus step minus sampler is the loop's Python plus what the parts lose by running
@@ -168,13 +168,13 @@ def interleaved(fns: dict, tokens: int, rounds: int) -> dict:
 
 def loop_fns(gen, batch: int, spec: ModelSpec) -> dict:
     """The engine's own path at `batch`: decode loop, backend step, ORT run, sampler (public API only)."""
-    from lstmgen.generator import decode_loop
     from lstmgen.sampling import RowSampler, SamplingParams
 
     params = SamplingParams(temperature=0.8, top_k=min(40, spec.vocab))
     start = list(gen.manifest.start_ids)
     backend = gen.backend
     logits, state = backend.prefill(np.asarray([start], np.int64))
+    logits = logits[:, -1, :]  # prefill gives every position's logits; the next token's are the last
     held = {"state": backend.expand(state, batch)}
     tokens = np.zeros(batch, np.int64)
 
@@ -191,18 +191,27 @@ def loop_fns(gen, batch: int, spec: ModelSpec) -> dict:
     def copy_only():
         saved.copy()
 
-    held_loop = {"it": iter(())}
-
-    def loop():  # decode_loop is a generator: one call advances it one token, restarting it when done
-        try:
-            next(held_loop["it"])
-        except StopIteration:
-            held_loop["it"] = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
-            next(held_loop["it"])
-
-    return {"decode loop": loop, "backend step": step, "ORT run (IOBinding)": bound_step(backend.session, batch, spec),
+    return {"decode loop": loop_stepper(gen, backend, batch, spec), "backend step": step,
+            "ORT run (IOBinding)": bound_step(backend.session, batch, spec),
             "sampler (+ logits copy)": sample, "logits copy": copy_only,
-            "decode loop, no-op backend": no_op_loop(logits, batch, params, start)}
+            "decode loop, no-op backend": loop_stepper(gen, NoOpBackend(np.repeat(logits, batch, axis=0)), batch, spec)}
+
+
+def loop_stepper(gen, backend, batch: int, spec: ModelSpec):
+    """One call = one step of the engine's decode loop (lstmgen.decoding) over `backend`, rows and
+    text included as in Generator.generate; a new job joins when the last one has ended."""
+    from lstmgen.decoding import DecodeLoop
+
+    loop = DecodeLoop(backend, gen.tokenizer)
+
+    def advance():
+        if not loop.blocks:
+            [job] = gen.jobs(num=batch, max_tokens=100_000 // batch, temperature=0.8, top_k=min(40, spec.vocab),
+                             seed=1234, allow_unk=True, block_rows=batch)
+            loop.add(job)
+        loop.step()
+
+    return advance
 
 
 class NoOpBackend:
@@ -212,7 +221,7 @@ class NoOpBackend:
         self.logits = logits
 
     def prefill(self, ids):
-        return self.logits[:1].copy(), None
+        return np.repeat(self.logits[:1, None, :], ids.shape[1], axis=1), None
 
     def expand(self, state, n: int):
         return state
@@ -220,24 +229,11 @@ class NoOpBackend:
     def select(self, state, keep):
         return state
 
+    def join(self, state, other):
+        return state
+
     def step(self, tokens, state):
-        return self.logits, state
-
-
-def no_op_loop(logits: np.ndarray, batch: int, params, start: list[int]):
-    from lstmgen.generator import decode_loop
-
-    backend = NoOpBackend(np.repeat(logits, batch, axis=0))
-    held = {"it": iter(())}
-
-    def advance():
-        try:
-            next(held["it"])
-        except StopIteration:
-            held["it"] = decode_loop(backend, start, range(batch), 100_000 // batch, params, 1234, None)
-            next(held["it"])
-
-    return advance
+        return self.logits[: len(tokens)], state
 
 
 def empty_run(threads: int):
