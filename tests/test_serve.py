@@ -61,7 +61,8 @@ def _post(srv, path, body, raw: bytes | None = None, headers: dict | None = None
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        with e:  # an error response holds its connection until closed (else a ResourceWarning later)
+            return e.code, json.loads(e.read())
 
 
 def _sse(srv, body):
@@ -244,7 +245,8 @@ def test_streams_over_the_limit_get_429_with_retry_after(server):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=60)
         assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
-        assert "concurrent streams" in json.loads(e.value.read())["error"]
+        with e.value:
+            assert "concurrent streams" in json.loads(e.value.read())["error"]
     finally:
         for s in socks:
             s.close()
@@ -279,7 +281,8 @@ def test_connections_past_the_limit_get_503_with_retry_after(generators):
             with urllib.request.urlopen(_url(srv, "/v1/health"), timeout=60):
                 pass
         except urllib.error.HTTPError as e:
-            assert e.code == 503 and e.headers["Retry-After"] == "1"
+            with e:
+                assert e.code == 503 and e.headers["Retry-After"] == "1"
         else:
             pytest.fail("a connection past --max-connections was served")
         finally:
@@ -307,6 +310,7 @@ def test_api_key_is_required_everywhere_but_health(generators):
         for path in ("/v1/models", "/metrics"):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(_url(srv, path), timeout=60)
+            e.value.close()
             assert e.value.code == 401 and e.value.headers["WWW-Authenticate"] == "Bearer"
         for key in (None, "wrong", "s3cre", "S3cret", "s3cret2"):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -328,7 +332,8 @@ def test_cors_lets_the_named_origin_in_and_no_other(generators):
                 with urllib.request.urlopen(req, timeout=60) as r:
                     return r.status, r.headers
             except urllib.error.HTTPError as e:
-                return e.code, e.headers
+                with e:
+                    return e.code, e.headers
 
         status, headers = preflight("https://app.example")
         assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://app.example"
