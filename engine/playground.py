@@ -35,6 +35,7 @@ MEDIA_TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm", ".json": 
 INSPECT_FIELDS = {"text", "top", "cells"}
 MAX_TOP = 5  # cells per feature: each one sends a value per token, so this bounds the answer's size
 MAX_CHOSEN_CELLS = 8
+INSPECTIONS_AT_ONCE = 2  # more wait their turn: one holds up to 20,000 x layers x hidden x 8 bytes of states
 
 
 # -- inspect ------------------------------------------------------------------------------------------
@@ -47,10 +48,13 @@ async def inspect(request: Request) -> JSONResponse:
     gen = models.generators[name]
     d = gen.manifest.dims
     chosen = [parse_cell(spec, d.num_layers, d.hidden_size) for spec in cell_specs]
-    # Reading a text takes up to seconds of NumPy and ONNX Runtime work: off the event loop.
-    result = await run_in_threadpool(lambda: inspection_json(inspect_text(gen, text, max_tokens=models.limits.max_inspect_tokens),
-                                                             top, chosen))
-    return JSONResponse({"model": name, **result})
+
+    def work() -> JSONResponse:  # seconds of NumPy and ONNX Runtime, and a JSON of MBs: off the event loop
+        ins = inspect_text(gen, text, max_tokens=models.limits.max_inspect_tokens)
+        return JSONResponse({"model": name, **inspection_json(ins, top, chosen)})
+
+    async with request.app.state.inspect_slots:  # each one holds every token's states in memory
+        return await run_in_threadpool(work)
 
 
 def inspect_args(body: dict) -> tuple[str, int, list[str]]:

@@ -25,6 +25,7 @@ metrics and access log in `serve_ops`.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import inspect
 import ipaddress
@@ -211,6 +212,7 @@ def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[s
     app.state.models = models
     app.state.metrics = stats
     app.state.browser_runtime_missing = pg.browser_runtime_missing()
+    app.state.inspect_slots = asyncio.Semaphore(pg.INSPECTIONS_AT_ONCE)
     return app
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from lstmgen import Generator
 from lstmgen import playground as pg
+from lstmgen.inspect import inspect_text
 from lstmgen.server import Limits, make_server
 
 CHROMIUM = shutil.which("chromium")
@@ -134,15 +135,17 @@ def test_inspect_view_colours_the_text_by_surprisal_and_by_a_cell(server, tmp_pa
     driver = browser()
     try:
         open_playground(driver, server)
-        driver.find_element("css selector", "input[name=view][value=inspect]").click()
         from selenium.webdriver.support.ui import Select
 
+        driver.find_element("css selector", "input[name=view][value=inspect]").click()
         Select(driver.find_element("id", "model")).select_by_value("moe")
         fill(driver, "inspect_text", text)
         driver.find_element("id", "inspect_go").click()
         wait_for(driver, "inspected")
+        pieces = inspect_text(server.models.generators["moe"], text).pieces
+        shown = driver.find_element("id", "ins-output").get_attribute("textContent")
+        assert shown == "".join("↵\n" if p == "\n" else p for p in pieces)  # every token, in order
         spans = driver.find_elements("css selector", "#ins-output span")
-        assert "".join(s.text for s in spans).replace("↵", "") .replace("\n", "") == text.replace("\n", "")
         by_surprisal = [s.value_of_css_property("background-color") for s in spans]
         assert len(set(by_surprisal)) > 3  # coloured by value, not one colour
         assert "nats" in spans[-1].get_attribute("title")
