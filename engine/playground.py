@@ -39,7 +39,7 @@ INSPECTIONS_AT_ONCE = 2  # more wait their turn: one holds up to 20,000 x layers
 
 
 # -- inspect ------------------------------------------------------------------------------------------
-async def inspect(request: Request) -> JSONResponse:
+async def inspect_endpoint(request: Request) -> JSONResponse:
     """Surprisal and the cells that track the text's features, for the playground's inspect view."""
     models: Models = request.app.state.models
     body = await read_json(request, models.limits)
@@ -122,9 +122,7 @@ async def ort_file(request: Request) -> FileResponse:
 async def artifact_file(request: Request) -> FileResponse:
     """A served model's file that the browser generator loads (the API key is checked before this)."""
     models: Models = request.app.state.models
-    name, file = request.path_params["model"], request.path_params["file"]
-    if name not in models.generators:
-        raise HttpError(404, f"no model named {name!r} here (serving: {', '.join(models.generators)})")
+    name, file = models.pick(request.path_params["model"]), request.path_params["file"]
     path = models.generators[name].folder / file
     if file not in ARTIFACT_FILES or not path.is_file():
         raise HttpError(404, f"{name} has no {file} to serve (served: {', '.join(ARTIFACT_FILES)})")

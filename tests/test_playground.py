@@ -109,6 +109,7 @@ def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
 def test_run_in_my_browser_writes_pythons_text(server):
     """With the switch on, onnxruntime-web runs generate.onnx in the page: Python's text for the same seed."""
     names, moe = server.models.generators["names"], server.models.generators["moe"]
+    generation_calls = server_generation_calls(server)
     driver = browser()
     try:
         open_playground(driver, server)
@@ -127,6 +128,7 @@ def test_run_in_my_browser_writes_pythons_text(server):
             assert "in this browser" in driver.find_element("id", "status").text
     finally:
         driver.quit()
+    assert server_generation_calls(server) == generation_calls  # the server only sent files
 
 
 @needs_chromium
@@ -171,6 +173,13 @@ def call(server, path: str, body: dict | None = None, key: str | None = KEY) -> 
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
+
+
+def server_generation_calls(server) -> float:
+    """Requests to the generation endpoints so far, from /metrics."""
+    _, raw, _ = call(server, "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in raw.decode().splitlines()
+               if line.startswith("lstmgen_http_requests_total{") and ('"/v1/completions"' in line or '"/v1/generate"' in line))
 
 
 @pytest.mark.parametrize("model,text", [
