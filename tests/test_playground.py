@@ -152,7 +152,7 @@ def test_inspect_view_colours_the_text_by_surprisal_and_by_a_cell(server, tmp_pa
         assert len(set(by_surprisal)) > 3  # coloured by value, not one colour
         assert "nats" in spans[-1].get_attribute("title")
         assert re.fullmatch(r"[\d.]+ nats/token over \d+ tokens \([\d.]+ nats in all\)",
-                            driver.find_element("id", "status").text)
+                            driver.find_element("id", "ins-summary").text)
         cell_button = driver.find_element("css selector", "#ins-features button[data-cell]")
         cell_button.click()
         assert driver.find_element("id", "colour-name").text == f"cell {cell_button.get_attribute('data-cell')}"
