@@ -78,11 +78,13 @@ class Inspection:
         return (self.h if kind == "h" else self.c)[:, layer, unit]
 
 
-def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: Progress | None = None) -> Inspection:
+def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: Progress | None = None,
+                 max_tokens: int = MAX_INSPECT_TOKENS) -> Inspection:
     """Surprisal and states of every layer after every token of `text`, read as the model was trained.
 
     `model` is a loaded Generator, a shipped model's name or an artifact folder. A records model reads
-    one item a line; `progress(stage, done, total)` is called as the work goes on.
+    one item a line; `progress(stage, done, total)` is called as the work goes on. A text of more than
+    `max_tokens` tokens is refused (the states of every token are held in memory).
     """
     gen = model if isinstance(model, Generator) else Generator.load(model)
     records = gen.records
@@ -90,8 +92,8 @@ def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: P
         raise LstmgenError("the text is empty: give some text to inspect")
     segments = _record_segments(gen, text) if records else [_running_segment(gen, text)]
     n = sum(len(s.ids) for s in segments)
-    if n > MAX_INSPECT_TOKENS:
-        raise LstmgenError(f"the text has {n:,} tokens; inspect reads at most {MAX_INSPECT_TOKENS:,} at once"
+    if n > max_tokens:
+        raise LstmgenError(f"the text has {n:,} tokens; inspect reads at most {max_tokens:,} at once"
                            " (cut it into parts)")
     # Dynamic int8 quantization scales activations per call, so a row's result depends on the rows and
     # steps computed beside it: int8 states are read at batch 1 from the start, as generation sees them.

@@ -16,10 +16,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .serving import Models, error_response
 
-# Paths anyone may call without the API key: the liveness probe, and the playground page (it holds
-# no data; its requests carry the key the user types in).
+# Paths anyone may call without the API key: the liveness probe, the playground page and the JavaScript
+# it imports (they hold no data; its requests carry the key the user types in, and a module import
+# cannot send a header).
 OPEN_PATHS = ("/v1/health", "/")
-ROUTE_LABELS = ("/v1/health", "/v1/models", "/v1/generate", "/v1/score", "/v1/completions", "/metrics", "/")
+OPEN_PREFIXES = ("/js/",)
+ROUTE_LABELS = ("/v1/health", "/v1/models", "/v1/generate", "/v1/score", "/v1/inspect", "/v1/completions", "/metrics", "/")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -99,7 +101,7 @@ class Gate:
 
     def refusal(self, scope):
         path, method = scope["path"], scope["method"]
-        if self.expected is not None and path not in OPEN_PATHS and method != "OPTIONS":
+        if self.expected is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES) and method != "OPTIONS":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 return error_response(path, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")

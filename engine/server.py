@@ -14,6 +14,8 @@ event loop hands jobs to it and gets pieces and ends back without blocking (`job
                                with "stream": true -> Server-Sent Events: `data: {"text": piece}` ...,
                                then `event: done` with {"text", "seed"}
     POST /v1/score             {"model", "text", "records", "streams"} -> the fields of `lstmgen score --json`
+    POST /v1/inspect           the playground's inspect view; with the files of its "run in my browser"
+                               switch (/js/..., /artifacts/{model}/{file}) in `playground`
     GET  /metrics              Prometheus text format
 
 Parameters and their checks are those of Generator.generate / Generator.score (one definition); bad
@@ -23,6 +25,8 @@ metrics and access log in `serve_ops`.
 
 from __future__ import annotations
 
+import asyncio
+import html
 import inspect
 import ipaddress
 import resource
@@ -42,6 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from . import openai_api
+from . import playground as pg
 from .errors import LstmgenError
 from .generator import Generator
 from .http_guard import guarded_protocol
@@ -162,7 +167,9 @@ async def metrics(request: Request) -> Response:
 
 
 async def playground(request: Request) -> HTMLResponse:
-    return HTMLResponse(PLAYGROUND)
+    missing = request.app.state.browser_runtime_missing
+    page = PLAYGROUND if missing is None else PLAYGROUND.replace("<body", f'<body data-browser-off="{html.escape(missing)}"', 1)
+    return HTMLResponse(page)
 
 
 PLAYGROUND = resources.files("lstmgen").joinpath("static", "playground.html").read_text(encoding="utf-8")
@@ -187,7 +194,11 @@ def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[s
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/score", score, methods=["POST"]),
+        Route("/v1/inspect", pg.inspect_endpoint, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/js/ort/{file}", pg.ort_file, methods=["GET"]),
+        Route("/js/{file}", pg.js_file, methods=["GET"]),
+        Route("/artifacts/{model}/{file}", pg.artifact_file, methods=["GET"]),
     ]
     stats = Metrics(models, connections)
     middleware = []
@@ -200,6 +211,8 @@ def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[s
                                         405: not_allowed})
     app.state.models = models
     app.state.metrics = stats
+    app.state.browser_runtime_missing = pg.browser_runtime_missing()
+    app.state.inspect_slots = asyncio.Semaphore(pg.INSPECTIONS_AT_ONCE)
     return app
 
 

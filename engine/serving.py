@@ -32,6 +32,7 @@ class Limits:
     max_requests: int = 512  # requests being answered at once; past it 503
     max_connections: int = 4096  # open connections; past it a new one gets 503 and is closed
     client_timeout: float = 10.0  # seconds a client may take to send a request, or stay idle between requests
+    max_inspect_tokens: int = 20_000  # tokens of one /v1/inspect text (its states are held in memory)
 
 
 class HttpError(Exception):

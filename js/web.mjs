@@ -4,17 +4,20 @@ import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, 
 
 export { Generator, LstmgenError };
 
-async function fetchBytes(url) {
-  const response = await fetch(url);
+async function fetchBytes(url, init) {
+  const response = await fetch(url, init);
   if (response.status === 404) return null;
   if (!response.ok) throw new LstmgenError(`cannot fetch ${url} (HTTP ${response.status})`);
   return new Uint8Array(await response.arrayBuffer());
 }
 
-/** Load the artifact at `folderUrl` (manifest.json, generate-web.onnx, model.onnx) and check its hashes. */
-export async function load(ort, folderUrl) {
+/**
+ * Load the artifact at `folderUrl` (manifest.json, generate-web.onnx, model.onnx) and check its hashes.
+ * `init` is passed to every fetch: e.g. `{ headers: { Authorization: "Bearer KEY" } }` for `lstmgen serve`.
+ */
+export async function load(ort, folderUrl, init = {}) {
   const base = folderUrl.endsWith("/") ? folderUrl : `${folderUrl}/`;
-  const manifestBytes = await fetchBytes(base + MANIFEST_FILE);
+  const manifestBytes = await fetchBytes(base + MANIFEST_FILE, init);
   if (manifestBytes === null) throw new LstmgenError(`${folderUrl} has no ${MANIFEST_FILE}: not an lstmgen artifact folder`);
   let manifest;
   try {
@@ -22,9 +25,9 @@ export async function load(ort, folderUrl) {
   } catch (e) {
     throw new LstmgenError(`${base}${MANIFEST_FILE} is not valid JSON (${e.message}); re-export the model`);
   }
-  const graphBytes = await fetchBytes(base + GENERATE_WEB_FILE);
+  const graphBytes = await fetchBytes(base + GENERATE_WEB_FILE, init);
   await checkArtifact(manifest, graphBytes, folderUrl, GENERATE_WEB_FILE);
-  const modelBytes = await fetchBytes(base + MODEL_FILE);
+  const modelBytes = await fetchBytes(base + MODEL_FILE, init);
   if (modelBytes === null) throw new LstmgenError(`${folderUrl} has no ${MODEL_FILE} (the artifact is incomplete; re-export it)`);
   // The graph reads its weights from model.onnx (ONNX external data): hand the runtime those bytes.
   const session = await ort.InferenceSession.create(graphBytes, {

@@ -1,21 +1,31 @@
 """The playground page at `/`, in a real headless Chromium (Debian's `chromium` and `chromium-driver`)
-driven by Selenium: type an API key, a prompt and settings, generate, and check the streamed text."""
+driven by Selenium: type an API key, a prompt and settings, generate (on the server, or in the browser
+with onnxruntime-web), and check the text; inspect a text and check its colours. Also the endpoints
+behind it (/v1/inspect, the browser generator's files) over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
+import urllib.error
+import urllib.request
 
 import pytest
 
 from lstmgen import Generator
+from lstmgen import playground as pg
+from lstmgen.inspect import inspect_text
 from lstmgen.server import Limits, make_server
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver packages")
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                    reason="needs Debian's chromium and chromium-driver packages")
+needs_ort_web = pytest.mark.skipif(pg.browser_runtime_missing() is not None,
+                                   reason=f"no browser generator here: {pg.browser_runtime_missing()}")
+KEY = "pg-key"
 
 
 def browser():
@@ -33,7 +43,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(artifacts):
     gens = {"names": Generator.load(artifacts["names"]), "moe": Generator.load(artifacts["moe"])}
-    srv = make_server(gens, "127.0.0.1", 0, Limits(), api_key="pg-key")
+    srv = make_server(gens, "127.0.0.1", 0, Limits(), api_key=KEY)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     yield srv
@@ -47,28 +57,200 @@ def fill(driver, field: str, value: str) -> None:
     element.send_keys(value)
 
 
-def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
+def open_playground(driver, server) -> None:
+    """Load the page, type the API key and wait for the model list."""
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    driver.get(f"{server.url}/")
+    wait = WebDriverWait(driver, 60)
+    wait.until(lambda d: "API key" in d.find_element("id", "status").text)  # the list needs the key
+    fill(driver, "key", KEY)
+    driver.find_element("id", "model").click()  # leaving the key field lists the models
+    wait.until(lambda d: len(Select(d.find_element("id", "model")).options) == 2)
+
+
+def wait_for(driver, attribute: str) -> None:
+    """Wait until the page marks <body> with data-`attribute`="1" (it does when its work is done)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 120).until(lambda d: d.find_element("tag name", "body").get_attribute(f"data-{attribute}") == "1")
+
+
+def generate_on_page(driver, model: str, settings: dict[str, str]) -> str:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "model")).select_by_value(model)
+    for field, value in settings.items():
+        fill(driver, field, value)
+    driver.find_element("id", "go").click()
+    wait_for(driver, "done")
+    return driver.find_element("id", "output").text
+
+
+@needs_chromium
+def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
     gen = server.models.generators["moe"]
     expected = gen.generate(num=1, prompt="moe_szyslak:", max_tokens=40, temperature=0.9, top_k=30, top_p=0.95, seed=5)[0]
     driver = browser()
     try:
-        driver.get(f"{server.url}/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: "API key" in d.find_element("id", "status").text)  # the list needs the key
-        fill(driver, "key", "pg-key")
-        driver.find_element("id", "prompt").click()  # leaving the key field lists the models
-        wait.until(lambda d: len(Select(d.find_element("id", "model")).options) == 2)
-        Select(driver.find_element("id", "model")).select_by_value("moe")
-        for field, value in (("prompt", "moe_szyslak:"), ("temperature", "0.9"), ("top_k", "30"), ("top_p", "0.95"),
-                             ("seed", "5"), ("max_tokens", "40")):
-            fill(driver, field, value)
-        driver.find_element("id", "go").click()
-        wait.until(lambda d: d.find_element("tag name", "body").get_attribute("data-done") == "1")
-        assert driver.find_element("id", "output").text == expected.strip()
+        open_playground(driver, server)
+        text = generate_on_page(driver, "moe", {"prompt": "moe_szyslak:", "temperature": "0.9", "top_k": "30",
+                                                "top_p": "0.95", "seed": "5", "max_tokens": "40"})
+        assert text == expected.strip()
         status = driver.find_element("id", "status").text
         assert re.fullmatch(r"\d+ tokens in [\d.]+ s: \d+ tokens/s \(first text after [\d.]+ s\)", status), status
         assert driver.save_screenshot(str(tmp_path / "playground.png"))
     finally:
         driver.quit()
+
+
+@needs_chromium
+@needs_ort_web
+def test_run_in_my_browser_writes_pythons_text(server):
+    """With the switch on, onnxruntime-web runs generate.onnx in the page: Python's text for the same seed."""
+    names, moe = server.models.generators["names"], server.models.generators["moe"]
+    generation_calls = server_generation_calls(server)
+    driver = browser()
+    try:
+        open_playground(driver, server)
+        driver.find_element("id", "in_browser").click()
+        for model, gen, settings in (
+                ("names", names, {"prompt": "", "seed": "7", "temperature": "0.8", "max_tokens": "200"}),
+                ("names", names, {"prompt": "ka", "seed": "2", "top_k": "5", "temperature": "1"}),
+                ("moe", moe, {"prompt": "moe_szyslak: hey", "seed": "5", "top_k": "", "top_p": "0.9", "max_tokens": "30"})):
+            text = generate_on_page(driver, model, settings)
+            expected = gen.generate(num=1, prompt=settings["prompt"] or None, seed=int(settings["seed"]),
+                                    temperature=float(driver.find_element("id", "temperature").get_attribute("value")),
+                                    top_k=int(settings["top_k"]) if settings.get("top_k") else None,
+                                    top_p=float(driver.find_element("id", "top_p").get_attribute("value")),
+                                    max_tokens=int(driver.find_element("id", "max_tokens").get_attribute("value")))[0]
+            assert text == expected.strip(), (model, settings)
+            assert "in this browser" in driver.find_element("id", "status").text
+    finally:
+        driver.quit()
+    assert server_generation_calls(server) == generation_calls  # the server only sent files
+
+
+@needs_chromium
+def test_inspect_view_colours_the_text_by_surprisal_and_by_a_cell(server, tmp_path):
+    text = "moe_szyslak: hey, homer. what'll it be?\nhomer_simpson: a beer, moe.\n"
+    driver = browser()
+    try:
+        open_playground(driver, server)
+        from selenium.webdriver.support.ui import Select
+
+        driver.find_element("css selector", "input[name=view][value=inspect]").click()
+        Select(driver.find_element("id", "model")).select_by_value("moe")
+        fill(driver, "inspect_text", text)
+        driver.find_element("id", "inspect_go").click()
+        wait_for(driver, "inspected")
+        pieces = inspect_text(server.models.generators["moe"], text).pieces
+        shown = driver.find_element("id", "ins-output").get_attribute("textContent")
+        assert shown == "".join("↵\n" if p == "\n" else p for p in pieces)  # every token, in order
+        spans = driver.find_elements("css selector", "#ins-output span")
+        by_surprisal = [s.value_of_css_property("background-color") for s in spans]
+        assert len(set(by_surprisal)) > 3  # coloured by value, not one colour
+        assert "nats" in spans[-1].get_attribute("title")
+        assert re.fullmatch(r"[\d.]+ nats/token over \d+ tokens \([\d.]+ nats in all\)",
+                            driver.find_element("id", "ins-summary").text)
+        cell_button = driver.find_element("css selector", "#ins-features button[data-cell]")
+        cell_button.click()
+        assert driver.find_element("id", "colour-name").text == f"cell {cell_button.get_attribute('data-cell')}"
+        spans = driver.find_elements("css selector", "#ins-output span")
+        assert [s.value_of_css_property("background-color") for s in spans] != by_surprisal
+        assert driver.save_screenshot(str(tmp_path / "inspect.png"))
+    finally:
+        driver.quit()
+
+
+# -- the endpoints behind the page, over real HTTP ----------------------------------------------------------
+def call(server, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, bytes, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(server.url + path, data=data, headers=headers, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def server_generation_calls(server) -> float:
+    """Requests to the generation endpoints so far, from /metrics."""
+    _, raw, _ = call(server, "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in raw.decode().splitlines()
+               if line.startswith("lstmgen_http_requests_total{") and ('"/v1/completions"' in line or '"/v1/generate"' in line))
+
+
+@pytest.mark.parametrize("model,text", [
+    ("moe", "moe_szyslak: hey, homer. what'll it be?\nhomer_simpson: a beer, moe. (sighs) \"duff\".\n" * 3),
+    ("names", "anna\nbob\nkatherine\n"),
+])
+def test_inspect_endpoint_totals_equal_the_score(server, model, text):
+    status, raw, _ = call(server, "/v1/inspect", {"model": model, "text": text, "top": 2, "cells": ["h0:1"]})
+    assert status == 200, raw
+    got = json.loads(raw)
+    score = server.models.generators[model].score(text)
+    assert abs(sum(v for v in got["surprisal"] if v is not None) - score.nats) < 1e-4
+    assert abs(got["nats"] - score.nats) < 1e-4 and got["tokens_predicted"] == score.tokens
+    n = len(got["pieces"])
+    assert len(got["surprisal"]) == n and got["features"]
+    for feature in got["features"].values():
+        assert len(feature["top"]) == 2
+        assert all(len(got["activations"][t["cell"]]) == n for t in feature["top"])
+    assert len(got["activations"]["h0:1"]) == n
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"model": "moe", "text": ""}, "the text is empty"),
+    ({"model": "moe"}, "inspect takes a 'text' string"),
+    ({"model": "moe", "text": "hey", "colour": 1}, "unknown: colour"),
+    ({"model": "moe", "text": "hey moe", "top": 0}, "top must be an integer from 1 to 5"),
+    ({"model": "moe", "text": "hey moe", "cells": ["c9:0"]}, "layer 9 is out of range"),
+    ({"model": "names", "text": "z#"}, "vocabulary lacks"),
+    ({"model": "moe", "text": "moe " * 20_001}, "inspect reads at most 20,000 at once"),
+])
+def test_inspect_bad_input_gets_a_one_line_400(server, body, message):
+    status, raw, _ = call(server, "/v1/inspect", body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and message in error and "\n" not in error, error
+
+
+def test_inspect_needs_the_api_key(server):
+    status, _, _ = call(server, "/v1/inspect", {"model": "moe", "text": "hey moe"}, key=None)
+    assert status == 401
+
+
+def test_artifact_files_are_served_read_only_with_the_key(server):
+    folder = server.models.generators["names"].folder
+    status, raw, _ = call(server, "/artifacts/names/manifest.json")
+    assert status == 200 and raw == (folder / "manifest.json").read_bytes()
+    assert call(server, "/artifacts/names/model.onnx", key=None)[0] == 401
+    assert call(server, "/artifacts/names/records.u64")[0] == 404  # only the files the browser loads
+    assert call(server, "/artifacts/other/manifest.json")[0] == 404  # only served models
+    assert call(server, "/artifacts/names/..%2Fmanifest.json")[0] == 404
+
+
+@needs_ort_web
+def test_browser_runtime_files_are_served_without_the_key(server):
+    status, raw, headers = call(server, "/js/web.mjs", key=None)
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and b"export async function load" in raw
+    status, _, headers = call(server, "/js/ort/ort.wasm.min.mjs", key=None)
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    assert call(server, "/js/ort/ort.wasm.min.mjs.map", key=None)[0] == 404  # .mjs and .wasm only
+    assert call(server, "/js/node.mjs", key=None)[0] == 404
+
+
+def test_without_onnxruntime_web_the_switch_is_off_with_the_reason(monkeypatch, server):
+    monkeypatch.setattr(pg, "ORT_DIST", pg.JS_DIR / "no-such-folder")
+    reason = pg.browser_runtime_missing()
+    assert reason == "onnxruntime-web is not installed: run `npm ci --prefix js` in the repository"
+    srv = make_server(server.models.generators, "127.0.0.1", 0, Limits())  # built now, so it sees no runtime
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        status, page, _ = call(srv, "/", key=None)
+    finally:
+        srv.stop()
+        thread.join(60)
+    assert status == 200 and f'<body data-browser-off="{reason}"'.encode() in page

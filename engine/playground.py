@@ -1,0 +1,129 @@
+"""What the playground page at `/` needs beyond the generation endpoints: its "inspect" view's data
+(`POST /v1/inspect`, built on lstmgen.inspect) and the read-only files of its "run in my browser"
+switch (the JavaScript generator of js/, onnxruntime-web's files, and each served model's artifact).
+
+    POST /v1/inspect               {"model", "text", "top", "cells"} -> pieces, surprisal, top cells per
+                                   feature and the activations of those cells (and of "cells") per token
+    GET  /js/{file}                js/lstmgen.mjs and js/web.mjs              (no API key needed: code only)
+    GET  /js/ort/{file}            onnxruntime-web's .mjs and .wasm files     (no API key needed: code only)
+    GET  /artifacts/{model}/{file} manifest.json, generate-web.onnx, model.onnx of a served model
+
+The JavaScript files exist only in a checkout of the repository with `npm ci --prefix js` done; a wheel
+has none, and then the page shows the switch disabled with `browser_runtime_missing()`'s reason.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+
+from .errors import LstmgenError
+from .inspect import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
+from .manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
+from .serving import HttpError, Models, read_json
+
+JS_DIR = Path(__file__).resolve().parent.parent / "js"  # the repository's js/ beside engine/ (absent from a wheel)
+ORT_DIST = JS_DIR / "node_modules" / "onnxruntime-web" / "dist"
+JS_FILES = ("lstmgen.mjs", "web.mjs")
+ARTIFACT_FILES = (MANIFEST_FILE, GENERATE_WEB_FILE, MODEL_FILE)
+MEDIA_TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
+               ".onnx": "application/octet-stream"}
+INSPECT_FIELDS = {"text", "top", "cells"}
+MAX_TOP = 5  # cells per feature: each one sends a value per token, so this bounds the answer's size
+MAX_CHOSEN_CELLS = 8
+INSPECTIONS_AT_ONCE = 2  # more wait their turn: one holds up to 20,000 x layers x hidden x 8 bytes of states
+
+
+# -- inspect ------------------------------------------------------------------------------------------
+async def inspect_endpoint(request: Request) -> JSONResponse:
+    """Surprisal and the cells that track the text's features, for the playground's inspect view."""
+    models: Models = request.app.state.models
+    body = await read_json(request, models.limits)
+    name = models.pick(body.pop("model", None))
+    text, top, cell_specs = inspect_args(body)
+    gen = models.generators[name]
+    d = gen.manifest.dims
+    chosen = [parse_cell(spec, d.num_layers, d.hidden_size) for spec in cell_specs]
+
+    def work() -> JSONResponse:  # seconds of NumPy and ONNX Runtime, and a JSON of MBs: off the event loop
+        ins = inspect_text(gen, text, max_tokens=models.limits.max_inspect_tokens)
+        return JSONResponse({"model": name, **inspection_json(ins, top, chosen)})
+
+    async with request.app.state.inspect_slots:  # each one holds every token's states in memory
+        return await run_in_threadpool(work)
+
+
+def inspect_args(body: dict) -> tuple[str, int, list[str]]:
+    """The text, cells per feature and chosen cells of an inspect request, checked."""
+    unknown = set(body) - INSPECT_FIELDS
+    if unknown or not isinstance(body.get("text"), str):
+        raise LstmgenError("inspect takes a 'text' string and optionally 'top' (cells per feature, 1.."
+                           f"{MAX_TOP}) and 'cells' (e.g. [\"c1:37\"])" + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    top = body.get("top", 3)
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
+        raise LstmgenError(f"top must be an integer from 1 to {MAX_TOP}, got {top!r}")
+    cells = body.get("cells", [])
+    if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells) or len(cells) > MAX_CHOSEN_CELLS:
+        raise LstmgenError(f"cells must be a list of at most {MAX_CHOSEN_CELLS} strings LAYER:UNIT after c or h, e.g. [\"c1:37\"]")
+    return body["text"], top, cells
+
+
+def inspection_json(ins: Inspection, top: int, chosen: list) -> dict:
+    """The answer of /v1/inspect: every array has one entry per token of `pieces`."""
+    features = {}
+    shown = {str(cell): cell for cell in chosen}
+    for name, corr in correlate(ins, text_features(ins)).items():
+        best = top_cells(corr, top)
+        features[name] = {"help": FEATURE_HELP[name], "top": [{"cell": str(cell), "r": round(r, 4)} for cell, r in best]}
+        shown.update((str(cell), cell) for cell, _ in best)
+    return {
+        "level": ins.level, "records": ins.records, "pieces": ins.pieces,
+        "surprisal": [None if math.isnan(v) else v for v in ins.surprisal.tolist()],  # full precision: sums to the score
+        "nats": ins.total_nats, "tokens_predicted": ins.tokens_predicted, "nats_per_token": ins.nats_per_token,
+        "features": features,
+        "activations": {spec: [round(v, 3) for v in ins.state(c.kind, c.layer, c.unit).tolist()] for spec, c in shown.items()},
+    }
+
+
+# -- files for "run in my browser" ----------------------------------------------------------------------
+def browser_runtime_missing() -> str | None:
+    """Why the page cannot generate in the browser here, in one line; None when it can."""
+    if not all((JS_DIR / f).is_file() for f in JS_FILES):
+        return "the JavaScript generator (js/) is not installed with this lstmgen: run the server from a checkout of the repository"
+    if not ORT_DIST.is_dir():
+        return "onnxruntime-web is not installed: run `npm ci --prefix js` in the repository"
+    return None
+
+
+def static_file(path: Path) -> FileResponse:
+    # no-cache: the browser revalidates (cheap 304s), so a re-exported model or updated runtime is never stale
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+
+async def js_file(request: Request) -> FileResponse:
+    name = request.path_params["file"]
+    if name not in JS_FILES or not (JS_DIR / name).is_file():
+        raise HttpError(404, f"no such file: /js/{name}")
+    return static_file(JS_DIR / name)
+
+
+async def ort_file(request: Request) -> FileResponse:
+    name = request.path_params["file"]  # a path parameter holds no "/", so it stays inside ORT_DIST
+    path = ORT_DIST / name
+    if Path(name).suffix not in (".mjs", ".wasm") or name.startswith(".") or not path.is_file():
+        raise HttpError(404, f"no such file: /js/ort/{name}")
+    return static_file(path)
+
+
+async def artifact_file(request: Request) -> FileResponse:
+    """A served model's file that the browser generator loads (the API key is checked before this)."""
+    models: Models = request.app.state.models
+    name, file = models.pick(request.path_params["model"]), request.path_params["file"]
+    path = models.generators[name].folder / file
+    if file not in ARTIFACT_FILES or not path.is_file():
+        raise HttpError(404, f"{name} has no {file} to serve (served: {', '.join(ARTIFACT_FILES)})")
+    return static_file(path)
