@@ -86,3 +86,20 @@ def artifacts(request) -> dict[str, Path]:
     if HAS_TORCH:
         return {k: art for k, (_, art) in request.getfixturevalue("tiny_models").items()}
     return {k: shipped(k) for k in ("names", "shakespeare", "moe")}
+
+
+def artifact_before_generation_graph(tmp_path: Path, model: str = "names") -> Path:
+    """A shipped model as exported before generate.onnx existed: no graph files, no manifest fields."""
+    import json
+    import shutil
+
+    from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE
+
+    folder = tmp_path / model
+    shutil.copytree(EXPORTED / model, folder)
+    (folder / GENERATE_FILE).unlink()
+    (folder / GENERATE_WEB_FILE).unlink()
+    d = json.loads((folder / MANIFEST_FILE).read_text())
+    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(d))
+    return folder

@@ -5,7 +5,6 @@ The Node.js and browser runs of the same graph are in test_generate_js.py.
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -17,9 +16,9 @@ from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graph_runner import GraphGenerator
-from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, read_manifest, sha256_file
+from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, read_manifest, sha256_file
 
-from .conftest import EXPORTED
+from .conftest import EXPORTED, artifact_before_generation_graph
 
 SETTINGS = [dict(temperature=0.8), dict(temperature=0.0), dict(temperature=1.0, top_k=5),
             dict(temperature=0.9, top_p=0.9), dict(temperature=1.2, top_k=10, top_p=0.8)]
@@ -82,16 +81,7 @@ def test_shipped_artifacts_list_their_graph_and_what_it_omits(model):
     assert set(m.generate_omits) == {"repetition_penalty", "min_p", "stop_strings", "logit_bias"}
 
 
-def old_artifact(tmp_path):
-    """names as exported before generate.onnx existed: no file, no manifest fields."""
-    folder = tmp_path / "names"
-    shutil.copytree(EXPORTED / "names", folder)
-    (folder / GENERATE_FILE).unlink()
-    (folder / GENERATE_WEB_FILE).unlink()
-    d = json.loads((folder / MANIFEST_FILE).read_text())
-    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
-    (folder / MANIFEST_FILE).write_text(json.dumps(d))
-    return folder
+old_artifact = artifact_before_generation_graph
 
 
 def test_old_artifact_still_generates_and_add_graph_upgrades_it(tmp_path, capsys):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from lstmgen.cli import main
-from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE
+from lstmgen.manifest import GENERATE_FILE, MANIFEST_FILE
 
-from .conftest import EXPORTED, REPO
+from .conftest import EXPORTED, REPO, artifact_before_generation_graph
 
 JS = REPO / "js"
 EXAMPLE = JS / "examples" / "generate.mjs"
@@ -63,14 +63,7 @@ def artifact_copy(tmp_path, model: str = "names"):
     return folder
 
 
-def old_artifact(tmp_path):
-    folder = artifact_copy(tmp_path)
-    (folder / GENERATE_FILE).unlink()
-    (folder / GENERATE_WEB_FILE).unlink()
-    d = json.loads((folder / MANIFEST_FILE).read_text())
-    del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
-    (folder / MANIFEST_FILE).write_text(json.dumps(d))
-    return folder
+old_artifact = artifact_before_generation_graph
 
 
 def corrupt_graph(tmp_path):
