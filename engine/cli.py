@@ -28,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a trained run to an ONNX artifact (needs the 'train' extra)", add_help=False)
     sub.add_parser("bench", help="measure tokens/s of the engine against PyTorch", add_help=False)
 
+    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_info_and_list):
+        add(sub)
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _add_generate(sub) -> None:
+    """`lstmgen generate`: sampling, prompts, output form."""
     g = sub.add_parser("generate", help="generate text with an exported or shipped model",
                        description="Generate text. With no MODEL, a shipped default model is used.")
     g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: the shipped 'names')")
@@ -59,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list (default: text)")
     add_runtime_flags(g)
 
+
+def _add_score(sub) -> None:
+    """`lstmgen score`: a text file's negative log-likelihood."""
     s = sub.add_parser("score", help="negative log-likelihood of a text file under a model")
     s.add_argument("model", help="artifact folder or shipped model name")
     s.add_argument("file", help="text to score (records models: one item a line)")
@@ -75,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_flags(s)
 
+
+def _add_serve(sub) -> None:
+    """`lstmgen serve`: bind, security and limits of the HTTP server."""
     v = sub.add_parser("serve", help="serve models over HTTP with dynamic batching")
     v.add_argument("models", nargs="*", help="artifact folders or shipped model names (default: the default model)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: %(default)s)")
@@ -96,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--verbose", "-v", action="store_true", help="access log: one line per request with latency and tokens")
     add_runtime_flags(v)
 
+
+def _add_inspect(sub) -> None:
+    """`lstmgen inspect`: the surprisal and cells page."""
     n = sub.add_parser("inspect", help="a page of a text's surprisal and the LSTM cells that track it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Write one self-contained HTML page: the text coloured by surprisal and by"
@@ -112,18 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text (statistics use all)")
     add_runtime_flags(n)
 
+
+def _add_add_graph(sub) -> None:
+    """`lstmgen add-graph`: generate.onnx for artifacts exported before it existed."""
     a = sub.add_parser("add-graph", help="add generate.onnx (one-call generation for other runtimes) to artifacts",
                        description="Write generate.onnx into artifact folders exported before it existed and list it in"
                                    " their manifests; model.onnx is left untouched. Needs the onnx package.")
     a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
 
+
+def _add_info_and_list(sub) -> None:
+    """`lstmgen info` and `lstmgen list`: what an artifact is, which models ship."""
     i = sub.add_parser("info", help="describe an artifact (with no MODEL: list the shipped models)")
     i.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: list the shipped models)")
     i.add_argument("--json", action="store_true", help="print the manifest (default: a summary)")
     sub.add_parser("list", help="list the shipped models, one line each")
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    return p
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
