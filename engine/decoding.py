@@ -22,6 +22,7 @@ import numpy as np
 from .errors import LstmgenError
 from .manifest import record_hash
 from .sampling import RowSampler, SamplingParams
+from .scoring import log_softmax
 from .tokenizer import Detokenizer, Tokenizer
 
 NOVEL_ROUNDS = 50  # a novel job gives up after this many rounds of rows
@@ -279,7 +280,7 @@ class RowBlock:
         job = self.job
         if job.cancelled:
             return self._end_all()
-        model_logprobs = _log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
+        model_logprobs = log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
         try:
             tokens = self.sampler.sample(logits, live)
         except LstmgenError as e:
@@ -381,7 +382,7 @@ class DecodeLoop:
     def _prompt_logprobs(self, job: Job, logits: np.ndarray) -> list[TokenLogprob]:
         n_prompt = len(job.request.prompt_ids)
         start = len(job.context) - n_prompt
-        lp = _log_softmax(logits[start - 1: len(job.context) - 1])
+        lp = log_softmax(logits[start - 1: len(job.context) - 1])
         return [_token_logprob(self.tokenizer, lp[k], job.context[start + k], job.request.logprobs)
                 for k in range(n_prompt)]
 
@@ -449,13 +450,6 @@ class DecodeLoop:
             block.job.fail(error)
             block.job.done.set()
         self.blocks, self.state, self.logits = [], None, None
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log softmax of each row, in float64 (the model's own distribution, nothing filtered)."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - (np.log(np.exp(x - m).sum(axis=-1, keepdims=True)) + m)
 
 
 def _token_logprob(tokenizer: Tokenizer, logprobs: np.ndarray, token: int, n_top: int) -> TokenLogprob:

@@ -22,7 +22,7 @@ from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
 from .sampling import SamplingParams, new_seed
-from .scoring import Score, stream_segments
+from .scoring import Score, stream_segments, surprisal
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
@@ -295,7 +295,7 @@ class Generator:
                 for a in range(0, len(group), 512):
                     arr = np.array(group[a: a + 512], dtype=np.int64)
                     logits, _, _ = self.backend.run(arr[:, :-1])
-                    nats += _nll(logits, arr[:, 1:])
+                    nats += float(surprisal(logits, arr[:, 1:]).sum())
                     tokens += arr[:, 1:].size
             chars = sum(len(s) - 1 for s in seqs) if self.tokenizer.level == "char" else len(text)
             return Score(nats, tokens, chars, sum(n for _, n in known), case_folded, self.tokenizer.level == "word")
@@ -315,19 +315,10 @@ class Generator:
             h = c = None
             for a in range(0, length, SCORE_CHUNK):
                 logits, h, c = self.backend.run(x[:, a: a + SCORE_CHUNK], h, c)
-                nats += _nll(logits, y[:, a: a + SCORE_CHUNK])
+                nats += float(surprisal(logits, y[:, a: a + SCORE_CHUNK]).sum())
             tokens += y.size
         chars = tokens if self.tokenizer.level == "char" else len(text)
         return Score(nats, tokens, chars, oov, case_folded, self.tokenizer.level == "word")
-
-
-def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Sum of -log softmax(logits)[target], in float64."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
-    picked = np.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
-    return float((lse - picked).sum())
 
 
 def _is_int(x) -> bool:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import LstmgenError
 from .generator import SCORE_CHUNK, Generator
+from .scoring import surprisal as token_surprisal
 from .tokenizer import Detokenizer
 
 MAX_INSPECT_TOKENS = 200_000  # states take 2 x layers x hidden x 4 bytes per token: 800 MB at 2 x 512 here
@@ -157,14 +158,6 @@ def _record_segments(gen: Generator, text: str) -> list[_Segment]:
     return out
 
 
-def _surprisal_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] per position, in float64 as `Generator.score` computes it."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
-    return lse - np.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
-
-
 def _running_surprisal(gen: Generator, ids: np.ndarray,
                        progress: Progress | None) -> tuple[np.ndarray, list[tuple[int, tuple | None]]]:
     """Pass 1: the score's chunked run at batch 1; returns surprisal and (chunk start, state before it)."""
@@ -174,7 +167,7 @@ def _running_surprisal(gen: Generator, ids: np.ndarray,
     h = c = None
     for a in range(0, x.shape[1], SCORE_CHUNK):
         logits, h, c = gen.backend.run(x[:, a: a + SCORE_CHUNK], h, c)
-        surprisal[a + 1: a + 1 + logits.shape[1]] = _surprisal_at(logits, y[:, a: a + SCORE_CHUNK])[0]
+        surprisal[a + 1: a + 1 + logits.shape[1]] = token_surprisal(logits, y[:, a: a + SCORE_CHUNK])[0]
         if a + SCORE_CHUNK < len(ids):
             starts.append((a + SCORE_CHUNK, (h, c)))
         if progress is not None:
@@ -193,7 +186,7 @@ def _records_surprisal(gen: Generator, segments: list[_Segment]) -> np.ndarray:
             rows = group[a: a + RECORDS_PER_CALL]
             arr = np.stack([segments[k].ids for k in rows])
             logits, _, _ = gen.backend.run(arr[:, :-1])
-            nll = _surprisal_at(logits, arr[:, 1:])
+            nll = token_surprisal(logits, arr[:, 1:])
             for r, k in enumerate(rows):
                 per_record[k][1:] = nll[r]
     return np.concatenate(per_record)

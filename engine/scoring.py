@@ -15,7 +15,24 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+import numpy as np
+
 from .errors import LstmgenError
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64: the model's own distribution, nothing filtered."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (np.log(np.exp(x - m).sum(axis=-1, keepdims=True)) + m)
+
+
+def surprisal(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per position, in float64: what a score sums (its nats)."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(x - m).sum(axis=-1)) + m[..., 0]
+    return lse - np.take_along_axis(x, targets[..., None], axis=-1)[..., 0]
 
 
 def stream_segments(n_tokens: int, streams: int) -> list[tuple[int, int]]:
