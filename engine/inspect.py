@@ -91,6 +91,7 @@ def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: P
     records = gen.records
     if not text.strip():
         raise LstmgenError("the text is empty: give some text to inspect")
+    text = gen.tokenizer.fold(text)  # as `score` reads it: a lower-case vocabulary reads capitals as their small letters
     segments = _record_segments(gen, text) if records else [_running_segment(gen, text)]
     n = sum(len(s.ids) for s in segments)
     if n > max_tokens:

@@ -36,6 +36,14 @@ def gens(artifacts):
     return {k: Generator.load(p, device="cpu") for k, p in artifacts.items()}
 
 
+def test_a_lower_case_vocabulary_reads_capitals_as_score_does(gens):
+    g = gens["names"]
+    assert g.tokenizer.folds_case
+    ins = inspect_text(g, "Emma\nAva\n")
+    assert abs(ins.total_nats - g.score("Emma\nAva\n").nats) < 1e-4
+    assert abs(ins.total_nats - g.score("emma\nava\n").nats) < 1e-4
+
+
 @pytest.mark.parametrize("name", ["names", "shakespeare", "moe"])
 def test_surprisal_totals_equal_the_score(gens, name):
     g, text = gens[name], _texts()[name]
