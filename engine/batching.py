@@ -40,10 +40,8 @@ class Scheduler:
         Takes Generator.generate's arguments (prompts, logprobs, echo, bias, ban, novel included, not
         progress) and `on_piece(row, text)` to stream. At most max_batch samples per job.
         """
-        jobs = self.gen.jobs(max_num=self.max_batch, **kwargs)
-        for job in jobs:
-            job.block_rows = job.num  # a novel job's later rounds reuse the rows admitted for it: at most max_batch
-        return jobs
+        # block_rows = num: a novel job's later rounds reuse the rows admitted for it, at most max_batch
+        return self.gen.jobs(max_num=self.max_batch, block_rows=kwargs.get("num", 1), **kwargs)
 
     def job(self, **kwargs) -> Job:
         """The job of a request for one prompt (see `jobs`)."""

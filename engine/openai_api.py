@@ -24,7 +24,7 @@ from .job_bridge import JobRun, finish_or_disconnect
 from .decoding import Sample
 from .sampling import new_seed
 from .tokenizer import Detokenizer
-from .serving import EventStream, HttpError, Models, count_tokens, note_tokens, prompt_text, read_json, sse
+from .serving import EventStream, Models, count_tokens, note_tokens, prompt_text, read_json, sse
 
 SAMPLING_FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_window"}
 ACCEPTED_FIELDS = SAMPLING_FIELDS | {"model", "prompt", "n", "stop", "seed", "stream", "stream_options", "logprobs",
@@ -212,9 +212,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 async def get_model(request: Request) -> JSONResponse:
     models: Models = request.app.state.models
-    name = request.path_params["model"]
-    if name not in models.generators:
-        raise HttpError(404, f"no model named {name!r} here (serving: {', '.join(models.generators)})")
+    name = models.pick(request.path_params["model"])  # 404 for a model not served here
     return JSONResponse(model_object(name, models.generators[name]))
 
 

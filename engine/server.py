@@ -96,15 +96,16 @@ async def generate(request: Request) -> Response:
         samples = [run.results() for run in runs]
     prompts = args.get("prompts") if args.get("prompts") is not None else [args.get("prompt")]
     echo = args.get("echo", True)
-    note_tokens(request, name, sum(written_tokens(gen, p, s if isinstance(s, str) else s["text"], echo)
-                                   for p, per_prompt in zip(prompts, samples) for s in per_prompt))
+    skips = [echoed_prompt_length(gen, p, echo) for p in prompts]  # once per prompt, not per sample
+    note_tokens(request, name, sum(count_tokens(gen, (s if isinstance(s, str) else s["text"])[skip:])
+                                   for skip, per_prompt in zip(skips, samples) for s in per_prompt))
     return JSONResponse({"model": name, "seed": args["seed"],
                          "samples": samples if args.get("prompts") is not None else samples[0]})
 
 
-def written_tokens(gen: Generator, prompt: str | None, sample: str, echo: bool = True) -> int:
-    """Tokens the model wrote in a sample (for metrics): the prompt written back is not counted."""
-    return count_tokens(gen, sample[len(prompt_text(gen, prompt)[1]):] if echo else sample)
+def echoed_prompt_length(gen: Generator, prompt: str | None, echo: bool = True) -> int:
+    """Characters at the start of a sample that are the prompt written back (metrics count the rest)."""
+    return len(prompt_text(gen, prompt)[1]) if echo else 0
 
 
 def generate_stream(request: Request, models: Models, name: str, args: dict) -> Response:
@@ -134,7 +135,9 @@ def generate_stream(request: Request, models: Models, name: str, args: dict) -> 
         except LstmgenError as e:
             final = {"error": str(e)}
         else:
-            note_tokens(request, name, written_tokens(models.generators[name], args.get("prompt"), final["text"], args.get("echo", True)))
+            gen = models.generators[name]
+            skip = echoed_prompt_length(gen, args.get("prompt"), args.get("echo", True))
+            note_tokens(request, name, count_tokens(gen, final["text"][skip:]))
         yield sse(final, event="done")
 
     def on_close() -> None:
@@ -167,9 +170,14 @@ async def metrics(request: Request) -> Response:
 
 
 async def playground(request: Request) -> HTMLResponse:
-    missing = request.app.state.browser_runtime_missing
-    page = PLAYGROUND if missing is None else PLAYGROUND.replace("<body", f'<body data-browser-off="{html.escape(missing)}"', 1)
-    return HTMLResponse(page)
+    return HTMLResponse(request.app.state.playground_page)
+
+
+def playground_page(browser_runtime_missing: str | None) -> str:
+    """The page, telling it why "run in my browser" is off here when it is (fixed for a server's life)."""
+    if browser_runtime_missing is None:
+        return PLAYGROUND
+    return PLAYGROUND.replace("<body", f'<body data-browser-off="{html.escape(browser_runtime_missing)}"', 1)
 
 
 PLAYGROUND = resources.files("lstmgen").joinpath("static", "playground.html").read_text(encoding="utf-8")
@@ -211,7 +219,7 @@ def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[s
                                         405: not_allowed})
     app.state.models = models
     app.state.metrics = stats
-    app.state.browser_runtime_missing = pg.browser_runtime_missing()
+    app.state.playground_page = playground_page(pg.browser_runtime_missing())
     app.state.inspect_slots = asyncio.Semaphore(pg.INSPECTIONS_AT_ONCE)
     return app
 
