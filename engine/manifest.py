@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -234,8 +234,10 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
         os.replace(stale_old, final)
     for leftover in final.parent.glob(f".{final.name}.*.tmp"):
         _rmtree(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only; an artifact is a folder like any other
+    # mkdir, not mkdtemp: mkdtemp makes the folder owner-only, and an artifact is a folder like any
+    # other (the umask decides); the random name keeps concurrent exports apart all the same.
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
     old = None
     try:
         fill(tmp)
@@ -256,12 +258,6 @@ def write_artifact_atomically(final: str | os.PathLike, fill) -> None:
         raise
     if old is not None:
         _rmtree(old)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _rmtree(p: Path) -> None:
