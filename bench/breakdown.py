@@ -44,16 +44,14 @@ SETTLE_S = 0.05
 
 # -- sessions and their ping-pong bindings --------------------------------------------------------
 def session(path: Path, threads: int, *, spinning: bool = True, level: str = "ORT_ENABLE_ALL", mem_pattern: bool = True):
-    """An ONNX Runtime session with the engine's options (lstmgen.generator.OrtBackend) unless told otherwise."""
+    """An ONNX Runtime session with the engine's options (lstmgen.backend.session_options) unless told otherwise."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    from lstmgen.backend import session_options
+
+    opts = session_options(threads)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
     opts.enable_mem_pattern = mem_pattern
-    opts.log_severity_level = 3
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

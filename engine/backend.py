@@ -13,6 +13,29 @@ from .errors import LstmgenError
 from .manifest import MODEL_FILE, Manifest
 
 
+def session_options(threads: int | None):
+    """The engine's ONNX Runtime options (the bench's breakdown varies them one at a time)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def open_session(path: Path, threads: int | None, providers: list[str], fix: str):
+    """An ONNX Runtime session with the engine's options; a file ORT rejects is one line saying `fix`."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except Exception as e:  # ORT reports malformed graphs with its own exception types
+        raise LstmgenError(f"{path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:200]}); {fix}") from None
+
+
 class OrtBackend:
     """ONNX Runtime session for one artifact, with its step buffers bound once per batch size."""
 
@@ -29,18 +52,8 @@ class OrtBackend:
         if device not in ("cpu", "cuda"):
             raise LstmgenError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.device = device
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(folder / MODEL_FILE), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT reports malformed graphs with its own exception types
-            raise LstmgenError(f"{folder / MODEL_FILE} cannot be loaded by ONNX Runtime"
-                               f" ({str(e).splitlines()[0][:200]}); re-export the model") from None
+        self.session = open_session(folder / MODEL_FILE, threads, providers, "re-export the model")
         self._check_graph(folder)
         d = manifest.dims
         self.state_shape = (d.num_layers, d.hidden_size)

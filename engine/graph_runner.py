@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import open_session
 from .errors import LstmgenError
 from .generator import Generator
 from .manifest import GENERATE_FILE
@@ -23,23 +24,14 @@ class GraphGenerator:
     """An artifact's generate.onnx in an ONNX Runtime session, with the artifact's tokenizer and checks."""
 
     def __init__(self, generator: Generator, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.generator = generator
         folder, m = generator.folder, generator.manifest
         path = folder / GENERATE_FILE
         if m.generate_sha256 is None or not path.is_file():
             raise LstmgenError(f"{folder} has no {GENERATE_FILE} (exported before it existed); add it with"
                                f" `lstmgen add-graph {folder}` or re-export the model")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT reports malformed graphs with its own exception types
-            raise LstmgenError(f"{path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:200]});"
-                               " rebuild it with `lstmgen add-graph` or re-export the model") from None
+        self.session = open_session(path, threads, ["CPUExecutionProvider"],
+                                    "rebuild it with `lstmgen add-graph` or re-export the model")
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike | None = None, threads: int | None = None) -> "GraphGenerator":
