@@ -6,3 +6,7 @@ class LstmgenError(Exception):
 
     The CLI prints it as a single line on stderr and exits with code 2; library users catch it.
     """
+
+
+class TextTooShort(LstmgenError):
+    """A text with fewer than 2 tokens: nothing in it is predicted, so it has no score."""

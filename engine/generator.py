@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import OrtBackend
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
-from .errors import LstmgenError
+from .errors import LstmgenError, TextTooShort
 from .manifest import Manifest, read_manifest, read_record_hashes
 from .sampling import SamplingParams, new_seed
 from .scoring import Score, stream_segments, surprisal
@@ -304,7 +304,7 @@ class Generator:
         ids, oov = self.tokenizer.encode_known(text, strict)
         ids = np.array(ids, dtype=np.int64)
         if len(ids) < 2:
-            raise LstmgenError("text too short to score: it needs at least 2 tokens")
+            raise TextTooShort("text too short to score: it needs at least 2 tokens")
         nats, tokens = 0.0, 0
         groups: dict[int, list[int]] = {}
         for start, length in stream_segments(len(ids), streams):

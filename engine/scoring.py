@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import LstmgenError
+from .errors import TextTooShort
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -97,8 +97,7 @@ def score_per_line(gen, text: str, *, records: bool, strict: bool = False) -> It
         if not line.strip():
             continue
         try:
-            yield line, gen.score(line, records=records, strict=strict)
-        except LstmgenError as e:
-            if "too short" not in str(e):
-                raise
-            yield line, None
+            score = gen.score(line, records=records, strict=strict)
+        except TextTooShort:
+            score = None
+        yield line, score
