@@ -82,7 +82,7 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
     cfg = RunConfig.from_dict(ckpt.config)
     if not force:
         refuse_to_replace(out, ckpt, cfg)
-    steps_run = run_steps(run_dir, ckpt)
+    steps_run = run_steps(run_dir, ckpt, ckpt_path)
     log(f"exporting {ckpt_path.name}: step {ckpt.progress.step} of a {steps_run}-step run")
     tok = Tokenizer.from_dict(ckpt.tokenizer)
     model = LSTMLanguageModel(cfg.model)
@@ -168,10 +168,10 @@ def refuse_to_replace(out: Path, ckpt: Checkpoint, cfg: RunConfig) -> None:
                            " another --out")
 
 
-def run_steps(run_dir: Path, exported: Checkpoint) -> int:
+def run_steps(run_dir: Path, exported: Checkpoint, exported_path: Path) -> int:
     """Steps the whole run took (last.pt), which may be past the exported (best) checkpoint."""
     last = run_dir / checkpoint.LAST
-    if not last.is_file():
+    if not last.is_file() or exported_path.name == checkpoint.LAST:  # last.pt is loaded already
         return exported.progress.step
     return max(exported.progress.step, checkpoint.load(last).progress.step)
 
