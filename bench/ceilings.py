@@ -20,13 +20,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from lstmgen.errors import LstmgenError
+
+from .child import run_child
 
 BLAS_HANDICAP_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 PEAK_N = 2048
@@ -44,12 +45,9 @@ def probe_env(parent: dict[str, str] | None = None) -> dict[str, str]:
 def measure(specs: list[dict], threads: int, peak_n: int = PEAK_N, timeout: float = 900) -> dict:
     """Run the probe in a child process (see the module docstring) and return what it measured."""
     job = {"specs": specs, "threads": threads, "peak_n": peak_n}
-    r = subprocess.run([sys.executable, "-m", "lstmgen.bench.ceilings", json.dumps(job)], capture_output=True,
-                       text=True, timeout=timeout, env=probe_env())
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LstmgenError(f"the ceiling probe failed: {last[:300]}")
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_child("lstmgen.bench.ceilings", job, timeout, env=probe_env())
+    if "error" in out:
+        raise LstmgenError(f"the ceiling probe failed: {out['error']}")
     out["blas_env_removed"] = {name: os.environ[name] for name in BLAS_HANDICAP_VARS if name in os.environ}
     return out
 

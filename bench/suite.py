@@ -6,11 +6,8 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +18,7 @@ from lstmgen.trainer.graph import step_flops
 from lstmgen.trainer.machine import cpu_name
 
 from . import ceilings as ceiling_probe
+from .child import run_child
 from .models import ModelSpec
 
 # engine-*: the Python engine (decode loop, Numba sampler); graph-*: generate.onnx, the whole generation in
@@ -67,12 +65,7 @@ def cuda_unavailable(backend: str) -> str | None:
 
 
 def run_worker(job: dict, timeout: float = 1800) -> dict:
-    r = subprocess.run([sys.executable, "-m", "lstmgen.bench.worker", json.dumps(job)], capture_output=True, text=True,
-                       timeout=timeout)
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": last[:300]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_child("lstmgen.bench.worker", job, timeout)
 
 
 # -- one row's figures ----------------------------------------------------------------------------
