@@ -2,7 +2,7 @@
 
 The same graph runs in Node.js and the browser (js/); this is its Python caller, used by the tests
 that hold it equal to `Generator.generate` and by the bench (`run_graph`). Arguments are checked by
-`Generator.request`, the one place that checks them for every path; settings the graph does not
+`Generator.jobs`, the one place that checks them for every path; settings the graph does not
 apply (manifest `generate_omits`) are refused rather than silently ignored.
 """
 
