@@ -96,7 +96,7 @@ def per_layer_state_graph(sd: dict[str, np.ndarray], layers: int):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from lstmgen.trainer.graph import build_step_graph
+    from lstmgen.graphs.step import build_step_graph
 
     shipped = build_step_graph(sd, layers)  # same weights, same gate order as the artifact
     init = {t.name: t for t in shipped.graph.initializer}

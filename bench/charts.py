@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from lstmgen.trainer.graph import step_flops
+from lstmgen.graphs.step import step_flops
 
 STYLE = {  # backend -> (colour, marker), the same in every chart
     "torch-default": ("#d62728", "v"),

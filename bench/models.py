@@ -55,7 +55,7 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
     """A loadable artifact over synthetic tokens (one per id) for the engine rows (and generate.onnx for the graph rows)."""
     import onnx
 
-    from lstmgen.trainer.graph import build_step_graph
+    from lstmgen.graphs.step import build_step_graph
 
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / ("fp32.onnx" if int8 else MODEL_FILE)
@@ -73,7 +73,7 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
                  defaults=SamplingDefaults(), name=spec.name, training={"note": "random weights for benchmarking"})
     (folder / MANIFEST_FILE).write_text(m.to_json())
     if generation_graph:
-        from lstmgen.trainer.generation_graph import add_generation_graph
+        from lstmgen.graphs.generation import add_generation_graph
 
         add_generation_graph(folder)
     return folder

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from lstmgen.batching import Scheduler
+from lstmgen.server.scheduler import Scheduler
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.sampling import new_seed

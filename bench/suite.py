@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmgen.trainer.graph import step_flops
+from lstmgen.graphs.step import step_flops
 from lstmgen.trainer.machine import cpu_name
 
 from . import ceilings as ceiling_probe

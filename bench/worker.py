@@ -97,7 +97,7 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
     if job.get("onnx"):
         import onnx
 
-        from lstmgen.trainer.graph import read_step_weights
+        from lstmgen.graphs.step import read_step_weights
 
         sd_np, _ = read_step_weights(onnx.load(job["onnx"]))
     else:

@@ -376,7 +376,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect_page import cmd_inspect as run
+    from .inspection.page import cmd_inspect as run
 
     _check_runtime(args)
     return run(args)
@@ -402,7 +402,7 @@ def cmd_add_graph(args) -> int:
         import onnx  # noqa: F401
     except ModuleNotFoundError:
         raise LstmgenError("`lstmgen add-graph` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
-    from .trainer.generation_graph import add_generation_graph
+    from .graphs.generation import add_generation_graph
 
     for name in args.models:
         folder = resolve_model(name)

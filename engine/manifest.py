@@ -4,7 +4,7 @@ An artifact is a folder:
     manifest.json   this schema (format name + version first, checked loudly on load)
     model.onnx      one step of the model: tokens[batch,time], h0, c0 -> logits[batch,time,vocab], h1, c1
     records.u64     optional: sorted 64-bit hashes of the corpus records, for --novel (no raw corpus)
-    generate.onnx   optional: the whole generation in one ONNX Runtime call (lstmgen.trainer.generation_graph),
+    generate.onnx   optional: the whole generation in one ONNX Runtime call (lstmgen.graphs.generation),
                     for apps in other languages; artifacts exported before it existed lack it
     generate-web.onnx optional: the same graph in the layout ONNX Runtime Web (the browser) can load
 Nothing in it is pickled; JSON and raw little-endian integers only.

@@ -15,7 +15,7 @@ halves, the row and the step:
 Rows below 2**32 (every row a generate.onnx call addresses) have hi32(row) = 0, so their key is
 fmix32(seed_key ^ row); the high word lets the Python engine give each prompt of a several-prompt
 request its own rows (prompt i starts at row i * 2**32) without two prompts sharing a stream.
-Row i depends only on (seed, i), never on the batch. lstmgen.trainer.generation_graph builds the same
+Row i depends only on (seed, i), never on the batch. lstmgen.graphs.generation builds the same
 function from ONNX operators; tests hold the two equal.
 """
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lstmgen import Generator
-from lstmgen.batching import Scheduler
+from lstmgen.server.scheduler import Scheduler
 from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import PROMPT_ROW_STRIDE

@@ -91,7 +91,7 @@ def _torch_states(onnx_path, sequences):
     import onnx
     import torch
 
-    from lstmgen.trainer.graph import read_step_weights
+    from lstmgen.graphs.step import read_step_weights
 
     sd, layers = read_step_weights(onnx.load(str(onnx_path)))
     vocab, embed = sd["embed.weight"].shape
@@ -144,7 +144,7 @@ def _quote_tracking_artifact(folder):
     pytest.importorskip("onnx", reason="building a step graph needs the onnx package (the 'train' extra)")
     import onnx
 
-    from lstmgen.trainer.graph import build_step_graph
+    from lstmgen.graphs.step import build_step_graph
 
     vocab = ["\n", " ", '"', "a", "b", "c", "d"]
     quote, V, H, L = vocab.index('"'), len(vocab), 8, 2

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from lstmgen import Generator
-from lstmgen.openai_api import logprobs_object
+from lstmgen.server.openai_compat import logprobs_object
 
 KEY = "test-key-123"
 

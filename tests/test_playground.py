@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from lstmgen import Generator
-from lstmgen import playground as pg
+from lstmgen.server import playground as pg
 from lstmgen.inspect import inspect_text
 from lstmgen.server import Limits, make_server
 

@@ -1,6 +1,6 @@
 """Checkpoint -> artifact folder: model.onnx (ONNX LSTM ops), generate.onnx, manifest.json, records.u64.
 
-The graph is written from the state_dict by lstmgen.trainer.graph rather than traced (see there why).
+The graph is written from the state_dict by lstmgen.graphs.step rather than traced (see there why).
 Export then proves itself: PyTorch and ONNX Runtime must agree on random inputs (batch > 1,
 time > 1, non-zero state) within 1e-4.
 """
@@ -21,8 +21,8 @@ import torch
 import lstmgen
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
-from lstmgen.trainer.generation_graph import write_generation_graph
-from lstmgen.trainer.graph import OPSET, build_step_graph
+from lstmgen.graphs.generation import write_generation_graph
+from lstmgen.graphs.step import OPSET, build_step_graph
 from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, Manifest, SamplingDefaults,
                               read_manifest, sha256_file, write_artifact_atomically)
 from lstmgen.tokenizer import Tokenizer
@@ -38,7 +38,7 @@ INT8_MAX_LOSS_INCREASE = 0.01  # relative; an int8 export that loses more is rep
 
 
 def build_onnx(model: LSTMLanguageModel) -> onnx.ModelProto:
-    """The model's weights as the engine's step graph (lstmgen.trainer.graph)."""
+    """The model's weights as the engine's step graph (lstmgen.graphs.step)."""
     sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
     return build_step_graph(sd, model.cfg.num_layers)
 

@@ -81,7 +81,7 @@ def _from_run(run_dir: Path) -> StartingPoint:
 def _from_artifact(folder: Path, given: str) -> StartingPoint:
     import onnx
 
-    from lstmgen.trainer.graph import read_step_weights
+    from lstmgen.graphs.step import read_step_weights
 
     manifest = read_manifest(folder)
     if manifest.precision != "fp32":

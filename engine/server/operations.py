@@ -14,7 +14,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .serving import Models, error_response
+from .http import Models, error_response
 
 # Paths anyone may call without the API key: the liveness probe, the playground page and the JavaScript
 # it imports (they hold no data; its requests carry the key the user types in, and a module import

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .batching import Scheduler
-from .decoding import Job, Sample
-from .errors import LstmgenError
+from .scheduler import Scheduler
+from ..decoding import Job, Sample
+from ..errors import LstmgenError
 
 
 class LoopEvent(threading.Event):

@@ -18,13 +18,13 @@ from dataclasses import asdict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import __version__
-from .errors import LstmgenError
-from .job_bridge import JobRun, finish_or_disconnect
-from .decoding import Sample
-from .sampling import new_seed
-from .tokenizer import Detokenizer
-from .serving import EventStream, Models, count_tokens, note_tokens, prompt_text, read_json, sse
+from .. import __version__
+from ..errors import LstmgenError
+from .bridge import JobRun, finish_or_disconnect
+from ..decoding import Sample
+from ..sampling import new_seed
+from ..tokenizer import Detokenizer
+from .http import EventStream, Models, count_tokens, note_tokens, prompt_text, read_json, sse
 
 SAMPLING_FIELDS = {"max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_window"}
 ACCEPTED_FIELDS = SAMPLING_FIELDS | {"model", "prompt", "n", "stop", "seed", "stream", "stream_options", "logprobs",

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from .batching import Scheduler
-from .errors import LstmgenError
-from .generator import Generator
-from .tokenizer import Detokenizer
+from .scheduler import Scheduler
+from ..errors import LstmgenError
+from ..generator import Generator
+from ..tokenizer import Detokenizer
 
 OPENAI_PATHS = ("/v1/completions", "/v1/models")
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",

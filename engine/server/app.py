@@ -45,18 +45,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from . import openai_api
+from . import openai_compat
 from . import playground as pg
-from .errors import LstmgenError
-from .generator import Generator
-from .http_guard import guarded_protocol
-from .job_bridge import JobRun, finish_or_disconnect
-from .sampling import new_seed
-from .serve_ops import Gate, Metrics
-from .serving import (EventStream, HttpError, Limits, Models, count_tokens, error_response, note_tokens, prompt_text,
+from ..errors import LstmgenError
+from ..generator import Generator
+from .connections import guarded_protocol
+from .bridge import JobRun, finish_or_disconnect
+from ..sampling import new_seed
+from .operations import Gate, Metrics
+from .http import (EventStream, HttpError, Limits, Models, count_tokens, error_response, note_tokens, prompt_text,
                       read_json, sse)
 
-__all__ = ["Limits", "Server", "make_app", "make_server"]
+
 
 GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self"}
 SCORE_FIELDS = {"text", "records", "streams"}
@@ -180,7 +180,7 @@ def playground_page(browser_runtime_missing: str | None) -> str:
     return PLAYGROUND.replace("<body", f'<body data-browser-off="{html.escape(browser_runtime_missing)}"', 1)
 
 
-PLAYGROUND = resources.files("lstmgen").joinpath("static", "playground.html").read_text(encoding="utf-8")
+PLAYGROUND = resources.files("lstmgen.server").joinpath("static", "playground.html").read_text(encoding="utf-8")
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -197,9 +197,9 @@ def make_app(models: Models, *, api_key: str | None = None, cors_origins: list[s
     routes = [
         Route("/", playground, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
-        Route("/v1/models", openai_api.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
-        Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/models", openai_compat.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai_compat.get_model, methods=["GET"]),
+        Route("/v1/completions", openai_compat.completions, methods=["POST"]),
         Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/score", score, methods=["POST"]),
         Route("/v1/inspect", pg.inspect_endpoint, methods=["POST"]),

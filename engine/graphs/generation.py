@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmgen import rng
-from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
+from .. import rng
+from ..manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
 
 OPSET = 18  # BitwiseXor (the random numbers) is opset 18
 GRAPH_OMITS = ["repetition_penalty", "min_p", "stop_strings", "logit_bias"]

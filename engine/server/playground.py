@@ -1,5 +1,5 @@
 """What the playground page at `/` needs beyond the generation endpoints: its "inspect" view's data
-(`POST /v1/inspect`, built on lstmgen.inspect) and the read-only files of its "run in my browser"
+(`POST /v1/inspect`, built on lstmgen.inspection) and the read-only files of its "run in my browser"
 switch (the JavaScript generator of js/, onnxruntime-web's files, and each served model's artifact).
 
     POST /v1/inspect               {"model", "text", "top", "cells"} -> pieces, surprisal, top cells per
@@ -21,12 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 
-from .errors import LstmgenError
-from .inspect import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
-from .manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
-from .serving import HttpError, Models, read_json
+from ..errors import LstmgenError
+from ..inspection import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
+from ..manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
+from .http import HttpError, Models, read_json
 
-JS_DIR = Path(__file__).resolve().parent.parent / "js"  # the repository's js/ beside engine/ (absent from a wheel)
+JS_DIR = Path(__file__).resolve().parents[2] / "js"  # the repository's js/ beside engine/ (absent from a wheel)
 ORT_DIST = JS_DIR / "node_modules" / "onnxruntime-web" / "dist"
 JS_FILES = ("lstmgen.mjs", "web.mjs")
 ARTIFACT_FILES = (MANIFEST_FILE, GENERATE_WEB_FILE, MODEL_FILE)

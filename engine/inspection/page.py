@@ -3,7 +3,7 @@
 The page holds its data as JSON and draws the coloured texts with a little inline JavaScript, so a
 text of tens of KB shown several times stays a page of a few MB; tables and the saturation chart
 (inline SVG) are plain HTML. Nothing is loaded from the network. The numbers come from
-lstmgen.inspect.
+lstmgen.inspection.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LstmgenError
-from .inspect import FEATURE_HELP, Cell, Inspection, correlate, saturation, text_features, top_cells
+from ..errors import LstmgenError
+from .features import FEATURE_HELP, Cell, correlate, saturation, text_features, top_cells
+from .reading import Inspection
 
 SURPRISAL_SCALE = 8.0  # nats at which a token's colour is fully red; fixed so that pages compare
 
@@ -218,9 +219,10 @@ mark {{ background: #f5b7b1; }}
 
 def cmd_inspect(args) -> int:
     """The CLI command: read the text, inspect it, write the page."""
-    from .corpus import read_text
-    from .generator import Generator
-    from .inspect import inspect_text, parse_cell
+    from ..corpus import read_text
+    from ..generator import Generator
+    from .features import parse_cell
+    from .reading import inspect_text
 
     if (args.file is None) == (args.text is None):
         raise LstmgenError("give a FILE or --text, one of them")

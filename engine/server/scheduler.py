@@ -12,9 +12,9 @@ from __future__ import annotations
 import queue
 import threading
 
-from .decoding import DecodeLoop, Job
-from .errors import LstmgenError
-from .generator import Generator
+from ..decoding import DecodeLoop, Job
+from ..errors import LstmgenError
+from ..generator import Generator
 
 __all__ = ["Job", "Scheduler"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lstmgen.manifest import IONames
+from ..manifest import IONames
 
 OPSET = 17
 
@@ -22,7 +22,7 @@ def build_step_graph(sd: dict[str, np.ndarray], num_layers: int):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from lstmgen import __version__
+    from .. import __version__
 
     V, E = sd["embed.weight"].shape
     H = sd["lstm.weight_hh_l0"].shape[1]
