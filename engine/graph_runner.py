@@ -3,7 +3,8 @@
 The same graph runs in Node.js and the browser (js/); this is its Python caller, used by the tests
 that hold it equal to `Generator.generate` and by the bench (`run_graph`). Arguments are checked by
 `Generator.jobs`, the one place that checks them for every path; settings the graph does not
-apply (manifest `generate_omits`) are refused rather than silently ignored.
+apply (lstmgen.options' table: `graph_omits()`, the manifest's `generate_omits`) are refused rather
+than silently ignored.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .backend import open_session
 from .errors import LstmgenError
 from .generator import Generator
 from .manifest import GENERATE_FILE
+from .options import GRAPH, SAMPLING_OPTIONS, refuse_unapplied
 from .sampling import SamplingParams
 
 
@@ -37,28 +39,22 @@ class GraphGenerator:
     def load(cls, name_or_path: str | os.PathLike | None = None, threads: int | None = None) -> "GraphGenerator":
         return cls(Generator.load(name_or_path, device="cpu", threads=threads), threads)
 
-    def generate(self, num: int = 1, prompt: str | None = None, *, max_tokens: int | None = None,
-                 seed: int | None = None, allow_unk: bool = False, **sampling) -> list[str]:
-        """Like Generator.generate (same seed, same text) for the settings the graph applies."""
-        [job] = self.generator.jobs(num=num, prompt=prompt, max_tokens=max_tokens, seed=seed, allow_unk=allow_unk,
-                                    **sampling)  # the engine's own checks and defaults
+    def generate(self, num: int = 1, prompt: str | None = None, **options) -> list[str]:
+        """Like Generator.generate (same seed, same text) for the options the graph applies; the others
+        (lstmgen.options' `graph_omits()`) are refused at any value that would change the text."""
+        refuse_unapplied(options, GRAPH, GENERATE_FILE)
+        [job] = self.generator.jobs(num=num, prompt=prompt, **options)  # the engine's own checks and defaults
         r = job.request
-        if r.bias:
-            raise LstmgenError(f"{GENERATE_FILE} does not apply a logit bias; generate with the Python engine")
-        if r.stop:
-            raise LstmgenError(f"{GENERATE_FILE} does not apply stop strings; cut the texts afterwards or use the Python engine")
         tokens, lengths = self.run_ids(r.prompt_ids, r.num, r.max_tokens, r.seed, r.params, r.banned)
         decode = self.generator.tokenizer.decode
-        return [decode([*r.prompt_ids, *tokens[i, : lengths[i]]]) for i in range(r.num)]
+        skip = 0 if r.echo else len(decode(r.prompt_ids))
+        return [decode([*r.prompt_ids, *tokens[i, : lengths[i]]])[skip:] for i in range(r.num)]
 
     def run_ids(self, prompt_ids: list[int], num: int, max_tokens: int, seed: int, params: SamplingParams,
                 banned: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The graph's raw outputs: tokens [num, max_tokens] (-1 past each row's end) and lengths [num]."""
-        omitted = [name for name, off in (("min_p", params.min_p == 0.0),
-                                          ("repetition_penalty", params.repetition_penalty == 1.0)) if not off]
-        if omitted:
-            raise LstmgenError(f"{GENERATE_FILE} does not apply {', '.join(omitted)}; leave it at its default"
-                               " or generate with the Python engine")
+        # The artifact's own defaults may set what the graph cannot apply: refused as if asked for.
+        refuse_unapplied({o.name: getattr(params, o.name) for o in SAMPLING_OPTIONS}, GRAPH, GENERATE_FILE)
         feeds = {"prompt_ids": np.asarray(prompt_ids, np.int64), "num": np.array(num, np.int64),
                  "max_tokens": np.array(max_tokens, np.int64), "seed": np.array(seed, np.int64),
                  "temperature": np.array(params.temperature, np.float64), "top_k": np.array(params.top_k, np.int64),

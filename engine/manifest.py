@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from . import faults
 from .errors import LstmgenError
+from .options import MANIFEST_OPTIONS
 from .tokenizer import Tokenizer
 
 FORMAT_NAME = "lstmgen-artifact"
@@ -53,15 +54,12 @@ class IONames:
     c1: str = "c1"
 
 
-@dataclass
-class SamplingDefaults:
-    temperature: float = 0.8  # 0 means greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    repetition_window: int = 32  # how many recent tokens the penalty looks at
-    max_tokens: int = 200  # per sample
+# The artifact's own defaults of the options that lstmgen.options marks `manifest` (temperature, top_k,
+# ..., max_tokens): one field each, typed by the table ('int' or 'float', as _sub checks them).
+SamplingDefaults = make_dataclass(
+    "SamplingDefaults", [(o.name, o.kind, field(default=o.default)) for o in MANIFEST_OPTIONS],
+    namespace={"__doc__": "An artifact's default for each option lstmgen.options marks `manifest`."})
+SamplingDefaults.__module__ = __name__
 
 
 @dataclass

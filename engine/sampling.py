@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 
 import numpy as np
 
 from . import rng
 from .errors import LstmgenError
+from .options import SAMPLING_OPTIONS, check_options
 
 # Numba caches compiled code beside this file; where that is read-only (a system install) it falls
 # back to its user cache dir. An explicit NUMBA_CACHE_DIR from the user wins.
@@ -40,49 +41,24 @@ STATUS_NAN = 1
 STATUS_ALL_NEG_INF = 2
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Validated sampling settings (one set for a whole batch)."""
-
-    temperature: float = 0.8  # 0 = greedy; higher = more random
-    top_k: int = 0  # keep the k most likely tokens; 0 = all
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p; 1 = all
-    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one; 0 = off
-    repetition_penalty: float = 1.0  # >1 discourages tokens seen in the recent window; 1 = off
-    repetition_window: int = 32  # number of recent tokens the penalty looks at
+def _sampling_params_class():
+    """SamplingParams: a frozen dataclass with one field per sampling row of lstmgen.options, checked there."""
+    names = [o.name for o in SAMPLING_OPTIONS]
 
     def __post_init__(self) -> None:
-        check_sampling(self)
+        checked = check_options({n: getattr(self, n) for n in names})  # normalised (e.g. tiny temperature -> 0)
+        for n in names:
+            object.__setattr__(self, n, checked[n])
+
+    fields_ = [(o.name, {"int": int, "float": float}[o.kind], field(default=o.default)) for o in SAMPLING_OPTIONS]
+    doc = "Validated sampling settings (one set for a whole batch), one field per sampling option:\n" + "\n".join(
+        f"    {o.name}: {o.help}" for o in SAMPLING_OPTIONS)
+    cls = make_dataclass("SamplingParams", fields_, frozen=True, namespace={"__post_init__": __post_init__, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
 
 
-def check_sampling(p: SamplingParams) -> None:
-    """One definition of the valid ranges, shared by the API, the CLI and the server."""
-
-    def bad(msg: str) -> None:
-        raise LstmgenError(msg)
-
-    if not _finite(p.temperature) or p.temperature < 0:
-        bad(f"temperature must be a number >= 0 (0 = greedy), got {p.temperature!r}")
-    if p.temperature > 100:
-        bad(f"temperature {p.temperature} is absurdly high (use at most 100)")
-    if not _is_int(p.top_k) or p.top_k < 0:
-        bad(f"top-k must be an integer >= 1 (or 0 for off), got {p.top_k!r}")
-    if not _finite(p.top_p) or not (0 < p.top_p <= 1):
-        bad(f"top-p must be in (0, 1], got {p.top_p!r}")
-    if not _finite(p.min_p) or not (0 <= p.min_p < 1):
-        bad(f"min-p must be in [0, 1), got {p.min_p!r}")
-    if not _finite(p.repetition_penalty) or p.repetition_penalty < 1 or p.repetition_penalty > 10:
-        bad(f"repetition penalty must be in [1, 10] (1 = off), got {p.repetition_penalty!r}")
-    if not _is_int(p.repetition_window) or p.repetition_window < 1 or p.repetition_window > 4096:
-        bad(f"repetition window must be an integer in [1, 4096], got {p.repetition_window!r}")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+SamplingParams = _sampling_params_class()
 
 
 class RowRandom:
@@ -110,7 +86,8 @@ class RowRandom:
 
 
 class RowSampler:
-    """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history.
+    """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history,
+    counts of written tokens (frequency and presence penalties).
 
     The decode loop (lstmgen.decoding) samples every row through this, so a request gets the same
     tokens whether it runs alone or shares a batch with others.
@@ -130,6 +107,8 @@ class RowSampler:
             tail = list(context)[-window:]
             if tail:
                 self.history[:, -len(tail):] = tail
+        self.counts = None  # [rows, vocab] times each token was written, for the frequency/presence penalties
+        self.penalised_counts = params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
 
     def sample(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Next token of each active row; logits [len(active), vocab] is modified (bias added, banned ids masked).
@@ -139,6 +118,8 @@ class RowSampler:
         u = self.rng.next()[active]
         if len(self.bias_ids):
             logits[:, self.bias_ids] += self.bias_values
+        if self.penalised_counts:
+            self._penalise_written(logits, active)
         if self.banned:
             logits[:, self.banned] = -np.inf
         history = None if self.history is None else self.history[active]
@@ -146,7 +127,18 @@ class RowSampler:
         if self.history is not None:
             self.history[active, :-1] = self.history[active, 1:]
             self.history[active, -1] = tokens
+        if self.counts is not None:
+            self.counts[active, tokens] += 1
         return tokens
+
+    def _penalise_written(self, logits: np.ndarray, active: np.ndarray) -> None:
+        """OpenAI's formula: logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty,
+        count[j] being how often row's sample has written token j so far (the prompt not included)."""
+        if self.counts is None:
+            self.counts = np.zeros((len(self.rng.rows), logits.shape[1]), dtype=np.int32)
+        written = self.counts[active]
+        p = self.params
+        logits -= (written * p.frequency_penalty + (written > 0) * p.presence_penalty).astype(np.float32)
 
 
 def new_seed() -> int:

@@ -6,13 +6,15 @@
 // It takes the runtime as an argument (onnxruntime-node or onnxruntime-web), so it runs in both;
 // node.mjs and web.mjs load an artifact folder for each.
 
+import { GREEDY_BELOW, OPTIONS } from "./options.mjs";
+
+export { OPTIONS };
+
 export const GENERATE_FILE = "generate.onnx"; // for onnxruntime-node (and every native ONNX Runtime)
 export const GENERATE_WEB_FILE = "generate-web.onnx"; // the same graph in the layout onnxruntime-web loads
 const DIGEST_KEYS = { [GENERATE_FILE]: "generate_sha256", [GENERATE_WEB_FILE]: "generate_web_sha256" };
 export const MODEL_FILE = "model.onnx";
 export const MANIFEST_FILE = "manifest.json";
-const MAX_NUM = 100_000; // as lstmgen.generator
-const MAX_TOKENS_LIMIT = 100_000;
 const SEED_LIMIT = 2n ** 63n;
 const PUNCT_NO_SPACE_BEFORE = new Set([".", ",", "!", "?", ";", ")", "--"]);
 // engine/tokenizer.py's _WORD_RE: words, punctuation, '--' and line breaks as separate tokens
@@ -127,35 +129,59 @@ function isFiniteNumber(x) {
   return typeof x === "number" && Number.isFinite(x);
 }
 
-function checkInteger(name, value, lo, hi) {
-  if (!Number.isInteger(value) || value < lo || value > hi) {
-    throw new LstmgenError(`${name} must be an integer in [${lo}, ${hi}], got ${value}`);
-  }
-  return value;
+// The options' kinds, ranges and help come from Python's table (lstmgen.options), written out as
+// options.mjs; a call is checked with the same rules and words, naming options as JS callers write them.
+const BY_JS_NAME = new Map(OPTIONS.map((o) => [o.js, o]));
+const NOT_OPTIONS = new Set(["prompt"]);
+
+function inRange(o, x) {
+  const above = o.lowOpen ? x > o.low : x >= o.low;
+  const below = o.highOpen ? x < o.high : x <= o.high;
+  return above && below;
 }
 
-/** The settings of one call, checked with lstmgen.sampling.check_sampling's ranges and messages. */
-function checkSettings(opts, defaults) {
-  for (const [key, name, off] of [["minP", "min_p", 0], ["repetitionPenalty", "repetition_penalty", 1]]) {
-    if (opts[key] !== undefined && opts[key] !== off) {
-      throw new LstmgenError(`${GENERATE_FILE} does not apply ${name}; leave it out or generate with the Python engine`);
+function validValue(o, v) {
+  switch (o.kind) {
+    case "int": return (Number.isInteger(v) || typeof v === "bigint") && inRange(o, Number(v));
+    case "float": return isFiniteNumber(v) && inRange(o, v);
+    case "bool": return v === true || v === false;
+    case "texts": {
+      const items = typeof v === "string" ? [v] : v;
+      return Array.isArray(items) && items.length <= o.high && items.every((t) => typeof t === "string" && t !== "");
     }
+    default: return false; // maps: never applied by generate.onnx, refused before this
   }
-  if (opts.stop !== undefined && opts.stop.length) {
-    throw new LstmgenError(`${GENERATE_FILE} does not apply stop strings; cut the texts afterwards or use the Python engine`);
+}
+
+function shown(v) {
+  return typeof v === "string" ? JSON.stringify(v) : String(v);
+}
+
+/** The options of one call checked against the table: {python_name: value}, defaults filled in. */
+function checkOptions(opts, defaults) {
+  const unknown = Object.keys(opts).filter((k) => !BY_JS_NAME.has(k) && !NOT_OPTIONS.has(k));
+  if (unknown.length) {
+    throw new LstmgenError(`unknown option(s) ${unknown.join(", ")} (known: ${[...BY_JS_NAME.keys()].sort().join(", ")})`);
   }
-  const temperature = opts.temperature ?? defaults.temperature;
-  if (!isFiniteNumber(temperature) || temperature < 0) {
-    throw new LstmgenError(`temperature must be a number >= 0 (0 = greedy), got ${temperature}`);
+  const out = {};
+  for (const o of OPTIONS) {
+    const v = opts[o.js];
+    if (v === undefined || v === null) {
+      out[o.name] = o.manifest ? defaults[o.name] : o.off ?? undefined;
+      continue;
+    }
+    if (!o.js_applies) {
+      const isOff = Array.isArray(o.off) ? Array.isArray(v) && v.length === 0 : v === o.off;
+      if (o.dependsOn === null && (o.always || !isOff)) {
+        throw new LstmgenError(`${GENERATE_FILE} does not apply ${o.js}; leave it out or generate with the Python engine`);
+      }
+      continue;
+    }
+    if (!validValue(o, v)) throw new LstmgenError(`${o.js} must be ${o.describe}, got ${shown(v)}`);
+    out[o.name] = o.kind === "texts" && typeof v === "string" ? [v] : v;
   }
-  if (temperature > 100) throw new LstmgenError(`temperature ${temperature} is absurdly high (use at most 100)`);
-  if (opts.topK !== undefined && (!Number.isInteger(opts.topK) || opts.topK < 1)) {
-    throw new LstmgenError(`top-k must be an integer >= 1 (leave it out to sample from the whole vocabulary), got ${opts.topK}`);
-  }
-  const topK = opts.topK ?? defaults.top_k;
-  const topP = opts.topP ?? defaults.top_p;
-  if (!isFiniteNumber(topP) || !(topP > 0 && topP <= 1)) throw new LstmgenError(`top-p must be in (0, 1], got ${topP}`);
-  return { temperature, topK, topP };
+  if (out.temperature < GREEDY_BELOW) out.temperature = 0; // 1/T would overflow: tiny temperatures are greedy
+  return out;
 }
 
 function checkSeed(seed) {
@@ -200,33 +226,46 @@ export class Generator {
     return ids;
   }
 
+  /** Ids never sampled: <unk> unless allowUnk, and the tokens of `ban` (given as text, as in Python). */
+  bannedIds(allowUnk, ban) {
+    const unk = this.tokenizer.unkId;
+    const ids = new Set(allowUnk || unk === null ? [] : [unk]);
+    for (const text of ban) {
+      let id = this.tokenizer.index.get(text);
+      if (id === undefined && this.tokenizer.lowercase) id = this.tokenizer.index.get(text.toLowerCase());
+      if (id === undefined) throw new LstmgenError(`${JSON.stringify(text)} is not a token of this model's vocabulary`);
+      ids.add(id);
+    }
+    return [...ids].sort((a, b) => a - b);
+  }
+
   /**
-   * `num` samples, each the prompt followed by what the model wrote. Options: num, prompt, maxTokens,
-   * seed (number or BigInt; random if left out), temperature, topK, topP, allowUnk.
+   * `num` samples, each the prompt (as the model read it) followed by what the model wrote. Options are
+   * Python's table in camelCase (options.mjs): num, prompt, maxTokens, seed (number or BigInt; random if
+   * left out), temperature, topK, topP, echo, allowUnk, ban; the others are Python-engine only.
    */
   async generate(opts = {}) {
-    const d = this.manifest.defaults;
-    const num = checkInteger("num", opts.num ?? 1, 1, MAX_NUM);
-    const maxTokens = checkInteger("max-tokens", opts.maxTokens ?? d.max_tokens, 1, MAX_TOKENS_LIMIT);
-    const { temperature, topK, topP } = checkSettings(opts, d);
-    const seed = opts.seed === undefined ? randomSeed() : checkSeed(opts.seed);
+    const o = checkOptions(opts, this.manifest.defaults);
+    const num = o.num ?? 1;
+    const maxTokens = o.max_tokens;
+    const seed = o.seed === undefined ? randomSeed() : checkSeed(o.seed);
     const promptIds = this.encodePrompt(opts.prompt);
-    const unk = this.tokenizer.unkId;
-    const banned = opts.allowUnk || unk === null ? [] : [unk];
+    const banned = this.bannedIds(o.allow_unk, o.ban ?? []);
     const T = this.ort.Tensor;
     const int64 = (values, dims) => new T("int64", BigInt64Array.from(values, BigInt), dims);
     const feeds = {
       prompt_ids: int64(promptIds, [promptIds.length]), num: int64([num], []), max_tokens: int64([maxTokens], []),
-      seed: new T("int64", BigInt64Array.from([seed]), []), temperature: new T("float64", Float64Array.from([temperature]), []),
-      top_k: int64([topK], []), top_p: new T("float64", Float64Array.from([topP]), []), banned_ids: int64(banned, [banned.length]),
+      seed: new T("int64", BigInt64Array.from([seed]), []), temperature: new T("float64", Float64Array.from([o.temperature]), []),
+      top_k: int64([o.top_k], []), top_p: new T("float64", Float64Array.from([o.top_p]), []), banned_ids: int64(banned, [banned.length]),
     };
     const out = await this.session.run(feeds);
     const tokens = out.tokens.data;
     const lengths = out.lengths.data;
     const texts = [];
+    const skip = o.echo === false ? this.tokenizer.decode(promptIds).length : 0;
     for (let i = 0; i < num; i++) {
       const row = Array.from(tokens.subarray(i * maxTokens, i * maxTokens + Number(lengths[i])), Number);
-      texts.push(this.tokenizer.decode([...promptIds, ...row]));
+      texts.push(this.tokenizer.decode([...promptIds, ...row]).slice(skip));
     }
     return texts;
   }

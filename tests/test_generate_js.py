@@ -20,6 +20,7 @@ import pytest
 
 from lstmgen.cli import main
 from lstmgen.manifest import GENERATE_FILE, MANIFEST_FILE
+from lstmgen.options import option
 
 from .conftest import EXPORTED, REPO, artifact_before_generation_graph
 
@@ -50,6 +51,7 @@ def node(*args: str) -> subprocess.CompletedProcess:
     ("names", ["--num", "6", "--seed", "3", "--prompt", "ma", "--temperature", "1.1", "--top-k", "8"]),
     ("moe", ["--num", "3", "--seed", "5", "--prompt", "Moe_Szyslak: Hey", "--max-tokens", "40", "--top-p", "0.9"]),
     ("shakespeare", ["--num", "2", "--seed", "9", "--max-tokens", "80", "--temperature", "0"]),
+    ("names", ["--num", "5", "--seed", "3", "--prompt", "ma", "--no-echo", "--ban", "e", "--ban", "a"]),
 ])
 def test_node_example_writes_lstmgen_generates_text(capsys, model, flags):
     run = node(str(EXPORTED / model), "--json", *flags)
@@ -78,11 +80,13 @@ def corrupt_graph(tmp_path):
     (old_artifact, [], "has no generate.onnx (exported before it existed); re-export it"),
     (corrupt_graph, [], "generate.onnx does not match the sha256 in its manifest"),
     (artifact_copy, ["--prompt", "Zo#"], "characters the model's vocabulary lacks"),
-    (artifact_copy, ["--temperature", "-1"], "temperature must be a number >= 0"),
-    (artifact_copy, ["--top-p", "1.5"], "top-p must be in (0, 1]"),
-    (artifact_copy, ["--top-k", "0"], "top-k must be an integer >= 1"),
-    (artifact_copy, ["--num", "0"], "num must be an integer in [1, 100000]"),
+    # Python's options table, in the words Python uses, with the option as a JS caller spells it
+    (artifact_copy, ["--temperature", "-1"], f"temperature must be {option('temperature').describe()}, got -1"),
+    (artifact_copy, ["--top-p", "1.5"], f"topP must be {option('top_p').describe()}, got 1.5"),
+    (artifact_copy, ["--top-k", "-1"], f"topK must be {option('top_k').describe()}, got -1"),
+    (artifact_copy, ["--num", "0"], f"num must be {option('num').describe()}, got 0"),
     (artifact_copy, ["--seed", "-4"], "seed must be an integer in [0, 2^63)"),
+    (artifact_copy, ["--ban", "Q"], '"Q" is not a token of this model\'s vocabulary'),
 ])
 def test_node_bad_input_gets_one_line(tmp_path, make, flags, message):
     run = node(str(make(tmp_path)), *flags)

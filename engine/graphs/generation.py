@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import rng
+from ..options import graph_omits
 from ..manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
 
 OPSET = 18  # BitwiseXor (the random numbers) is opset 18
-GRAPH_OMITS = ["repetition_penalty", "min_p", "stop_strings", "logit_bias"]
+GRAPH_OMITS = graph_omits()  # what the options table says the graph does not apply
 PAD = -1  # tokens past a row's length
 EXTERNAL_MIN_BYTES = 4096  # initializers at least this big are read from model.onnx, not copied
 

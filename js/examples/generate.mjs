@@ -1,8 +1,10 @@
 // Print samples from an lstmgen artifact with Node.js, like `lstmgen generate MODEL --allow-known`.
 // Usage: node js/examples/generate.mjs exported/names --num 10 --seed 7 [--prompt TEXT] [--max-tokens N]
-//        [--temperature T] [--top-k K] [--top-p P] [--allow-unk] [--json]
+//        [--temperature T] [--top-k K] [--top-p P] [--no-echo] [--allow-unk] [--ban TOKEN] [--json]
+// The flags are those of the options generate.onnx applies, from the options table (options.mjs).
 import { parseArgs } from "node:util";
 
+import { OPTIONS } from "../lstmgen.mjs";
 import { LstmgenError, load } from "../node.mjs";
 
 /** `--temperature -1` -> `--temperature=-1`: a negative number is the flag's (bad) value, as in Python's argparse. */
@@ -16,27 +18,35 @@ function negativeNumbersAsValues(argv) {
   return out;
 }
 
-const options = {
-  num: { type: "string" }, seed: { type: "string" }, prompt: { type: "string" }, "max-tokens": { type: "string" },
-  temperature: { type: "string" }, "top-k": { type: "string" }, "top-p": { type: "string" },
-  "allow-unk": { type: "boolean" }, json: { type: "boolean" },
-};
+const applied = OPTIONS.filter((o) => o.js_applies);
+const flag = (o) => (o.kind === "bool" && o.off === true ? "no-" : "") + o.name.replaceAll("_", "-");
+const options = { prompt: { type: "string" }, json: { type: "boolean" } };
+for (const o of applied) {
+  options[flag(o)] = o.kind === "bool" ? { type: "boolean" } : { type: "string", multiple: o.kind === "texts" };
+}
+
+/** A flag's value as the option's kind: numbers parsed (seeds as BigInt), --no-echo turned into echo: false. */
+function optionValue(o, raw) {
+  if (o.kind === "bool") return o.off === true ? !raw : raw;
+  if (o.kind === "texts") return raw;
+  if (o.name === "seed") return BigInt(raw);
+  return Number(raw);
+}
 
 try {
   const args = negativeNumbersAsValues(process.argv.slice(2));
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options });
-  const number = (flag, parse = Number) => (values[flag] === undefined ? undefined : parse(values[flag]));
   if (positionals.length !== 1) throw new LstmgenError("give one artifact folder, e.g. exported/names");
   const gen = await load(positionals[0]);
-  const samples = await gen.generate({
-    num: number("num") ?? (gen.records ? 10 : 1), seed: number("seed", BigInt), prompt: values.prompt,
-    maxTokens: number("max-tokens"), temperature: number("temperature"), topK: number("top-k"), topP: number("top-p"),
-    allowUnk: values["allow-unk"],
-  });
+  const opts = { prompt: values.prompt };
+  for (const o of applied) if (values[flag(o)] !== undefined) opts[o.js] = optionValue(o, values[flag(o)]);
+  opts.num ??= gen.records ? 10 : 1;
+  const samples = await gen.generate(opts);
   if (values.json) console.log(JSON.stringify({ samples }));
   else console.log(samples.join(gen.records ? "\n" : "\n\n----\n\n"));
 } catch (e) {
-  if (!(e instanceof LstmgenError || e instanceof SyntaxError || e.code?.startsWith("ERR_PARSE_ARGS"))) throw e;
+  if (!(e instanceof LstmgenError || e instanceof SyntaxError || e instanceof RangeError
+        || e.code?.startsWith("ERR_PARSE_ARGS"))) throw e;
   console.error(`lstmgen: error: ${e.message}`);
   process.exitCode = 2;
 }
