@@ -34,36 +34,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The options of `lstmgen generate`, in --help order; their flags and help come from lstmgen.options.
+GENERATE_FLAGS = ("num", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                  "repetition_window", "frequency_penalty", "presence_penalty", "seed", "stop", "bias", "ban",
+                  "echo", "logprobs", "allow_unk")
+
+
 def _add_generate(sub) -> None:
     """`lstmgen generate`: sampling, prompts, output form."""
+    from .options import add_cli_flags, option
+
     g = sub.add_parser("generate", help="generate text with an exported or shipped model",
                        description="Generate text. With no MODEL, a shipped default model is used.")
     g.add_argument("model", nargs="?", help="artifact folder or shipped model name (default: the shipped 'names')")
-    g.add_argument("--num", "-n", type=int, default=None, help="number of samples (default 1; records models 10)")
     prompt = g.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", "-p", default=None, help="text the samples start with (default: none)")
     prompt.add_argument("--prompt-file", default=None, metavar="FILE",
                         help="one prompt a line; --num samples for each (default: none)")
-    g.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default from the manifest)")
-    add_sampling_flags(g)
-    g.add_argument("--seed", type=int, default=None, help="seed; the same seed gives the same text (default random)")
-    g.add_argument("--stop", action="append", default=[], help="end a sample where this text appears (repeatable; default none)")
-    g.add_argument("--bias", action="append", default=[], metavar="TOKEN=VALUE",
-                   help="add VALUE to the logit of TOKEN, given as text (repeatable; default none)")
-    g.add_argument("--ban", action="append", default=[], metavar="TOKEN",
-                   help="never write TOKEN, given as text (repeatable; default none)")
-    g.add_argument("--no-echo", dest="echo", action="store_false",
-                   help="print only what the model wrote, without the prompt (default: prompt included)")
-    g.add_argument("--logprobs", type=int, default=None, metavar="N",
-                   help="with --json: each token's log-probability and its N likeliest alternatives (default off)")
+    add_cli_flags(g, GENERATE_FLAGS, defaults={"num": "1; records models 10", "seed": "random",
+                                               "logprobs": "off; needs --json"})
     g.add_argument("--stream", action="store_true", help="print text as it is generated (one sample; default off)")
     known = g.add_mutually_exclusive_group()
     known.add_argument("--novel", action="store_true", default=None,
-                       help="records models: only items not in the training data (the default for records models"
-                            " whose artifact lists the corpus records, except with --stream)")
+                       help=f"{option('novel').help} (the default for records models whose artifact lists the corpus"
+                            " records, except with --stream)")
     known.add_argument("--allow-known", dest="novel", action="store_false",
                        help="records models: plain samples, which may repeat items of the training data")
-    g.add_argument("--allow-unk", action="store_true", help="word models: let samples contain <unk> (default off)")
     g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list (default: text)")
     add_runtime_flags(g)
 
@@ -74,7 +70,7 @@ def _add_score(sub) -> None:
     s.add_argument("model", help="artifact folder or shipped model name")
     s.add_argument("file", help="text to score (records models: one item a line)")
     s.add_argument("--records", action="store_true", help="score as records (default: what the model was trained on)")
-    s.add_argument("--streams", type=int, default=1,
+    s.add_argument("--segments", "--streams", dest="segments", type=int, default=1,
                    help="running text: score in this many contiguous segments, each from a fresh state (default:"
                         " %(default)s). It changes the figure: each segment's first tokens are predicted with no"
                         " context. Training validates with the run's eval_streams; pass that to reproduce its figure")
@@ -98,15 +94,9 @@ def _add_serve(sub) -> None:
                         " (default: $LSTMGEN_API_KEY, which keeps the key out of `ps`; else none)")
     v.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from this origin call the API (repeatable; '*' = any; default none)")
-    v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default %(default)s)")
-    v.add_argument("--max-tokens-limit", type=int, default=2000, help="largest max_tokens a request may ask (default %(default)s)")
-    v.add_argument("--max-batch", type=int, default=256, help="rows in one model's step loop at once (default %(default)s)")
-    v.add_argument("--max-streams", type=int, default=32, help="concurrent streaming responses; past it 429 (default %(default)s)")
-    v.add_argument("--max-requests", type=int, default=512, help="requests answered at once; past it 503 (default %(default)s)")
-    v.add_argument("--max-connections", type=int, default=4096,
-                   help="open connections; past it new ones get 503 and are closed (default %(default)s)")
-    v.add_argument("--client-timeout", type=float, default=10.0,
-                   help="seconds a client may take to send a request or stay idle between requests (default %(default)s)")
+    from .server.limits import add_cli_flags
+
+    add_cli_flags(v)  # --max-body, --max-tokens-limit, ...: lstmgen.server.limits.Limits owns them
     v.add_argument("--verbose", "-v", action="store_true", help="access log: one line per request with latency and tokens")
     add_runtime_flags(v)
 
@@ -147,15 +137,6 @@ def _add_info_and_list(sub) -> None:
     sub.add_parser("list", help="list the shipped models, one line each")
 
 
-def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy; higher = more random (default: the model's)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: the model's; none = all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 = off; default: the model's)")
-    p.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability (default: the model's)")
-    p.add_argument("--repetition-penalty", type=float, default=None, help=">1 discourages recent tokens (1 = off; default: the model's)")
-    p.add_argument("--repetition-window", type=int, default=None, help="recent tokens the penalty looks at (default: the model's)")
-
-
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs")
     p.add_argument("--threads", type=int, default=None,
@@ -189,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LstmgenError as e:
         if debug:
             raise
-        print(f"lstmgen: error: {e}", file=sys.stderr)
+        print(f"lstmgen: error: {_worded_for_the_cli(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
@@ -198,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `lstmgen generate | head`
         return 0
+
+
+def _worded_for_the_cli(e: LstmgenError) -> str:
+    """An option error names the flag (--top-k), as the user typed it; other errors are already worded."""
+    from .options import OptionError, cli_message
+
+    return cli_message(e) if isinstance(e, OptionError) else str(e)
 
 
 def _check_runtime(args) -> None:
@@ -213,54 +201,62 @@ def cmd_generate(args) -> int:
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
     if args.prompt and gen.tokenizer.fold(args.prompt) != args.prompt:
         print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
-    num = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
-    seed = args.seed if args.seed is not None else new_seed()
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty, repetition_window=args.repetition_window)
-    shared = dict(max_tokens=args.max_tokens, seed=seed, stop=args.stop, allow_unk=args.allow_unk, echo=args.echo,
-                  bias=_parse_bias(args.bias), ban=args.ban, **sampling)
+    options = {name: getattr(args, name) for name in GENERATE_FLAGS}
+    options["bias"] = _parse_bias(args.bias) or None
+    options["num"] = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
+    options["seed"] = args.seed if args.seed is not None else new_seed()
     if args.logprobs is not None and not args.json:
         raise LstmgenError("--logprobs N prints log-probabilities in the JSON output: add --json")
     if args.stream:
-        if num != 1 or args.json or args.novel or args.prompt_file:
-            raise LstmgenError("--stream prints one sample as it is written: use it without --num > 1, --json,"
-                               " --novel or --prompt-file")
-        for piece in gen.stream(args.prompt, **shared):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
+        return _stream(gen, args, options)
     prompts = _read_prompts(args.prompt_file) if args.prompt_file else None
     # A names model that hands back names from its own corpus is not what people run it for, so
     # records models default to new items when the artifact can tell which ones are new.
-    novel = args.novel if args.novel is not None else gen.lists_its_records
-    with _progress(num * len(prompts or [None])) as bar:
-        try:
-            out = gen.generate(num, args.prompt, prompts=prompts, novel=novel, logprobs=args.logprobs,
-                               progress=bar.update, **shared)
-        except LstmgenError as e:
-            raise LstmgenError(str(e).replace("novel=True", "--novel")) from None
+    options["novel"] = args.novel if args.novel is not None else gen.lists_its_records
+    with _progress(options["num"] * len(prompts or [None])) as bar:
+        out = gen.generate(prompt=args.prompt, prompts=prompts, progress=bar.update, **options)
     groups = out if prompts is not None else [out]
-    if novel and any(len(g) < num for g in groups):
-        found = min(len(g) for g in groups)
-        print(f"lstmgen: warning: found only {found} novel samples of {num} asked for"
-              " (raise --temperature, or add --allow-known)", file=sys.stderr)
+    _warn_if_few_novel(groups, options)
     if args.json:
-        settings = {**gen.sampling(**sampling).__dict__, "max_tokens": gen.resolve_max_tokens(args.max_tokens)}
-        _print_json(gen, groups, prompts, seed=seed, novel=novel, settings=settings, logprobs=args.logprobs is not None)
+        _print_json(gen, groups, prompts, options)
     else:
-        samples = [s for g in groups for s in g]
-        print(("\n" if gen.records else "\n\n----\n\n").join(samples))
+        print(("\n" if gen.records else "\n\n----\n\n").join(s for g in groups for s in g))
     return 0
 
 
-def _print_json(gen, groups: list[list], prompts: list[str] | None, *, seed: int, novel: bool, settings: dict,
-                logprobs: bool) -> None:
-    """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs)."""
-    as_json = [[s.to_dict() for s in g] if logprobs else g for g in groups]
-    extra = {"prompts": prompts, "samples": as_json} if prompts is not None else {"samples": as_json[0]}
-    print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": seed, "novel": novel, **extra,
-                      "settings": settings}, ensure_ascii=False))
+def _stream(gen, args, options: dict) -> int:
+    """--stream: one sample printed as it is written."""
+    if options["num"] != 1 or args.json or args.novel or args.prompt_file:
+        raise LstmgenError("--stream prints one sample as it is written: use it without --num > 1, --json,"
+                           " --novel or --prompt-file")
+    for piece in gen.stream(args.prompt, **{k: v for k, v in options.items() if k not in ("num", "logprobs")}):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _warn_if_few_novel(groups: list[list], options: dict) -> None:
+    if options["novel"] and any(len(g) < options["num"] for g in groups):
+        print(f"lstmgen: warning: found only {min(len(g) for g in groups)} novel samples of {options['num']} asked for"
+              " (raise --temperature, or add --allow-known)", file=sys.stderr)
+
+
+def _print_json(gen, groups: list[list], prompts: list[str] | None, options: dict) -> None:
+    """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs) and
+    'finish_reasons' beside them (why each sample ended: end_of_record, stop_string, length)."""
+    detailed = options["logprobs"] is not None
+    samples = [[s.to_dict() if detailed else s.text for s in g] for g in groups]
+    reasons = [[s.finish_reason for s in g] for g in groups]
+    one = prompts is None
+    body = {"samples": samples[0], "finish_reasons": reasons[0]} if one else {
+        "prompts": prompts, "samples": samples, "finish_reasons": reasons}
+    from .options import SAMPLING_OPTIONS
+
+    settings = {**gen.sampling(**{o.name: options[o.name] for o in SAMPLING_OPTIONS}).__dict__,
+                "max_tokens": gen.settings(max_tokens=options["max_tokens"])["max_tokens"]}
+    print(json.dumps({"model": gen.manifest.name or str(gen.folder), "seed": options["seed"], "novel": options["novel"],
+                      **body, "settings": settings}, ensure_ascii=False))
 
 
 def _parse_bias(items: list[str]) -> dict[str, float]:
@@ -309,7 +305,7 @@ def cmd_score(args) -> int:
                                        source=args.file, min_records=1))
     if args.per_line:
         return _print_per_line(gen, text, records, args)
-    score = gen.score(text, records=records, streams=args.streams, strict=args.strict)
+    score = gen.score(text, records=records, segments=args.segments, strict=args.strict)
     covers = score.coverage()
     if args.json:
         print(json.dumps({**score.to_dict(), "covers": covers or "all tokens"}))
@@ -338,19 +334,15 @@ def cmd_serve(args) -> int:
     from .generator import Generator
 
     try:
-        from .server import Limits, make_server, serve
+        from .server import make_server, serve
     except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in ("starlette", "uvicorn", "prometheus_client", "h11", "anyio"):
+        if e.name and e.name.split(".")[0] in ("starlette", "uvicorn", "prometheus_client", "h11", "anyio", "pydantic", "pydantic_core"):
             raise LstmgenError(f"`lstmgen serve` needs {e.name}, which is not installed: pip install 'lstmgen[serve]'") from None
         raise
+    from .server.limits import from_args
+
     _check_runtime(args)
-    for flag, v in (("--max-body", args.max_body), ("--max-tokens-limit", args.max_tokens_limit),
-                    ("--max-batch", args.max_batch), ("--max-streams", args.max_streams),
-                    ("--max-requests", args.max_requests), ("--max-connections", args.max_connections)):
-        if v < 1:
-            raise LstmgenError(f"{flag} must be >= 1, got {v}")
-    if not args.client_timeout > 0:
-        raise LstmgenError(f"--client-timeout must be > 0 seconds, got {args.client_timeout}")
+    limits = from_args(args)  # checks each limit (one line naming the flag)
     if not (0 <= args.port <= 65535):
         raise LstmgenError(f"--port must be in [0, 65535], got {args.port}")
     if args.api_key is not None and not args.api_key.strip():
@@ -363,9 +355,6 @@ def cmd_serve(args) -> int:
             raise LstmgenError(f"two models are named {name!r}; serve each once")
         models[name] = g
     log = lambda m: print(m, file=sys.stderr, flush=True)
-    limits = Limits(max_body=args.max_body, max_tokens=args.max_tokens_limit, max_batch=args.max_batch,
-                    max_streams=args.max_streams, max_requests=args.max_requests, max_connections=args.max_connections,
-                    client_timeout=args.client_timeout)
     try:
         server = make_server(models, args.host, args.port, limits, api_key=args.api_key, cors_origins=args.cors_origin,
                              access_log=log if args.verbose else None)

@@ -74,19 +74,53 @@ class TokenLogprob:
                 "top": [{"token": t, "logprob": lp} for t, lp in self.top]}
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A sample's text and, when asked for, the log-probability of each of its tokens.
+class FinishReason:
+    """Why a sample ended: the decode loop records it; every interface maps it, none guesses it."""
 
-    logprobs lists the prompt's tokens (when echoed), every token written, and the end marker of a
-    record (token '<eos>'); a token that completed a stop string is listed though its text was cut.
+    END_OF_RECORD = "end_of_record"  # a records model wrote its end marker
+    STOP_STRING = "stop_string"  # one of the request's stop strings appeared (the text ends before it)
+    LENGTH = "length"  # max_tokens tokens were written
+    CANCELLED = "cancelled"  # the caller went away, or the request failed
+    ALL = (END_OF_RECORD, STOP_STRING, LENGTH, CANCELLED)
+
+
+class Sample(str):
+    """A sample: its text (the str itself, so a Sample is used as text) and the facts of how it was made.
+
+    prompt_ids: the prompt as the model read it (case folded, words as the tokenizer cut them), the
+    start tokens before it left out; token_ids: every token the model wrote, a record's end marker
+    included, a token that completed a stop string included though its text was cut; finish_reason:
+    a FinishReason. logprobs (when asked for) lists the prompt's tokens when echoed, then one entry
+    per written token, so their sum is minus the `score` nats of the text the model read.
     """
 
-    text: str
-    logprobs: list[TokenLogprob] | None = None
+    prompt_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    logprobs: list[TokenLogprob] | None
+
+    def __new__(cls, text: str, prompt_ids=(), token_ids=(), finish_reason: str = FinishReason.LENGTH,
+                logprobs: list[TokenLogprob] | None = None) -> "Sample":
+        self = super().__new__(cls, text)
+        self.prompt_ids, self.token_ids = tuple(prompt_ids), tuple(token_ids)
+        self.finish_reason, self.logprobs = finish_reason, logprobs
+        return self
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
 
     def to_dict(self) -> dict:
-        out: dict = {"text": self.text}
+        out: dict = {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                     "completion_tokens": self.completion_tokens}
         if self.logprobs is not None:
             out["logprobs"] = [t.to_dict() for t in self.logprobs]
             out["total_logprob"] = sum(t.logprob for t in self.logprobs)
@@ -194,6 +228,7 @@ class Job:
         return self.request.num
 
     def results(self) -> list[str]:
+        """The samples' texts as plain strings."""
         return [s.text for s in self.samples()]
 
     def samples(self) -> list[Sample]:
@@ -244,7 +279,15 @@ class Job:
 
 
 class RowBlock:
-    """Rows of one job that joined the batch together and share one RowSampler."""
+    """Rows of one job that joined the batch together and share one RowSampler.
+
+    It records the facts of each row as they happen: the tokens drawn at each step (`trace`) and why
+    the row ended (`reasons`), so a Sample never has to be re-derived from its text.
+    """
+
+    # Why a row ended, coded per row as FinishReason's index (numpy arrays hold small ints, not strings).
+    LENGTH, END_OF_RECORD, STOP_STRING, CANCELLED = (FinishReason.ALL.index(r) for r in (
+        FinishReason.LENGTH, FinishReason.END_OF_RECORD, FinishReason.STOP_STRING, FinishReason.CANCELLED))
 
     def __init__(self, job: Job, rows: range, eos: int | None) -> None:
         r = job.request
@@ -253,14 +296,15 @@ class RowBlock:
         self.eos = eos
         self.sampler = RowSampler(r.params, r.seed, rows, job.context, r.banned, r.bias)
         self.live_rows = np.arange(len(rows))  # positions (in rows) of the rows still generating
+        self.reasons = np.full(len(rows), self.LENGTH, dtype=np.int8)
         self.steps = 0
         # Per-row text is built while generating only when something needs it then (stop strings,
-        # streaming); otherwise each step's tokens are kept as arrays and decoded at the end.
+        # streaming); otherwise the text is decoded from the trace at the end.
         self.texts: list[RowText] | None = None
         if r.stop or job.on_piece is not None:
             self.texts = [RowText(job.tokenizer, r.prompt_ids, r.stop, streaming=job.on_piece is not None,
                                   echo=r.echo) for _ in rows]
-        self.trace: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, tokens) per step, when texts is None
+        self.trace: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, tokens) of each step
         self.logprobs: list[list[TokenLogprob]] | None = None
         if r.logprobs is not None:
             self.logprobs = [list(job.prompt_logprobs) if r.echo else [] for _ in rows]
@@ -271,6 +315,7 @@ class RowBlock:
 
     def _end_all(self) -> tuple[np.ndarray, np.ndarray]:
         n = self.n_live
+        self.reasons[self.live_rows] = self.CANCELLED
         self.live_rows = self.live_rows[:0]
         return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
 
@@ -287,12 +332,8 @@ class RowBlock:
             job.fail(e)
             return self._end_all()
         self.steps += 1
-        if self.steps >= job.request.max_tokens:
-            ended = np.ones(len(live), dtype=bool)
-        else:
-            ended = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
-        if self.texts is None:
-            self.trace.append((live, tokens))
+        self.trace.append((live, tokens))
+        ended = self._ended(live, tokens)
         if model_logprobs is not None:
             self._record_logprobs(live, tokens, model_logprobs)
         if self.texts is not None:
@@ -302,6 +343,16 @@ class RowBlock:
         self.live_rows = live[~ended]
         return tokens, ended
 
+    def _ended(self, live: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Which live rows end with this step's tokens; records why (an end marker wins over the length)."""
+        at_end = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
+        if self.steps >= self.job.request.max_tokens:
+            self.reasons[live] = self.LENGTH
+            self.reasons[live[at_end]] = self.END_OF_RECORD
+            return np.ones(len(live), dtype=bool)
+        self.reasons[live[at_end]] = self.END_OF_RECORD
+        return at_end
+
     def _record_logprobs(self, live: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray) -> None:
         n_top = self.job.request.logprobs
         for k, (r, tok) in enumerate(zip(live, tokens)):
@@ -310,8 +361,9 @@ class RowBlock:
     def _write_texts(self, live: np.ndarray, tokens: np.ndarray, ended: np.ndarray) -> None:
         on_piece = self.job.on_piece
         for k, (r, tok) in enumerate(zip(live, tokens)):
-            if self.eos is None or tok != self.eos:
-                ended[k] |= self.texts[r].add(int(tok))
+            if (self.eos is None or tok != self.eos) and self.texts[r].add(int(tok)):
+                ended[k] = True
+                self.reasons[r] = self.STOP_STRING
             if on_piece is not None:
                 piece = self.texts[r].take(final=bool(ended[k]))
                 if piece:
@@ -321,29 +373,28 @@ class RowBlock:
                         self.job.cancelled = True
 
     def token_ids(self) -> list[list[int]]:
-        """Each row's sampled tokens (the end marker left out)."""
+        """Each row's written tokens in order, its end marker included."""
         if not self.trace:
             return [[] for _ in self.rows]
         rows = np.concatenate([r for r, _ in self.trace])
         tokens = np.concatenate([t for _, t in self.trace])
         order = np.argsort(rows, kind="stable")  # stable: each row's tokens stay in step order
         rows, tokens = rows[order], tokens[order]
-        if self.eos is not None:
-            real = tokens != self.eos
-            rows, tokens = rows[real], tokens[real]
         bounds = np.searchsorted(rows, np.arange(len(self.rows) + 1))
         return [tokens[bounds[i]: bounds[i + 1]].tolist() for i in range(len(self.rows))]
 
     def samples(self) -> list[Sample]:
         r = self.job.request
+        written = self.token_ids()
         if self.texts is not None:
             texts = [t.text(r.echo) for t in self.texts]
         else:
-            prompt_len = len(self.job.tokenizer.decode(r.prompt_ids))
-            texts = [self.job.tokenizer.decode([*r.prompt_ids, *ids])[0 if r.echo else prompt_len:]
-                     for ids in self.token_ids()]
+            decode = self.job.tokenizer.decode  # the end marker writes no text
+            prompt_len = len(decode(r.prompt_ids))
+            texts = [decode([*r.prompt_ids, *ids])[0 if r.echo else prompt_len:] for ids in written]
         lps = self.logprobs if self.logprobs is not None else [None] * len(texts)
-        return [Sample(t, lp) for t, lp in zip(texts, lps)]
+        return [Sample(text, r.prompt_ids, ids, FinishReason.ALL[reason], lp)
+                for text, ids, reason, lp in zip(texts, written, self.reasons, lps)]
 
     def novelty_key(self, sample: Sample) -> str:
         """What makes a record new: its whole text (with the prompt), stripped."""

@@ -8,9 +8,7 @@ the same text alone, in a batch, through the server, and from the PyTorch refere
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,19 +17,15 @@ import numpy as np
 
 from .backend import OrtBackend
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
-from .errors import LstmgenError, TextTooShort
+from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
+from .options import MANIFEST_OPTIONS, PYTHON, SAMPLING_OPTIONS, OptionError, check_options, option, takes_options
 from .sampling import SamplingParams, new_seed
-from .scoring import Score, stream_segments, surprisal
+from .scoring import Score, ScoredText, read_for_scoring, score_text, surprisal
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
-MAX_TOKENS_LIMIT = 100_000  # per sample; more is almost surely a mistake
-MAX_NUM = 100_000  # samples per call
-MAX_LOGPROBS = 100  # alternatives per token at most
-MAX_BIAS = 100.0  # |logit bias| at most; a ban is the way to rule a token out
 PROMPT_ROW_STRIDE = 2**32  # prompt i of a call samples rows i * stride, i * stride + 1, ...
-SCORE_CHUNK = 512  # time steps per ONNX call while scoring
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
@@ -93,21 +87,18 @@ class Generator:
         """A records model whose artifact lists the corpus records, so `novel` can tell new items from known."""
         return self.records and self.manifest.records_sha256 is not None
 
-    # -- parameters -------------------------------------------------------------------------------
+    # -- options (lstmgen.options checks them; this resolves them against the artifact) ----------------
     def sampling(self, **overrides) -> SamplingParams:
-        """The manifest's defaults with the given settings (None = default) applied and validated."""
-        if overrides.get("top_k") == 0:
-            raise LstmgenError("top-k must be an integer >= 1 (leave it out to sample from the whole vocabulary)")
+        """The manifest's sampling defaults with the given settings (None = default) applied and checked."""
         d = self.manifest.defaults
-        base = SamplingParams(d.temperature, d.top_k, d.top_p, d.min_p, d.repetition_penalty, d.repetition_window)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        base = {o.name: getattr(d, o.name) if o.manifest else o.default for o in SAMPLING_OPTIONS}
+        return SamplingParams(**{**base, **check_options({k: v for k, v in overrides.items() if v is not None})})
 
-    def resolve_max_tokens(self, max_tokens: int | None) -> int:
-        """max_tokens checked, or the manifest's default for None."""
-        mt = self.manifest.defaults.max_tokens if max_tokens is None else max_tokens
-        if not _is_int(mt) or not (1 <= mt <= MAX_TOKENS_LIMIT):
-            raise LstmgenError(f"max-tokens must be an integer in [1, {MAX_TOKENS_LIMIT}], got {mt!r}")
-        return int(mt)
+    def settings(self, **options) -> dict:
+        """What a generation with these options would use: each manifest option resolved to its value."""
+        d = self.manifest.defaults
+        given = check_options(options)
+        return {o.name: given.get(o.name, getattr(d, o.name)) for o in MANIFEST_OPTIONS}
 
     def encode_prompt(self, prompt: str | None) -> list[int]:
         if prompt is None or prompt == "":
@@ -120,6 +111,15 @@ class Generator:
         if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in ids:
             raise LstmgenError("the prompt contains the end-of-record token text; remove it")
         return ids
+
+    def check_prompt_ids(self, ids) -> list[int]:
+        """A prompt given as token ids (OpenAI clients send them), checked against the vocabulary."""
+        v = self.tokenizer.vocab_size
+        if not isinstance(ids, (list, tuple)) or not all(_is_int(i) and 0 <= i < v for i in ids):
+            raise LstmgenError(f"a prompt of token ids must be a list of integers in [0, {v - 1}] (this model's vocabulary)")
+        if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in ids:
+            raise LstmgenError(f"the prompt holds the end-of-record token ({self.tokenizer.eos_id}); remove it")
+        return [int(i) for i in ids]
 
     def token_id(self, text: str) -> int:
         """The id of one vocabulary token given as text ('e' for a char model, 'moe' for a word model)."""
@@ -136,60 +136,59 @@ class Generator:
 
     def banned_ids(self, allow_unk: bool = False, ban: Sequence[str] = ()) -> list[int]:
         """Ids never sampled: <unk> (unless allow_unk) and the tokens of `ban`."""
-        if isinstance(ban, str):
-            ban = [ban]
-        if not isinstance(ban, (list, tuple)) and ban is not None:
-            raise LstmgenError(f"ban must be a list of token texts, got {ban!r}")
+        ban = check_options({"ban": ban}).get("ban", [])
         unk = self.tokenizer.unk_id
         ids = [] if allow_unk or unk is None else [unk]
-        return sorted(set(ids) | {self.token_id(t) for t in ban or ()})
+        return sorted(set(ids) | {self.token_id(t) for t in ban})
 
-    def bias_ids(self, bias: dict[str, float] | None) -> dict[int, float]:
-        """{token text: value added to its logit} -> {token id: value}, checked."""
-        if bias is None:
-            return {}
-        if not isinstance(bias, dict):
-            raise LstmgenError(f"bias must map token text to a number, got {bias!r}")
-        out: dict[int, float] = {}
-        for text, value in bias.items():
-            if not _is_number(value) or not math.isfinite(value) or abs(value) > MAX_BIAS:
-                raise LstmgenError(f"bias for {text!r} must be a number in [-{MAX_BIAS:g}, {MAX_BIAS:g}], got {value!r}"
-                                   " (ban a token to rule it out)")
-            out[self.token_id(text)] = float(value)
+    def bias_ids(self, bias: dict[str, float] | None = None, logit_bias: dict | None = None) -> dict[int, float]:
+        """{token text: value} and {token id: value} (checked) -> {token id: value added to its logit}."""
+        given = check_options({"bias": bias, "logit_bias": logit_bias})
+        out = {self.token_id(text): value for text, value in given.get("bias", {}).items()}
+        v = self.tokenizer.vocab_size
+        for key, value in given.get("logit_bias", {}).items():
+            if int(key) >= v:
+                raise OptionError(option("logit_bias"), "{name} names token {key}, outside this model's vocabulary"
+                                  " (ids 0 to {last})", key=key, last=v - 1)
+            out[int(key)] = out.get(int(key), 0.0) + value
         return out
 
-    def jobs(self, *, num: int = 1, prompt: str | None = None, prompts: Sequence[str] | None = None,
-             max_tokens: int | None = None, seed: int | None = None, stop: Sequence[str] = (), novel: bool = False,
-             allow_unk: bool = False, logprobs: int | None = None, echo: bool = True,
-             bias: dict[str, float] | None = None, ban: Sequence[str] = (),
-             on_piece: Callable[[int, str], None] | None = None, on_sample: Callable[[int], None] | None = None,
-             max_num: int = MAX_NUM, first_row: int = 0, block_rows: int = BLOCK_ROWS, **sampling) -> list[Job]:
-        """Every argument of a generation checked once, here, for the API, the CLI and the server.
+    def request(self, given: dict, prompt_ids: list[int], first_row: int) -> Request:
+        """One prompt's checked Request from checked options (`given`, as check_options returns them)."""
+        d = self.manifest.defaults
+        return Request(num=given.get("num", 1), prompt_ids=prompt_ids,
+                       max_tokens=given.get("max_tokens", d.max_tokens),
+                       params=self.sampling(**{o.name: given.get(o.name) for o in SAMPLING_OPTIONS}),
+                       seed=given["seed"] if "seed" in given else new_seed(), stop=given.get("stop", []),
+                       banned=self.banned_ids(given.get("allow_unk", False), given.get("ban", ())),
+                       bias=self.bias_ids(given.get("bias"), given.get("logit_bias")), logprobs=given.get("logprobs"),
+                       echo=given.get("echo", True), first_row=first_row)
 
-        One Job per prompt (`prompts`, or the one `prompt`); prompt i samples rows
-        first_row + i * PROMPT_ROW_STRIDE onwards, so each prompt has its own random streams.
+    def jobs(self, *, prompt: str | None = None, prompts: Sequence[str] | None = None,
+             on_piece: Callable[[int, str], None] | None = None, on_sample: Callable[[int], None] | None = None,
+             first_row: int = 0, block_rows: int = BLOCK_ROWS, caps: dict | None = None, **options) -> list[Job]:
+        """Every argument of a generation checked once, here (by lstmgen.options' table), for every caller.
+
+        One Job per prompt (`prompts`, or the one `prompt`; a prompt is text, or a list of token ids);
+        prompt i samples rows first_row + i * PROMPT_ROW_STRIDE onwards, so each prompt has its own
+        random streams. caps: lower highs for some options ({"max_tokens": 2000}: a server's limits);
+        a manifest default above a cap is brought down to it.
         """
-        if not _is_int(num) or not (1 <= num <= max_num):
-            raise LstmgenError(f"num must be an integer in [1, {max_num}], got {num!r}")
-        texts = self._prompt_list(prompt, prompts)
-        if novel not in (True, False) or echo not in (True, False):
-            raise LstmgenError(f"novel and echo must be true or false, got {novel!r} and {echo!r}")
-        if logprobs is not None and (not _is_int(logprobs) or not (0 <= logprobs <= MAX_LOGPROBS)):
-            raise LstmgenError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (alternatives per token), got {logprobs!r}")
-        common = dict(num=int(num), max_tokens=self.resolve_max_tokens(max_tokens), params=self.sampling(**sampling),
-                      seed=new_seed() if seed is None else _check_seed(seed), stop=_check_stop(stop),
-                      banned=self.banned_ids(allow_unk, ban), bias=self.bias_ids(bias), logprobs=logprobs, echo=echo)
-        known = self._known_records() if novel else None
+        given = check_options(options, caps=caps)
+        if caps and "max_tokens" in caps and "max_tokens" not in given:
+            given["max_tokens"] = min(self.manifest.defaults.max_tokens, caps["max_tokens"])
+        given.setdefault("seed", new_seed())  # one seed for every prompt of the call
+        known = self._known_records() if given.get("novel") else None
         jobs = []
-        for i, text in enumerate(texts):
-            ids = self.encode_prompt(text)
-            request = Request(prompt_ids=ids, first_row=first_row + i * PROMPT_ROW_STRIDE, **common)
+        for i, text in enumerate(self._prompt_list(prompt, prompts)):
+            ids = self.check_prompt_ids(text) if isinstance(text, (list, tuple)) else self.encode_prompt(text)
+            request = self.request(given, ids, first_row + i * PROMPT_ROW_STRIDE)
             jobs.append(Job(request, [*self.manifest.start_ids, *ids], self.tokenizer, known=known, on_piece=on_piece,
                             on_sample=on_sample, block_rows=block_rows))
         return jobs
 
     @staticmethod
-    def _prompt_list(prompt, prompts) -> list[str | None]:
+    def _prompt_list(prompt, prompts) -> list:
         if prompts is None:
             return [prompt]
         if prompt is not None:
@@ -213,40 +212,26 @@ class Generator:
         return self._record_hashes
 
     # -- generation -------------------------------------------------------------------------------
+    @takes_options(PYTHON, exclude=("num",))
     def generate(self, num: int = 1, prompt: str | None = None, *, prompts: Sequence[str] | None = None,
-                 max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
-                 repetition_window: int | None = None, seed: int | None = None, stop: Sequence[str] = (),
-                 novel: bool = False, allow_unk: bool = False, logprobs: int | None = None, echo: bool = True,
-                 bias: dict[str, float] | None = None, ban: Sequence[str] = (),
-                 progress: Callable[[int], None] | None = None) -> list:
-        """`num` samples, each the prompt followed by what the model wrote.
+                 progress: Callable[[int], None] | None = None, **options) -> list:
+        """`num` samples, each the prompt followed by what the model wrote (a list of `Sample`s: texts
+        that also carry their token ids, why they ended and, with `logprobs=N`, each token's
+        log-probability under the model's own distribution and its N likeliest alternatives).
 
+        Options (the table of lstmgen.options; left out = the artifact's default) are listed below.
         Records models stop each sample at its end marker; `stop` strings end a sample where they
-        appear (they are not included); `novel` keeps only records not in the training corpus and
-        not repeated (records models only, so fewer than `num` may come back). Word models never
-        write <unk> unless `allow_unk`. `echo=False` leaves the prompt out of the text. `bias` adds
-        to the logits of tokens given as text ({"a": 2.0}); `ban` lists tokens never written.
-        `progress(n)` is called as n more samples are done.
-
-        Returns a list of texts; with `logprobs=N` a list of `Sample`s instead, each with every
-        token's log-probability under the model's own distribution and its N likeliest alternatives
-        (with echo, the prompt's tokens too, so their sum is `score` of the text the model read).
-        With `prompts=[...]`, one such list per prompt.
+        appear (not included); `novel` keeps only records not in the training corpus and not repeated
+        (so fewer than `num` may come back); word models never write <unk> unless `allow_unk`.
+        `progress(n)` is called as n more samples are done. With `prompts=[...]`, one list per prompt.
         """
-        jobs = self.jobs(num=num, prompt=prompt, prompts=prompts, max_tokens=max_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                         repetition_window=repetition_window, seed=seed, stop=stop, novel=novel, allow_unk=allow_unk,
-                         logprobs=logprobs, echo=echo, bias=bias, ban=ban, on_sample=progress)
+        jobs = self.jobs(prompt=prompt, prompts=prompts, on_sample=progress, num=num, **options)
         DecodeLoop(self.backend, self.tokenizer).run(jobs)
-        out = [j.samples() if logprobs is not None else j.results() for j in jobs]
+        out = [j.samples() for j in jobs]
         return out if prompts is not None else out[0]
 
-    def stream(self, prompt: str | None = None, *, max_tokens: int | None = None, temperature: float | None = None,
-               top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-               repetition_penalty: float | None = None, repetition_window: int | None = None,
-               seed: int | None = None, stop: Sequence[str] = (), row: int = 0, allow_unk: bool = False,
-               echo: bool = True, bias: dict[str, float] | None = None, ban: Sequence[str] = ()) -> Iterator[str]:
+    @takes_options(PYTHON, exclude=("num", "novel", "logprobs"))
+    def stream(self, prompt: str | None = None, *, row: int = 0, **options) -> Iterator[str]:
         """Yield one sample's text piece by piece as it is generated (the prompt first, with echo).
 
         The pieces join to exactly what `generate(...)[row]` returns with the same seed; text that
@@ -254,11 +239,11 @@ class Generator:
         """
         if not _is_int(row) or row < 0:
             raise LstmgenError(f"row must be an integer >= 0, got {row!r}")
+        unsupported = sorted({"num", "novel", "logprobs"} & set(options))
+        if unsupported:
+            raise LstmgenError(f"stream writes one plain sample: leave out {', '.join(unsupported)} (use generate)")
         pieces: list[str] = []
-        [job] = self.jobs(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          min_p=min_p, repetition_penalty=repetition_penalty, repetition_window=repetition_window,
-                          seed=seed, stop=stop, allow_unk=allow_unk, echo=echo, bias=bias, ban=ban,
-                          on_piece=lambda _, piece: pieces.append(piece), first_row=int(row))
+        [job] = self.jobs(prompt=prompt, on_piece=lambda _, piece: pieces.append(piece), first_row=int(row), **options)
         loop = DecodeLoop(self.backend, self.tokenizer)
         loop.add(job)
         while loop.blocks:
@@ -269,77 +254,32 @@ class Generator:
             raise job.error
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, text: str, *, records: bool | None = None, streams: int = 1, strict: bool = False) -> Score:
-        """Negative log-likelihood of text under the model (lstmgen.scoring's definition). Tokens outside
-        the vocabulary are counted in `oov` (Tokenizer.encode_known); `strict` refuses them instead."""
-        folded = self.tokenizer.fold(text)
-        case_folded, text = folded != text, folded
-        if records is None:
-            records = self.records
-        if not isinstance(streams, int) or streams < 1:
-            raise LstmgenError(f"streams must be an integer >= 1, got {streams!r}")
-        if records:
-            if not self.records:
-                raise LstmgenError("this is a running-text model; score without --records")
-            items = [r.strip() for r in text.split("\n") if r.strip()]
-            if not items:
-                raise LstmgenError("no records to score (the text is empty)")
-            eos = self.tokenizer.eos_id
-            known = [self.tokenizer.encode_known(r, strict) for r in items]
-            seqs = [[eos, *ids, eos] for ids, _ in known]
-            by_len: dict[int, list[list[int]]] = {}
-            for s in seqs:
-                by_len.setdefault(len(s), []).append(s)
-            nats, tokens = 0.0, 0
-            for group in by_len.values():
-                for a in range(0, len(group), 512):
-                    arr = np.array(group[a: a + 512], dtype=np.int64)
-                    logits, _, _ = self.backend.run(arr[:, :-1])
-                    nats += float(surprisal(logits, arr[:, 1:]).sum())
-                    tokens += arr[:, 1:].size
-            chars = sum(len(s) - 1 for s in seqs) if self.tokenizer.level == "char" else len(text)
-            return Score(nats, tokens, chars, sum(n for _, n in known), case_folded, self.tokenizer.level == "word")
-        if self.records:
+    def score(self, text: str, *, records: bool | None = None, segments: int = 1, strict: bool = False,
+              streams: int | None = None) -> Score:
+        """Negative log-likelihood of text under the model (lstmgen.scoring's definition). Running text is
+        read in `segments` contiguous segments, each from a fresh state. Tokens outside the vocabulary
+        are counted in `oov` (Tokenizer.encode_known); `strict` refuses them instead. (`streams` is the
+        old name of `segments`.)"""
+        segments = segments if streams is None else streams
+        if not _is_int(segments) or segments < 1:
+            raise LstmgenError(f"segments must be an integer >= 1, got {segments!r}")
+        return score_text(self.reader, self.read_for_scoring(text, records=records, strict=strict), segments)
+
+    def read_for_scoring(self, text: str, *, records: bool | None = None, strict: bool = False) -> ScoredText:
+        """The text as this model scores it (records or running text, as it was trained, unless told)."""
+        records = self.records if records is None else records
+        if records and not self.records:
+            raise LstmgenError("this is a running-text model; score without --records")
+        if not records and self.records:
             raise LstmgenError("this is a records model; score with --records (one item a line)")
-        ids, oov = self.tokenizer.encode_known(text, strict)
-        ids = np.array(ids, dtype=np.int64)
-        if len(ids) < 2:
-            raise TextTooShort("text too short to score: it needs at least 2 tokens")
-        nats, tokens = 0.0, 0
-        groups: dict[int, list[int]] = {}
-        for start, length in stream_segments(len(ids), streams):
-            groups.setdefault(length, []).append(start)
-        for length, starts in groups.items():
-            x = np.stack([ids[s: s + length] for s in starts])
-            y = np.stack([ids[s + 1: s + length + 1] for s in starts])
-            h = c = None
-            for a in range(0, length, SCORE_CHUNK):
-                logits, h, c = self.backend.run(x[:, a: a + SCORE_CHUNK], h, c)
-                nats += float(surprisal(logits, y[:, a: a + SCORE_CHUNK]).sum())
-            tokens += y.size
-        chars = tokens if self.tokenizer.level == "char" else len(text)
-        return Score(nats, tokens, chars, oov, case_folded, self.tokenizer.level == "word")
+        return read_for_scoring(self.tokenizer, text, records=records, strict=strict)
+
+    def reader(self, inputs: np.ndarray, targets: np.ndarray, state) -> tuple[np.ndarray, tuple]:
+        """lstmgen.scoring's Reader over ONNX Runtime: surprisal of targets [B, T], and the state (h, c) after."""
+        h, c = state if state is not None else (None, None)
+        logits, h, c = self.backend.run(inputs, h, c)
+        return surprisal(logits, targets), (h, c)
 
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def _check_stop(stop) -> list[str]:
-    if isinstance(stop, str):
-        stop = [stop]
-    stop = list(stop or [])
-    for s in stop:
-        if not isinstance(s, str) or not s:
-            raise LstmgenError(f"stop strings must be non-empty text, got {s!r}")
-    return stop
-
-
-def _check_seed(seed) -> int:
-    if not _is_int(seed) or not (0 <= seed < 2**63):
-        raise LstmgenError(f"seed must be an integer in [0, 2^63), got {seed!r}")
-    return int(seed)

@@ -127,7 +127,7 @@ def test_prompts_the_vocabulary_cannot_encode(gens):
 
 @pytest.mark.parametrize("kwargs", [dict(num=0), dict(max_tokens=0), dict(max_tokens=10**9), dict(seed=-1),
                                     dict(temperature=-0.5), dict(top_p=0), dict(stop=[""]), dict(num=2.5),
-                                    dict(top_k=0)])
+                                    dict(top_k=-1), dict(top_k=1e20), dict(top_k=10**20), dict(progress_bar=1)])
 def test_bad_parameters_raise_one_line_errors(gens, kwargs):
     with pytest.raises(LstmgenError) as e:
         gens["names"].generate(**kwargs)
@@ -152,7 +152,7 @@ def test_cli_generate_json_score_json_and_info(artifacts, capsys, tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["generate", "{art}", "--temperature", "-1"], "temperature"),
     (["generate", "{art}", "--top-p", "2"], "top-p"),
-    (["generate", "{art}", "--top-k", "0"], "top-k"),
+    (["generate", "{art}", "--top-k", "-1"], "--top-k must be an integer in [0, 1000000]"),
     (["generate", "{art}", "--max-tokens", "0"], "max-tokens"),
     (["generate", "{art}", "--stream", "--num", "3"], "--stream"),
     (["generate", "/nonexistent/model"], "not found"),
