@@ -12,7 +12,7 @@ import pytest
 
 from lstmgen import Generator
 from lstmgen.cli import main
-from lstmgen.generator import SCORE_CHUNK
+from lstmgen.scoring import SCORE_CHUNK
 from lstmgen.inspect import correlate, inspect_text, text_features, top_cells
 from lstmgen.manifest import MANIFEST_FILE, MODEL_FILE, Dims, Manifest, sha256_file
 
@@ -289,7 +289,7 @@ def test_bad_cells_get_one_line(tmp_path, capsys, args, message):
     (b"  \n\n", "empty"),
     (b"\x7fELF\x02\x01\x00\x00binary", "binary"),
     (b"caf\xe9 latin-1", "not UTF-8"),
-    ("日本語のテキスト".encode(), "characters the model's vocabulary lacks"),
+    ("日本語のテキスト".encode(), "needs at least 2 tokens the model knows (8 outside the model's vocabulary were left out)"),
 ])
 def test_bad_input_gets_one_line(tmp_path, capsys, content, message):
     (tmp_path / "t.txt").write_bytes(content)
@@ -307,3 +307,16 @@ def test_text_or_file_and_too_short_text(tmp_path, capsys):
     assert main(["inspect", "shakespeare", "--text", "a" * 200_001, "--out", str(tmp_path / "p.html")]) == 2
     assert "at most 200,000" in capsys.readouterr().err
     assert main(["inspect", "shakespeare", "--text", "To be, or not", "--out", str(tmp_path / "p.html")]) == 0
+
+
+def test_characters_outside_the_vocabulary_are_left_out_as_score_does(tmp_path):
+    """`lstmgen inspect shakespeare novel.txt` used to refuse '"', '1' and '_'; it reads text as score does."""
+    g = Generator.load(shipped("shakespeare"), device="cpu")
+    text = 'ROMEO:\n"Say it_1 more," she said.\n'
+    ins = inspect_text(g, text)
+    score = g.score(text)
+    assert ins.oov == score.oov > 0 and ins.tokens_predicted == score.tokens
+    assert abs(ins.total_nats - score.nats) < 1e-6
+    assert "".join(ins.pieces) == "".join(ch for ch in text if ch in g.tokenizer.index)
+    (tmp_path / "novel.txt").write_text(text)
+    assert main(["inspect", "shakespeare", str(tmp_path / "novel.txt"), "--out", str(tmp_path / "p.html")]) == 0

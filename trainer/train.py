@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from lstmgen import faults
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import record_hashes
-from lstmgen.scoring import Score, stream_segments
+from lstmgen.scoring import Score, ScoredText, score_text
 from lstmgen.tokenizer import Tokenizer
 
 from . import checkpoint, machine
 from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
-from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records, prepare
+from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, prepare
 from .distributed import Dist
 from .model import LSTMLanguageModel
 
@@ -77,36 +77,32 @@ def lr_at(step: int, cfg: RunConfig, planned: int) -> float:
 @torch.no_grad()
 def evaluate(model: LSTMLanguageModel, data: PreparedData, streams: int, device: torch.device,
              rank: int = 0, world: int = 1) -> Score:
-    """The validation figure (lstmgen.scoring's definition), in torch; rank r scores its share only."""
+    """The validation figure, by lstmgen.scoring's one implementation with a torch reader; rank r scores
+    its share of the segments or records only (the caller sums the shares)."""
     model.eval()
-    nats, tokens = 0.0, 0
+    try:
+        return score_text(torch_reader(model, device), validation_text(data), streams, share=(rank, world))
+    finally:
+        model.train()
+
+
+def validation_text(data: PreparedData) -> ScoredText:
+    """The validation split as lstmgen.scoring reads it (already encoded by the run's tokenizer)."""
+    word = data.tokenizer.level == "word"
     if data.records:
-        seqs = sorted(data.val, key=len)[rank::world]
-        for a in range(0, len(seqs), 256):
-            x, y = pad_records(seqs[a: a + 256], data.tokenizer.eos_id)
-            logits, _ = model(torch.from_numpy(x).to(device))
-            yt = torch.from_numpy(y).to(device)
-            nats += F.cross_entropy(logits.float().flatten(0, 1), yt.flatten(), ignore_index=IGNORE,
-                                    reduction="sum").item()
-            tokens += int((yt != IGNORE).sum())
-        chars = sum(len(s) - 1 for s in data.val) if data.tokenizer.level == "char" else len(data.val_text)
-    else:
-        ids = data.val
-        groups: dict[int, list[int]] = {}
-        for start, length in stream_segments(len(ids), streams)[rank::world]:
-            groups.setdefault(length, []).append(start)
-        for length, starts in groups.items():
-            x = np.stack([ids[s: s + length] for s in starts])
-            y = np.stack([ids[s + 1: s + length + 1] for s in starts])
-            state = None
-            for a in range(0, length, 512):
-                logits, state = model(torch.from_numpy(x[:, a: a + 512]).to(device), state)
-                nats += F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(y[:, a: a + 512]).flatten().to(device),
-                                        reduction="sum").item()
-            tokens += y.size
-        chars = len(ids) - 1 if data.tokenizer.level == "char" else len(data.val_text)
-    model.train()
-    return Score(nats, tokens, chars)
+        chars = len(data.val_text) if word else sum(len(s) - 1 for s in data.val)
+        return ScoredText(list(data.val), True, chars)
+    return ScoredText([data.val], False, len(data.val_text) if word else len(data.val) - 1)
+
+
+def torch_reader(model: LSTMLanguageModel, device: torch.device):
+    """lstmgen.scoring's Reader over the torch model: surprisal of the targets in float64, and the state after."""
+    def read(inputs: np.ndarray, targets: np.ndarray, state):
+        logits, state = model(torch.from_numpy(np.ascontiguousarray(inputs)).to(device), state)
+        nats = F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(np.ascontiguousarray(targets)).flatten().to(device),
+                               reduction="none")
+        return nats.double().view(targets.shape).cpu().numpy(), state
+    return read
 
 
 def param_groups(model: LSTMLanguageModel, weight_decay: float) -> list[dict]:

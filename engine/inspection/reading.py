@@ -24,19 +24,17 @@ What the states mean is lstmgen.inspection.features' part.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..errors import LstmgenError
-from ..generator import SCORE_CHUNK, Generator
-from ..scoring import surprisal as token_surprisal
+from ..generator import Generator
+from ..scoring import SCORE_CHUNK, ScoredText, surprisal_by_token
 from ..tokenizer import Detokenizer
 
 MAX_INSPECT_TOKENS = 200_000  # states take 2 x layers x hidden x 4 bytes per token: 800 MB at 2 x 512 here
-RECORDS_PER_CALL = 512  # records of one length run together, as `Generator.score` groups them
 
 Progress = Callable[[str, int, int], None]  # (stage, calls done, calls in the stage)
 
@@ -53,6 +51,7 @@ class Inspection:
     unknown: np.ndarray  # bool [N]: word models, a word outside the vocabulary (read as <unk>)
     level: str  # "char" or "word"
     records: bool  # read as records (each line from a zero state, ended by <eos>)
+    oov: int = 0  # tokens of the text outside the vocabulary (char models: left out, as score does)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -81,46 +80,69 @@ def inspect_text(model: Generator | str | os.PathLike, text: str, *, progress: P
     """Surprisal and states of every layer after every token of `text`, read as the model was trained.
 
     `model` is a loaded Generator, a shipped model's name or an artifact folder. A records model reads
-    one item a line; `progress(stage, done, total)` is called as the work goes on. A text of more than
-    `max_tokens` tokens is refused (the states of every token are held in memory).
+    one item a line; text is read as `score` reads it (lstmgen.scoring.read_for_scoring): folded to
+    the vocabulary's case, characters outside a char model's vocabulary left out (counted in `oov`),
+    unknown words read as <unk>. `progress(stage, done, total)` is called as the work goes on. A text
+    of more than `max_tokens` tokens is refused (the states of every token are held in memory).
     """
     gen = model if isinstance(model, Generator) else Generator.load(model)
-    records = gen.records
     if not text.strip():
         raise LstmgenError("the text is empty: give some text to inspect")
-    text = gen.tokenizer.fold(text)  # as `score` reads it: a lower-case vocabulary reads capitals as their small letters
-    segments = _record_segments(gen, text) if records else [_running_segment(gen, text)]
-    n = sum(len(s.ids) for s in segments)
+    scored = gen.read_for_scoring(text)
+    n = sum(len(q) for q in scored.sequences)
     if n > max_tokens:
         raise LstmgenError(f"the text has {n:,} tokens; inspect reads at most {max_tokens:,} at once"
                            " (cut it into parts)")
-    # Dynamic int8 quantization scales activations per call, so a row's result depends on the rows and
-    # steps computed beside it: int8 states are read at batch 1 from the start, as generation sees them.
-    rows_independent = gen.manifest.precision == "fp32"
-    if records:
-        surprisal = _records_surprisal(gen, segments)
-        chunks = [(s.ids, None) for s in segments]
-    else:
-        ids = segments[0].ids
-        surprisal, starts = _running_surprisal(gen, ids, progress)
-        chunks = [(ids[a: a + SCORE_CHUNK], state) for a, state in starts] if rows_independent else [(ids, None)]
-    h, c = _states(gen, chunks, rows_independent, progress)
-    return Inspection(np.concatenate([s.ids for s in segments]), [p for s in segments for p in s.pieces], surprisal,
-                      h, c, np.concatenate([s.unknown for s in segments]), gen.tokenizer.level, records)
+    shown = [_shown_pieces(gen, q, line) for q, line in zip(scored.sequences, _lines(gen, text, scored.records))]
+    surprisal, chunks = _surprisal_and_chunks(gen, scored, progress)
+    h, c = _states(gen, chunks, gen.manifest.precision == "fp32", progress)
+    return Inspection(np.concatenate(scored.sequences), [p for pieces, _ in shown for p in pieces], surprisal, h, c,
+                      np.concatenate([u for _, u in shown]), gen.tokenizer.level, scored.records, scored.oov)
 
 
-@dataclass
-class _Segment:
-    ids: np.ndarray
-    pieces: list[str]
-    unknown: np.ndarray
+def _surprisal_and_chunks(gen: Generator, scored: ScoredText, progress: Progress | None):
+    """Pass 1, `score`'s own calls: surprisal per token, and the pieces pass 2 steps from a known state.
+
+    Dynamic int8 quantization scales activations per call, so a row's result depends on the rows and
+    steps computed beside it: int8 states are read at batch 1 from the start, as generation sees them;
+    fp32 text is stepped from each chunk boundary (the state the score's calls had there)."""
+    if scored.records:
+        return np.concatenate(surprisal_by_token(gen.reader, scored)), [(q, None) for q in scored.sequences]
+    ids = scored.sequences[0]
+    calls = -(-(len(ids) - 1) // SCORE_CHUNK)
+    starts: list[tuple[int, tuple | None]] = [(0, None)]
+
+    def boundary(batch, at: int, state) -> None:
+        starts.append((at, state))
+        if progress is not None:
+            progress("surprisal", len(starts) - 1, calls)
+
+    [surprisal] = surprisal_by_token(gen.reader, scored, on_chunk=boundary)
+    if progress is not None:
+        progress("surprisal", calls, calls)
+    if gen.manifest.precision != "fp32":
+        return surprisal, [(ids, None)]
+    return surprisal, [(ids[a: a + SCORE_CHUNK], state) for a, state in starts]
 
 
-def _shown_pieces(gen: Generator, ids: list[int], words: list[str] | None) -> tuple[list[str], np.ndarray]:
-    """Each token's text as the detokenizer writes it; unknown words keep their own spelling."""
+def _lines(gen: Generator, text: str, records: bool) -> list[list[str] | None]:
+    """The words of each sequence as written (word models show an unknown word in its own spelling)."""
+    if gen.tokenizer.level != "word":
+        return [None] * (len([r for r in text.split("\n") if r.strip()]) if records else 1)
+    folded = gen.tokenizer.fold(text)
+    if not records:
+        return [gen.tokenizer.pieces(folded)]
+    return [["", *gen.tokenizer.pieces(r.strip()), "\n"] for r in folded.split("\n") if r.strip()]
+
+
+def _shown_pieces(gen: Generator, ids: np.ndarray, words: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """Each token's text as the detokenizer writes it; unknown words keep their own spelling. A record's
+    `<eos> item <eos>` shows as "", the item, and a line break."""
     tok = gen.tokenizer
     detok = Detokenizer(tok)
-    pieces = [detok.piece(i) for i in ids]
+    pieces = [detok.piece(int(i)) for i in ids]
+    if tok.eos_id is not None and len(ids) and ids[0] == tok.eos_id:
+        pieces[-1] = "\n"
     unknown = np.zeros(len(ids), dtype=bool)
     if tok.unk_id is not None and words is not None:
         for k, (i, w) in enumerate(zip(ids, words)):
@@ -128,66 +150,6 @@ def _shown_pieces(gen: Generator, ids: list[int], words: list[str] | None) -> tu
                 pieces[k] = pieces[k].replace(tok.tokens[i], w)
                 unknown[k] = True
     return pieces, unknown
-
-
-def _running_segment(gen: Generator, text: str) -> _Segment:
-    tok = gen.tokenizer
-    ids = tok.encode(text)
-    if len(ids) < 2:
-        raise LstmgenError("the text is too short to inspect: it needs at least 2 tokens")
-    pieces, unknown = _shown_pieces(gen, ids, tok.pieces(text) if tok.level == "word" else None)
-    return _Segment(np.array(ids, dtype=np.int64), pieces, unknown)
-
-
-def _record_segments(gen: Generator, text: str) -> list[_Segment]:
-    """`<eos> item <eos>` per non-empty line, as `Generator.score` reads records."""
-    tok = gen.tokenizer
-    eos = tok.eos_id
-    out = []
-    for item in (r.strip() for r in text.split("\n")):
-        if not item:
-            continue
-        body = tok.encode(item)
-        if eos in body:
-            raise LstmgenError("the text contains the end-of-record token text; remove it")
-        pieces, unknown = _shown_pieces(gen, body, tok.pieces(item) if tok.level == "word" else None)
-        out.append(_Segment(np.array([eos, *body, eos], dtype=np.int64), ["", *pieces, "\n"],
-                            np.array([False, *unknown, False])))
-    return out
-
-
-def _running_surprisal(gen: Generator, ids: np.ndarray,
-                       progress: Progress | None) -> tuple[np.ndarray, list[tuple[int, tuple | None]]]:
-    """Pass 1: the score's chunked run at batch 1; returns surprisal and (chunk start, state before it)."""
-    x, y = ids[None, :-1], ids[None, 1:]
-    surprisal = np.full(len(ids), np.nan)
-    starts: list[tuple[int, tuple | None]] = [(0, None)]
-    h = c = None
-    for a in range(0, x.shape[1], SCORE_CHUNK):
-        logits, h, c = gen.backend.run(x[:, a: a + SCORE_CHUNK], h, c)
-        surprisal[a + 1: a + 1 + logits.shape[1]] = token_surprisal(logits, y[:, a: a + SCORE_CHUNK])[0]
-        if a + SCORE_CHUNK < len(ids):
-            starts.append((a + SCORE_CHUNK, (h, c)))
-        if progress is not None:
-            progress("surprisal", a // SCORE_CHUNK + 1, -(-x.shape[1] // SCORE_CHUNK))
-    return surprisal, starts
-
-
-def _records_surprisal(gen: Generator, segments: list[_Segment]) -> np.ndarray:
-    """Records grouped by length and run RECORDS_PER_CALL at a time, as `Generator.score` does."""
-    by_len: dict[int, list[int]] = {}
-    for k, s in enumerate(segments):
-        by_len.setdefault(len(s.ids), []).append(k)
-    per_record = [np.full(len(s.ids), np.nan) for s in segments]
-    for group in by_len.values():
-        for a in range(0, len(group), RECORDS_PER_CALL):
-            rows = group[a: a + RECORDS_PER_CALL]
-            arr = np.stack([segments[k].ids for k in rows])
-            logits, _, _ = gen.backend.run(arr[:, :-1])
-            nll = token_surprisal(logits, arr[:, 1:])
-            for r, k in enumerate(rows):
-                per_record[k][1:] = nll[r]
-    return np.concatenate(per_record)
 
 
 def _states(gen: Generator, chunks: list[tuple[np.ndarray, tuple | None]], together: bool, progress: Progress | None):
