@@ -7,7 +7,9 @@ run in the main environment).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,18 @@ def artifact_before_generation_graph(tmp_path: Path, model: str = "names") -> Pa
     del d["generate_sha256"], d["generate_web_sha256"], d["generate_omits"]
     (folder / MANIFEST_FILE).write_text(json.dumps(d))
     return folder
+
+
+@contextlib.contextmanager
+def serving(generators: dict, limits, **options):
+    """A `lstmgen serve` server on a free loopback port, run in a thread for the block's duration."""
+    from lstmgen.server import make_server
+
+    srv = make_server(generators, "127.0.0.1", 0, limits, **options)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(60)

@@ -130,11 +130,14 @@ def test_errors_are_openai_errors(client, served):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="a")
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=names, prompt="a", logprobs=9)
-    assert "logprobs must be an integer in [0, 5]" in e.value.message
+        client.completions.create(model=names, prompt="a", logprobs=21)
+    assert "logprobs must be an integer in [0, 20]" in e.value.message and e.value.param == "logprobs"
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=names, prompt="a", frequency_penalty=0.5)
-    assert "frequency_penalty" in e.value.message
+        client.completions.create(model=names, prompt="a", frequency_penalty=5)
+    assert "frequency_penalty must be a number in [-2, 2]" in e.value.message and e.value.param == "frequency_penalty"
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI's name for the option, and this server's cap
+        client.completions.create(model=names, prompt="a", n=10_000)
+    assert "- n must be an integer in [1, 256]" in e.value.message and e.value.param == "n"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=served[0], api_key="wrong", max_retries=0).models.list()
 

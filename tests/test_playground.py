@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from lstmgen import Generator
+from lstmgen.options import OPENAI, on_surface
 from lstmgen.server import playground as pg
 from lstmgen.inspect import inspect_text
 from lstmgen.server import Limits, make_server
@@ -108,6 +109,8 @@ def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
 @needs_ort_web
 def test_run_in_my_browser_writes_pythons_text(server):
     """With the switch on, onnxruntime-web runs generate.onnx in the page: Python's text for the same seed."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
     names, moe = server.models.generators["names"], server.models.generators["moe"]
     generation_calls = server_generation_calls(server)
     driver = browser()
@@ -119,16 +122,30 @@ def test_run_in_my_browser_writes_pythons_text(server):
                 ("names", names, {"prompt": "ka", "seed": "2", "top_k": "5", "temperature": "1"}),
                 ("moe", moe, {"prompt": "moe_szyslak: hey", "seed": "5", "top_k": "", "top_p": "0.9", "max_tokens": "30"})):
             text = generate_on_page(driver, model, settings)
+
+            def field(name: str, kind=float):  # a field left empty is the model's default
+                value = driver.find_element("id", name).get_attribute("value")
+                return kind(value) if value else None
+
             expected = gen.generate(num=1, prompt=settings["prompt"] or None, seed=int(settings["seed"]),
-                                    temperature=float(driver.find_element("id", "temperature").get_attribute("value")),
-                                    top_k=int(settings["top_k"]) if settings.get("top_k") else None,
-                                    top_p=float(driver.find_element("id", "top_p").get_attribute("value")),
-                                    max_tokens=int(driver.find_element("id", "max_tokens").get_attribute("value")))[0]
+                                    temperature=field("temperature"), top_k=field("top_k", int),
+                                    top_p=field("top_p"), max_tokens=field("max_tokens", int))[0]
             assert text == expected.strip(), (model, settings)
             assert "in this browser" in driver.find_element("id", "status").text
+        fill(driver, "min_p", "0.1")  # the Python engine's only: the browser's generator refuses it in one line
+        driver.find_element("id", "go").click()
+        WebDriverWait(driver, 60).until(lambda d: "does not apply minP" in d.find_element("id", "status").text)
     finally:
         driver.quit()
     assert server_generation_calls(server) == generation_calls  # the server only sent files
+
+
+def test_the_page_has_a_field_per_option_of_the_table(server):
+    status, raw, _ = call(server, "/")
+    fields = json.loads(re.search(rb'<script type="application/json" id="options">(.*?)</script>', raw).group(1))
+    expected = [o.name for o in on_surface(OPENAI) if o.kind in ("int", "float") and o.name not in ("num", "logprobs")]
+    assert status == 200 and [f["name"] for f in fields] == expected
+    assert {f["name"]: f["browser"] for f in fields}["min_p"] is False
 
 
 @needs_chromium
@@ -203,11 +220,12 @@ def test_inspect_endpoint_totals_equal_the_score(server, model, text):
 
 @pytest.mark.parametrize("body,message", [
     ({"model": "moe", "text": ""}, "the text is empty"),
-    ({"model": "moe"}, "inspect takes a 'text' string"),
-    ({"model": "moe", "text": "hey", "colour": 1}, "unknown: colour"),
-    ({"model": "moe", "text": "hey moe", "top": 0}, "top must be an integer from 1 to 5"),
+    ({"model": "moe"}, "text is required"),
+    ({"model": "moe", "text": "hey", "colour": 1}, "unknown field 'colour' (known: cells, model, text, top)"),
+    ({"model": "moe", "text": "hey moe", "top": 0}, "top: input should be greater than or equal to 1, got 0"),
+    ({"model": "moe", "text": "hey moe", "cells": "c1:2"}, "cells: input should be a valid array, got 'c1:2'"),
     ({"model": "moe", "text": "hey moe", "cells": ["c9:0"]}, "layer 9 is out of range"),
-    ({"model": "names", "text": "z#"}, "vocabulary lacks"),
+    ({"model": "moe", "text": "hey"}, "text too short to score"),
     ({"model": "moe", "text": "moe " * 20_001}, "inspect reads at most 20,000 at once"),
 ])
 def test_inspect_bad_input_gets_a_one_line_400(server, body, message):
@@ -257,3 +275,9 @@ def test_without_onnxruntime_web_the_switch_is_off_with_the_reason(monkeypatch, 
         srv.stop()
         thread.join(60)
     assert status == 200 and f'<body data-browser-off="{reason}"'.encode() in page
+
+
+def test_inspect_leaves_out_what_the_vocabulary_lacks_as_score_does(server):
+    status, raw, _ = call(server, "/v1/inspect", {"model": "names", "text": "z#"})
+    out = json.loads(raw)
+    assert status == 200 and out["oov"] == 1 and out["pieces"] == ["", "z", "\n"]

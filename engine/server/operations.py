@@ -14,14 +14,8 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .http import Models, error_response
-
-# Paths anyone may call without the API key: the liveness probe, the playground page and the JavaScript
-# it imports (they hold no data; its requests carry the key the user types in, and a module import
-# cannot send a header).
-OPEN_PATHS = ("/v1/health", "/")
-OPEN_PREFIXES = ("/js/",)
-ROUTE_LABELS = ("/v1/health", "/v1/models", "/v1/generate", "/v1/score", "/v1/inspect", "/v1/completions", "/metrics", "/")
+from .http import error_response
+from .served import Models
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -64,15 +58,22 @@ class LiveCollector:
 
 
 class Gate:
-    """ASGI middleware in front of every endpoint: checks the API key (constant time), refuses work past
-    --max-requests with 503 + Retry-After, and records each request in the metrics and the access log."""
+    """ASGI middleware in front of every endpoint: checks the API key (constant time) where the route table
+    asks for it, refuses work past --max-requests with 503 + Retry-After, and records each request in the
+    metrics (labelled by the route's path template) and the access log.
 
-    def __init__(self, app, models: Models, metrics: Metrics, api_key: str | None, access_log: Callable[[str], None] | None):
+    Open routes (no key): the liveness probe, the OpenAPI document, the playground page and the JavaScript
+    it imports (they hold no data; the page's requests carry the key the user types in, and a module
+    import cannot send a header)."""
+
+    def __init__(self, app, models: Models, metrics: Metrics, api_key: str | None,
+                 access_log: Callable[[str], None] | None, route_of: Callable, shape_of: Callable):
         self.app = app
         self.models = models
         self.metrics = metrics
         self.expected = f"Bearer {api_key}".encode() if api_key else None
         self.access_log = access_log
+        self.route_of, self.shape_of = route_of, shape_of  # the route table's answers (lstmgen.server.app)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -100,23 +101,24 @@ class Gate:
             self.record(scope, status[0], time.perf_counter() - start)
 
     def refusal(self, scope):
-        path, method = scope["path"], scope["method"]
-        if self.expected is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES) and method != "OPTIONS":
+        route = self.route_of(scope)
+        shape = self.shape_of(scope)
+        if self.expected is not None and (route is None or route.auth) and scope["method"] != "OPTIONS":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                return error_response(path, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
-        if self.models.running_requests >= self.models.limits.max_requests and path != "/v1/health":
-            return error_response(path, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
+                return error_response(shape, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+        if self.models.running_requests >= self.models.limits.max_requests and (route is None or route.auth):
+            return error_response(shape, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
                                   retry_after=1)
         return None
 
     def record(self, scope, status: int, seconds: float) -> None:
-        path = scope["path"]
-        label = path if path in ROUTE_LABELS else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+        route = self.route_of(scope)
+        label = route.template if route is not None else "other"
         self.metrics.requests.labels(label, str(status)).inc()
         self.metrics.latency.labels(label).observe(seconds)
         if self.access_log is not None:
             client = scope.get("client") or ("-", 0)
             tokens = scope.get("state", {}).get("tokens", 0)
-            self.access_log(f'{client[0]}:{client[1]} "{scope["method"]} {path}" {status} {seconds * 1000:.1f} ms'
-                            f' {tokens} tokens')
+            self.access_log(f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status}'
+                            f' {seconds * 1000:.1f} ms {tokens} tokens')

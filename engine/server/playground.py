@@ -21,20 +21,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 
-from ..errors import LstmgenError
 from ..inspection import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
 from ..manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
-from .http import HttpError, Models, read_json
+from .http import HttpError, read_body
+from .served import Models
 
 JS_DIR = Path(__file__).resolve().parents[2] / "js"  # the repository's js/ beside engine/ (absent from a wheel)
 ORT_DIST = JS_DIR / "node_modules" / "onnxruntime-web" / "dist"
-JS_FILES = ("lstmgen.mjs", "web.mjs")
+JS_FILES = ("lstmgen.mjs", "options.mjs", "web.mjs")
 ARTIFACT_FILES = (MANIFEST_FILE, GENERATE_WEB_FILE, MODEL_FILE)
 MEDIA_TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
                ".onnx": "application/octet-stream"}
-INSPECT_FIELDS = {"text", "top", "cells"}
-MAX_TOP = 5  # cells per feature: each one sends a value per token, so this bounds the answer's size
-MAX_CHOSEN_CELLS = 8
 INSPECTIONS_AT_ONCE = 2  # more wait their turn: one holds up to 20,000 x layers x hidden x 8 bytes of states
 
 
@@ -42,34 +39,18 @@ INSPECTIONS_AT_ONCE = 2  # more wait their turn: one holds up to 20,000 x layers
 async def inspect_endpoint(request: Request) -> JSONResponse:
     """Surprisal and the cells that track the text's features, for the playground's inspect view."""
     models: Models = request.app.state.models
-    body = await read_json(request, models.limits)
-    name = models.pick(body.pop("model", None))
-    text, top, cell_specs = inspect_args(body)
+    body = await read_body(request, request.app.state.schemas.inspect)
+    name = models.pick(body.model)
     gen = models.generators[name]
     d = gen.manifest.dims
-    chosen = [parse_cell(spec, d.num_layers, d.hidden_size) for spec in cell_specs]
+    chosen = [parse_cell(spec, d.num_layers, d.hidden_size) for spec in body.cells or []]
 
     def work() -> JSONResponse:  # seconds of NumPy and ONNX Runtime, and a JSON of MBs: off the event loop
-        ins = inspect_text(gen, text, max_tokens=models.limits.max_inspect_tokens)
-        return JSONResponse({"model": name, **inspection_json(ins, top, chosen)})
+        ins = inspect_text(gen, body.text, max_tokens=models.limits.max_inspect_tokens)
+        return JSONResponse({"model": name, **inspection_json(ins, body.top or 3, chosen)})
 
     async with request.app.state.inspect_slots:  # each one holds every token's states in memory
         return await run_in_threadpool(work)
-
-
-def inspect_args(body: dict) -> tuple[str, int, list[str]]:
-    """The text, cells per feature and chosen cells of an inspect request, checked."""
-    unknown = set(body) - INSPECT_FIELDS
-    if unknown or not isinstance(body.get("text"), str):
-        raise LstmgenError("inspect takes a 'text' string and optionally 'top' (cells per feature, 1.."
-                           f"{MAX_TOP}) and 'cells' (e.g. [\"c1:37\"])" + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
-    top = body.get("top", 3)
-    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
-        raise LstmgenError(f"top must be an integer from 1 to {MAX_TOP}, got {top!r}")
-    cells = body.get("cells", [])
-    if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells) or len(cells) > MAX_CHOSEN_CELLS:
-        raise LstmgenError(f"cells must be a list of at most {MAX_CHOSEN_CELLS} strings LAYER:UNIT after c or h, e.g. [\"c1:37\"]")
-    return body["text"], top, cells
 
 
 def inspection_json(ins: Inspection, top: int, chosen: list) -> dict:
@@ -84,6 +65,7 @@ def inspection_json(ins: Inspection, top: int, chosen: list) -> dict:
         "level": ins.level, "records": ins.records, "pieces": ins.pieces,
         "surprisal": [None if math.isnan(v) else v for v in ins.surprisal.tolist()],  # full precision: sums to the score
         "nats": ins.total_nats, "tokens_predicted": ins.tokens_predicted, "nats_per_token": ins.nats_per_token,
+        "oov": ins.oov,
         "features": features,
         "activations": {spec: [round(v, 3) for v in ins.state(c.kind, c.layer, c.unit).tolist()] for spec, c in shown.items()},
     }

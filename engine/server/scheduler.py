@@ -41,7 +41,8 @@ class Scheduler:
         progress) and `on_piece(row, text)` to stream. At most max_batch samples per job.
         """
         # block_rows = num: a novel job's later rounds reuse the rows admitted for it, at most max_batch
-        return self.gen.jobs(max_num=self.max_batch, block_rows=kwargs.get("num", 1), **kwargs)
+        caps = {"num": self.max_batch, **kwargs.pop("caps", {})}
+        return self.gen.jobs(caps=caps, block_rows=kwargs.get("num") or 1, **kwargs)
 
     def job(self, **kwargs) -> Job:
         """The job of a request for one prompt (see `jobs`)."""

@@ -1,0 +1,55 @@
+"""The server's limits, declared once: `Limits` owns each limit's default, its CLI flag and its help.
+
+`lstmgen serve`'s flags are derived from it (`add_cli_flags`, `from_args`), the app reads it
+(request sizes, the caps of max_tokens, n/num and logprobs in the request schemas, streams and
+requests at once), and the connection guard reads it (connections, client timeout). This module
+imports nothing beyond the standard library, so `lstmgen serve --help` works without the `serve`
+extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+
+from ..errors import LstmgenError
+
+
+def _limit(default, flag: str, help: str, *, kind=int):
+    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind})
+
+
+@dataclass
+class Limits:
+    max_body: int = _limit(1 << 20, "--max-body", "largest request body in bytes")
+    max_tokens_limit: int = _limit(2000, "--max-tokens-limit", "largest max_tokens a request may ask for (per sample)")
+    max_batch: int = _limit(256, "--max-batch", "rows in one model's step loop at once; also the largest n/num")
+    max_streams: int = _limit(32, "--max-streams", "concurrent streaming responses; past it 429")
+    max_requests: int = _limit(512, "--max-requests", "requests answered at once; past it 503")
+    max_connections: int = _limit(4096, "--max-connections", "open connections; past it new ones get 503 and are closed")
+    client_timeout: float = _limit(10.0, "--client-timeout", "seconds a client may take to send a request, or stay idle"
+                                   " between requests", kind=float)
+    max_inspect_tokens: int = _limit(20_000, "--max-inspect-tokens", "tokens of one /v1/inspect text (its states are"
+                                     " held in memory)")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise LstmgenError(f"{f.metadata['flag']} must be a number > 0, got {value!r}")
+
+    @property
+    def caps(self) -> dict[str, int]:
+        """The options whose range this server narrows: {option name: its highest value here}."""
+        return {"max_tokens": self.max_tokens_limit, "num": self.max_batch}
+
+
+def add_cli_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per limit, its default shown."""
+    for f in fields(Limits):
+        parser.add_argument(f.metadata["flag"], dest=f.name, type=f.metadata["kind"], default=f.default,
+                            help=f"{f.metadata['help']} (default %(default)s)")
+
+
+def from_args(args: argparse.Namespace) -> Limits:
+    return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})

@@ -1,0 +1,294 @@
+"""The HTTP bodies, declared: pydantic models checked strictly, from which /openapi.json is written.
+
+Why pydantic (v2): its strict mode refuses what the issue tracker found slipping through ("true"
+for a boolean, 1.5 for an integer, 5,000-digit numbers, NaN), its JSON parser bounds nesting,
+and it writes the JSON Schema that OpenAPI 3.1 embeds, so the document and the checks cannot
+disagree. It is already what the OpenAI clients we serve are built on.
+
+Request models are made per server (`Schemas(limits)`): the generation fields come from the table
+of lstmgen.options (its names, ranges and help), with the server's caps (max_tokens, n/num) as
+their upper bounds. A body that fails its model gets one line in the words of the table:
+`max_tokens must be an integer in [1, 2000], got 5000` (`explain`). Response models document what
+each endpoint answers; the tests validate real answers against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+
+from ..options import BY_NAME, NATIVE, OPENAI, Option, on_surface
+from .limits import Limits
+
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+MAX_PROMPTS = 256  # prompts in one request
+MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
+MAX_CHOSEN_CELLS = 8
+
+
+# -- one field per option ------------------------------------------------------------------------------
+def _bounds(o: Option, high) -> dict:
+    if o.low is None:
+        return {}
+    return {"gt" if o.low_open else "ge": o.low, "lt" if o.high_open else "le": high}
+
+
+def option_field(o: Option, high=None) -> tuple[Any, Any]:
+    """(annotation, Field) of an option as an HTTP field: optional (null or left out = the default)."""
+    high = o.high if high is None else high
+    doc = f"{o.help}. {o.describe(high)[0].upper()}{o.describe(high)[1:]}."
+    if o.kind == "int":
+        return Optional[int], Field(None, description=doc, **_bounds(o, high))
+    if o.kind == "float":
+        return Optional[float], Field(None, description=doc, **_bounds(o, high))
+    if o.kind == "bool":
+        return Optional[bool], Field(None, description=doc)
+    if o.kind == "texts":
+        return Union[NonEmptyText, Annotated[list[NonEmptyText], Field(max_length=int(high))], None], Field(None, description=doc)
+    value = Annotated[float, Field(ge=o.low, le=high)]
+    key = NonEmptyText if o.kind == "text_map" else TokenIdKey
+    return Optional[dict[key, value]], Field(None, description=doc)
+
+
+def _model_field(served: list[str]) -> tuple[Any, Any]:
+    # Any text passes the model's check; one not served is a 404 (as OpenAI answers), so the schema's
+    # enum says what is served without turning a wrong name into a 400.
+    return Optional[str], Field(None, description="which served model; may be left out when one model is served",
+                                json_schema_extra={"enum": [*served, None]})
+
+
+def _option_fields(surface: str, caps: dict, *, rename: bool = False) -> dict:
+    return {(o.openai_name or o.name) if rename else o.name: option_field(o, caps.get(o.name))
+            for o in on_surface(surface)}
+
+
+# -- requests -------------------------------------------------------------------------------------------
+class ScoreRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = Field(None, description="which served model; may be left out when one model is served")
+    text: str = Field(description="the text to score (records models: one item a line)")
+    records: Optional[bool] = Field(None, description="score as records (default: what the model was trained on)")
+    segments: Optional[int] = Field(None, ge=1, le=1024, description="running text: contiguous segments, each from"
+                                    " a fresh state (default 1)")
+    streams: Optional[int] = Field(None, ge=1, le=1024, description="the old name of `segments`")
+
+
+class InspectRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = Field(None, description="which served model; may be left out when one model is served")
+    text: str = Field(description="the text to read")
+    top: Optional[int] = Field(None, ge=1, le=MAX_TOP_CELLS, description="cells listed per feature (default 3)")
+    cells: Optional[list[Annotated[str, StringConstraints(pattern=r"^[ch]?[0-9]{1,4}:[0-9]{1,6}$")]]] = Field(
+        None, max_length=MAX_CHOSEN_CELLS, description="cells to report too, [c|h]LAYER:UNIT (e.g. c1:37)")
+
+
+class StreamOptions(BaseModel):
+    model_config = STRICT
+    include_usage: Optional[bool] = None
+
+
+class Schemas:
+    """The request models of one server, with its limits as the caps of the generation options."""
+
+    def __init__(self, limits: Limits, served: list[str]) -> None:
+        caps = limits.caps
+        self.generate = create_model(
+            "GenerateRequest", __config__=STRICT, model=_model_field(served),
+            prompt=(Optional[str], Field(None, description="the text every sample starts with")),
+            prompts=(Optional[Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]],
+                     Field(None, description="several prompts: `num` samples each")),
+            stream=(Optional[bool], Field(None, description="Server-Sent Events of one sample's text as it is written")),
+            **_option_fields(NATIVE, caps))
+        self.completion = create_model(
+            "CompletionRequest", __config__=STRICT, model=_model_field(served),
+            prompt=(Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)], None],
+                    Field(None, description="a text or a list of texts")),
+            stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
+            user=(Optional[str], Field(None, description="ignored")),
+            suffix=(Optional[Literal[""]], Field(None, description="not supported: null or left out")),
+            best_of=(Optional[Literal[1]], Field(None, description="not supported: 1 or left out")),
+            **_option_fields(OPENAI, caps, rename=True))
+        model = _model_field(served)
+        self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
+        self.inspect = create_model("InspectRequest", __base__=InspectRequest, model=model)
+        self.served = served
+
+
+# -- one line for a body that fails its model --------------------------------------------------------------
+def explain(error: ValidationError, model: type[BaseModel], caps: dict) -> tuple[str, str | None]:
+    """(message, the field as the caller wrote it) for the first problem of a body."""
+    e = error.errors(include_url=False)[0]
+    kind, loc = e["type"], e["loc"]
+    if kind == "json_invalid":
+        return f"body is not valid JSON ({e['msg'].removeprefix('Invalid JSON: ')})", None
+    if not loc:
+        return "body must be a JSON object", None
+    field = str(loc[0])
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(model.model_fields))
+        return f"unknown field {field!r} (known: {known})", field
+    if kind == "missing":
+        return f"{field} is required", field
+    option = BY_NAME.get(_option_name(field))
+    if option is not None:
+        return option.bad(e["input"], caps.get(option.name)).spelled(field), field
+    where = ".".join(str(x) for x in loc if not _is_type_tag(x))
+    return f"{where}: {e['msg'][0].lower()}{e['msg'][1:]}, got {_short(e['input'])}", field
+
+
+def _option_name(field: str) -> str:
+    return next((o.name for o in BY_NAME.values() if o.openai_name == field), field)
+
+
+def _is_type_tag(part) -> bool:
+    # pydantic names the union member it tried ('str', 'list[constrained-str]'); the caller wrote none of them
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "constrained-str"))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- responses --------------------------------------------------------------------------------------------
+class NativeError(BaseModel):
+    error: str = Field(description="one line: what is wrong and how to fix it")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = Field(description="the request field at fault, as the caller wrote it")
+    code: Optional[str]
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: list[str]
+
+
+class ModelDetails(BaseModel):
+    level: Literal["char", "word"]
+    records: bool
+    precision: Literal["fp32", "int8"]
+    dims: dict[str, int]
+    defaults: dict[str, float]
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    lstmgen: ModelDetails
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class TopToken(BaseModel):
+    token: str
+    logprob: float
+
+
+class TokenLogprobOut(BaseModel):
+    token: str
+    id: int
+    logprob: float
+    top: list[TopToken]
+
+
+class SampleOut(BaseModel):
+    text: str
+    finish_reason: Literal["end_of_record", "stop_string", "length", "cancelled"]
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: Optional[list[TokenLogprobOut]] = None
+    total_logprob: Optional[float] = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="the prompts' tokens as the model read them, each prompt counted once")
+    completion_tokens: int = Field(description="tokens the model wrote, a record's end marker included")
+    total_tokens: int
+
+
+FinishReasonOut = Literal["end_of_record", "stop_string", "length", "cancelled"]
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    seed: int
+    samples: Union[list[Union[str, SampleOut]], list[list[Union[str, SampleOut]]]] = Field(
+        description="texts (objects with `logprobs`); one list per prompt with `prompts`")
+    finish_reasons: Union[list[FinishReasonOut], list[list[FinishReasonOut]]]
+    usage: Usage
+
+
+class ScoreResponse(BaseModel):
+    nats: float
+    tokens: int
+    chars: int
+    oov: int
+    case_folded: bool
+    oov_scored: bool
+    nats_per_token: float
+    perplexity: float
+    bits_per_char: float
+    oov_rate: float
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[Optional[float]]
+    top_logprobs: list[Optional[dict[str, float]]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: Optional[CompletionLogprobs]
+    finish_reason: Optional[Literal["stop", "length"]]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class FeatureCells(BaseModel):
+    help: str
+    top: list[dict[str, Union[str, float]]]
+
+
+class InspectResponse(BaseModel):
+    model: str
+    level: Literal["char", "word"]
+    records: bool
+    pieces: list[str]
+    surprisal: list[Optional[float]]
+    nats: float
+    tokens_predicted: int
+    nats_per_token: float
+    oov: int
+    features: dict[str, FeatureCells]
+    activations: dict[str, list[float]]
+
+
+RESPONSES = (NativeError, OpenAIError, Health, ModelList, ModelObject, GenerateResponse, ScoreResponse, Completion,
+             InspectResponse)

@@ -1,0 +1,42 @@
+"""The served models: each one's Generator and its scheduler (one shared step loop), picking a model by
+name, and the server-wide counts of open streams and running requests."""
+
+from __future__ import annotations
+
+from ..errors import LstmgenError
+from ..generator import Generator
+from .http import HttpError
+from .limits import Limits
+from .scheduler import Scheduler
+
+
+class Models:
+    """The served models, one scheduler (one shared step loop) each, and the server-wide counters."""
+
+    def __init__(self, models: dict[str, Generator], limits: Limits) -> None:
+        self.generators = models
+        self.limits = limits
+        self.schedulers = {name: Scheduler(g, limits.max_batch) for name, g in models.items()}
+        self.open_streams = 0
+        self.running_requests = 0
+
+    def pick(self, name: str | None) -> str:
+        if name is None:
+            if len(self.generators) == 1:
+                return next(iter(self.generators))
+            raise LstmgenError(f"say which model: one of {', '.join(self.generators)}")
+        if name not in self.generators:
+            raise HttpError(404, f"no model named {name!r} here (serving: {', '.join(self.generators)})", param="model")
+        return name
+
+    def open_stream(self) -> None:
+        if self.open_streams >= self.limits.max_streams:
+            raise HttpError(429, f"over {self.limits.max_streams} concurrent streams; retry later", retry_after=1)
+        self.open_streams += 1
+
+    def close_stream(self) -> None:
+        self.open_streams -= 1
+
+    def close(self) -> None:
+        for s in self.schedulers.values():
+            s.close()
