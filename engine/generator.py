@@ -19,9 +19,11 @@ from .backend import OrtBackend
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
-from .options import MANIFEST_OPTIONS, PYTHON, SAMPLING_OPTIONS, OptionError, check_options, option, takes_options
+from .options import (MANIFEST_OPTIONS, PYTHON, SAMPLING_OPTIONS, SESSION_OPTIONS, OptionError, check_options,
+                      on_surface, option, takes_options)
 from .sampling import SamplingParams, new_seed
 from .scoring import Score, ScoredText, read_for_scoring, score_text, surprisal
+from .session import Session
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
@@ -252,6 +254,22 @@ class Generator:
             pieces.clear()
         if job.error is not None:
             raise job.error
+
+    @takes_options(PYTHON, exclude=[o.name for o in on_surface(PYTHON) if o.name not in SESSION_OPTIONS])
+    def session(self, prompt: str | Sequence[int] | None = None, *, state: bytes | None = None, row: int = 0,
+                cache=None, **options) -> Session:
+        """A step-by-step `Session` (lstmgen.session) that has read the prompt: `top(k)`, `append(text)`,
+        `sample()`, `text`, `save()`. N samples of a fresh session write what `generate(prompt=prompt,
+        num=1, max_tokens=N)[0]` writes with the same seed and options (`row` r: `stream(row=r)`'s text).
+        With `state` (bytes from `Session.save`), the saved session continues exactly where it was (then
+        give no prompt or options: they are saved).
+        `cache`: a lstmgen.prefix_cache view of this model to read the prompt through (the server's).
+        """
+        if state is not None:
+            if prompt is not None or options or row:
+                raise LstmgenError("a saved state holds its prompt, row and options: give state alone")
+            return Session.load(self, state)
+        return Session.start(self, prompt, row=row, cache=cache, **options)
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, text: str, *, records: bool | None = None, segments: int = 1, strict: bool = False,

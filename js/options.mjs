@@ -15,6 +15,8 @@ export const OPTIONS = [
   "off": null,
   "always": true,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in [0, 100]"
  },
@@ -30,6 +32,8 @@ export const OPTIONS = [
   "off": 0,
   "always": false,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "an integer in [0, 1000000]"
  },
@@ -45,6 +49,8 @@ export const OPTIONS = [
   "off": 1.0,
   "always": false,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in (0, 1]"
  },
@@ -60,6 +66,8 @@ export const OPTIONS = [
   "off": 0.0,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in [0, 1)"
  },
@@ -75,6 +83,8 @@ export const OPTIONS = [
   "off": 1.0,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in [1, 10]"
  },
@@ -90,6 +100,8 @@ export const OPTIONS = [
   "off": null,
   "always": true,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": "repetition_penalty",
   "describe": "an integer in [1, 4096]"
  },
@@ -105,6 +117,8 @@ export const OPTIONS = [
   "off": 0.0,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in [-2, 2]"
  },
@@ -120,6 +134,8 @@ export const OPTIONS = [
   "off": 0.0,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a number in [-2, 2]"
  },
@@ -135,6 +151,8 @@ export const OPTIONS = [
   "off": null,
   "always": true,
   "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "an integer in [1, 100000]"
  },
@@ -150,6 +168,8 @@ export const OPTIONS = [
   "off": null,
   "always": true,
   "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "an integer in [1, 100000]"
  },
@@ -165,6 +185,8 @@ export const OPTIONS = [
   "off": null,
   "always": true,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "an integer in [0, 2^63)"
  },
@@ -180,6 +202,8 @@ export const OPTIONS = [
   "off": [],
   "always": false,
   "js_applies": false,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "a text or a list of texts, none empty, at most 16"
  },
@@ -195,6 +219,8 @@ export const OPTIONS = [
   "off": true,
   "always": false,
   "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "true or false"
  },
@@ -210,6 +236,8 @@ export const OPTIONS = [
   "off": null,
   "always": false,
   "js_applies": false,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "an integer in [0, 20]"
  },
@@ -225,6 +253,8 @@ export const OPTIONS = [
   "off": false,
   "always": false,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "true or false"
  },
@@ -240,6 +270,8 @@ export const OPTIONS = [
   "off": [],
   "always": false,
   "js_applies": true,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "a text or a list of texts, none empty, at most 10000"
  },
@@ -255,6 +287,8 @@ export const OPTIONS = [
   "off": null,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "an object mapping token text to a number in [-100, 100]"
  },
@@ -270,6 +304,8 @@ export const OPTIONS = [
   "off": null,
   "always": false,
   "js_applies": false,
+  "session": true,
+  "sessionApplies": true,
   "dependsOn": null,
   "describe": "an object mapping token ids to a number in [-100, 100]"
  },
@@ -285,6 +321,8 @@ export const OPTIONS = [
   "off": false,
   "always": false,
   "js_applies": false,
+  "session": false,
+  "sessionApplies": false,
   "dependsOn": null,
   "describe": "true or false"
  }
