@@ -406,9 +406,10 @@ class RowBlock:
 class DecodeLoop:
     """A batch of rows over one backend; jobs join between steps and their rows leave when they end."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer) -> None:
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, cache=None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
+        self.cache = cache  # a lstmgen.prefix_cache view over this backend: prompts are read through it
         self.eos = tokenizer.eos_id
         self.blocks: list[RowBlock] = []  # in batch order
         self.state: object | None = None
@@ -422,13 +423,20 @@ class DecodeLoop:
         """Prefill the job's context (once) and let its first rows join the batch."""
         try:
             if job.prefilled is None:
-                logits, state = self.backend.prefill(np.asarray([job.context], dtype=np.int64))
-                job.prefilled = (logits[0, -1], state)
-                if job.request.logprobs is not None and job.request.echo:
-                    job.prompt_logprobs = self._prompt_logprobs(job, logits[0])
+                job.prefilled = self._prefill(job)
         except Exception as e:  # surfaced to the request
             job.fail(e)
         self._start_next_block(job)
+
+    def _prefill(self, job: Job) -> tuple[np.ndarray, object]:
+        """(logits of the first token [vocab], state) after the job's context; through the prefix cache
+        unless the prompt's own log-probabilities are asked for (they need every position's logits)."""
+        if self.cache is not None and not (job.request.logprobs is not None and job.request.echo):
+            return self.cache.prefill(job.context)
+        logits, state = self.backend.prefill(np.asarray([job.context], dtype=np.int64))
+        if job.request.logprobs is not None and job.request.echo:
+            job.prompt_logprobs = self._prompt_logprobs(job, logits[0])
+        return logits[0, -1].copy(), state  # a copy: the view would keep every position's logits alive
 
     def _prompt_logprobs(self, job: Job, logits: np.ndarray) -> list[TokenLogprob]:
         n_prompt = len(job.request.prompt_ids)

@@ -273,15 +273,20 @@ class Generator:
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, text: str, *, records: bool | None = None, segments: int = 1, strict: bool = False,
-              streams: int | None = None) -> Score:
+              streams: int | None = None, cache=None) -> Score:
         """Negative log-likelihood of text under the model (lstmgen.scoring's definition). Running text is
         read in `segments` contiguous segments, each from a fresh state. Tokens outside the vocabulary
         are counted in `oov` (Tokenizer.encode_known); `strict` refuses them instead. (`streams` is the
-        old name of `segments`.)"""
+        old name of `segments`.) `cache`: a lstmgen.prefix_cache view of this model: running text in one
+        segment is then read from the longest cached beginning (the same figures, to the last bit)."""
         segments = segments if streams is None else streams
         if not _is_int(segments) or segments < 1:
             raise LstmgenError(f"segments must be an integer >= 1, got {segments!r}")
-        return score_text(self.reader, self.read_for_scoring(text, records=records, strict=strict), segments)
+        scored = self.read_for_scoring(text, records=records, strict=strict)
+        if cache is not None and cache.reads_in_parts_exactly and not scored.records and segments == 1:
+            nats = cache.surprisal(scored.sequences[0])[None, :]  # summed as score_text sums its one row
+            return Score(float(nats.sum()), nats.size, scored.chars, scored.oov, scored.case_folded, scored.oov_scored)
+        return score_text(self.reader, scored, segments)
 
     def read_for_scoring(self, text: str, *, records: bool | None = None, strict: bool = False) -> ScoredText:
         """The text as this model scores it (records or running text, as it was trained, unless told)."""

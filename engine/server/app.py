@@ -78,6 +78,9 @@ ROUTES: tuple[RouteSpec, ...] = (
               s.Completion, request="completion", errors=OPENAI_ERRORS, streams=True),
     RouteSpec("POST", "/v1/generate", native.generate, "samples of one or several prompts; with `stream`, one"
               " sample as Server-Sent Events", s.GenerateResponse, request="generate", streams=True),
+    RouteSpec("POST", "/v1/next", native.next_tokens, "the likeliest next tokens after a text, with the chance"
+              " generation writes each (autocomplete; read through the prefix-state cache)", s.NextResponse,
+              request="next"),
     RouteSpec("POST", "/v1/score", native.score, "negative log-likelihood of a text (`lstmgen score`)",
               s.ScoreResponse, request="score"),
     RouteSpec("POST", "/v1/inspect", pg.inspect_endpoint, "surprisal and the cells that track the text's features"

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
-from ..options import BY_NAME, NATIVE, OPENAI, Option, on_surface
+from ..options import BY_NAME, NATIVE, OPENAI, SESSION_OPTIONS, Option, on_surface
 from .limits import Limits
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -27,6 +27,7 @@ TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
 MAX_PROMPTS = 256  # prompts in one request
 MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
 MAX_CHOSEN_CELLS = 8
+MAX_NEXT_TOP = 100  # /v1/next: next tokens listed at most
 
 
 # -- one field per option ------------------------------------------------------------------------------
@@ -112,6 +113,14 @@ class Schemas:
             best_of=(Optional[Literal[1]], Field(None, description="not supported: 1 or left out")),
             **_option_fields(OPENAI, caps, rename=True))
         model = _model_field(served)
+        self.next = create_model(
+            "NextRequest", __config__=STRICT, model=_model_field(served),
+            text=(Optional[str], Field(None, description="the text so far (a records model: a record's beginning);"
+                                       " empty or left out: the model's first token")),
+            top=(Optional[int], Field(None, ge=1, le=MAX_NEXT_TOP, description="how many of the likeliest next"
+                                      " tokens to list (default 5)")),
+            **{o.name: option_field(o, caps.get(o.name)) for o in on_surface(NATIVE)
+               if o.name in SESSION_OPTIONS and o.name != "seed"})
         self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
         self.inspect = create_model("InspectRequest", __base__=InspectRequest, model=model)
         self.served = served
@@ -234,6 +243,21 @@ class GenerateResponse(BaseModel):
     usage: Usage
 
 
+class NextTokenOut(BaseModel):
+    token: str = Field(description="the vocabulary entry (<eos>: the record ends here)")
+    id: int
+    text: str = Field(description="what appending it writes after the text (a word model's space included)")
+    probability: float = Field(description="the chance that generation with these options writes it next")
+
+
+class NextResponse(BaseModel):
+    model: str
+    text: str = Field(description="the text as the model read it (case folded, words re-spaced)")
+    prompt_tokens: int = Field(description="the text's tokens")
+    cached_tokens: int = Field(description="tokens read from the prefix-state cache instead of the model")
+    top: list[NextTokenOut] = Field(description="likeliest first; only tokens generation can write")
+
+
 class ScoreResponse(BaseModel):
     nats: float
     tokens: int
@@ -291,4 +315,4 @@ class InspectResponse(BaseModel):
 
 
 RESPONSES = (NativeError, OpenAIError, Health, ModelList, ModelObject, GenerateResponse, ScoreResponse, Completion,
-             InspectResponse)
+             InspectResponse, NextResponse)

@@ -1,10 +1,12 @@
-"""The served models: each one's Generator and its scheduler (one shared step loop), picking a model by
-name, and the server-wide counts of open streams and running requests."""
+"""The served models: each one's Generator, its scheduler (one shared step loop) and its part of the
+prefix-state cache, picking a model by name, and the server-wide counts of open streams and running
+requests."""
 
 from __future__ import annotations
 
 from ..errors import LstmgenError
 from ..generator import Generator
+from ..prefix_cache import PrefixCache
 from .http import HttpError
 from .limits import Limits
 from .scheduler import Scheduler
@@ -16,7 +18,11 @@ class Models:
     def __init__(self, models: dict[str, Generator], limits: Limits) -> None:
         self.generators = models
         self.limits = limits
-        self.schedulers = {name: Scheduler(g, limits.max_batch) for name, g in models.items()}
+        # One LRU for every model; each model reads its prompts through its own view of it (None: off).
+        self.prefix_cache = PrefixCache(limits.prefix_cache_bytes) if limits.prefix_cache_bytes else None
+        self.caches = {name: self.prefix_cache.view(name, g.backend) if self.prefix_cache else None
+                       for name, g in models.items()}
+        self.schedulers = {name: Scheduler(g, limits.max_batch, self.caches[name]) for name, g in models.items()}
         self.open_streams = 0
         self.running_requests = 0
 
