@@ -384,7 +384,7 @@ def js_table() -> list[dict]:
     for o in OPTIONS:
         low, high = o.low, o.high
         rows.append({"name": o.name, "js": o.js_name, "kind": o.kind, "low": low, "high": high,
-                     "lowOpen": o.low_open, "highOpen": o.high_open, "manifest": o.manifest,
+                     "lowOpen": o.low_open, "highOpen": o.high_open, "manifest": o.manifest, "sampling": o.sampling,
                      "off": None if o.off is ALWAYS else (list(o.off) if isinstance(o.off, tuple) else o.off),
                      "always": o.off is ALWAYS, "js_applies": JS in o.runtimes, "session": o.name in SESSION_OPTIONS,
                      "sessionApplies": JS_SESSION in o.runtimes, "dependsOn": o.depends_on,
