@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from ..errors import LstmgenError
-from ..options import JS, OPENAI, OptionError, on_surface
+from ..options import JS, OPENAI, SESSION_OPTIONS, OptionError, on_surface
 from . import native, openai_compat
 from . import playground as pg
 from . import schemas as s
@@ -164,7 +164,8 @@ def playground_page(browser_runtime_missing: str | None) -> str:
     """The page with its sampling fields (the options table's numeric OpenAI options, as JSON) and, when
     "run in my browser" is off here, why (both fixed for a server's life)."""
     fields = [{"name": o.name, "js": o.js_name, "kind": o.kind, "low": o.low, "high": o.high, "help": o.help,
-               "describe": o.describe(), "default": None if o.manifest else o.default, "browser": JS in o.runtimes}
+               "describe": o.describe(), "default": None if o.manifest else o.default, "browser": JS in o.runtimes,
+               "session": o.name in SESSION_OPTIONS}
               for o in on_surface(OPENAI) if o.kind in ("int", "float") and o.name not in ("num", "logprobs")]
     data = json.dumps(fields).replace("</", "<\\/")  # never closes the script element early
     page = PLAYGROUND.replace("</head>", f'<script type="application/json" id="options">{data}</script>\n</head>', 1)
