@@ -192,3 +192,14 @@ def test_the_cache_flag_comes_from_limits():
     assert from_args(parser.parse_args(["--prefix-cache-bytes", "0"])).prefix_cache_bytes == 0
     with pytest.raises(LstmgenError, match="--prefix-cache-bytes must be a number >= 0"):
         from_args(parser.parse_args(["--prefix-cache-bytes", "-1"]))
+
+
+def test_the_benches_run_and_check_what_they_time(artifacts, tmp_path):
+    from lstmgen.bench import prefix_cache, sessions
+
+    r = prefix_cache.run(str(artifacts["shakespeare"]), chars=300, rounds=1, max_tokens=3)
+    assert r["texts_equal_with_and_without_cache"] and set(r["median_seconds"]) == set(r["seconds"])
+    assert "ratio repeated / first" in prefix_cache.summary(r)
+    row = sessions.measure(str(artifacts["names"]))
+    assert row["saved_fresh"] > row["state_floats_bytes"] and row["live_sampled"] > row["live_fresh"]
+    assert row["model"] in sessions.table([row])
