@@ -142,7 +142,7 @@ export const OPTIONS = [
   "name": "max_tokens",
   "js": "maxTokens",
   "kind": "int",
-  "low": 1,
+  "low": 0,
   "high": 100000,
   "lowOpen": false,
   "highOpen": false,
@@ -151,7 +151,7 @@ export const OPTIONS = [
   "always": true,
   "js_applies": true,
   "dependsOn": null,
-  "describe": "an integer in [1, 100000]"
+  "describe": "an integer in [0, 100000]"
  },
  {
   "name": "seed",
