@@ -383,11 +383,11 @@ class RowBlock:
         """Stream row r's text not yet sent (what no stop string can still claim) with its tokens' logprobs;
         at a row's end the last entries go out even when the stop string left no text to send."""
         piece = self.texts[r].take(final=final)
-        entries = None
-        if self.logprobs is not None:
-            entries, self.logprobs_sent[r] = self.logprobs[r][self.logprobs_sent[r]:], len(self.logprobs[r])
+        entries = None if self.logprobs is None else self.logprobs[r][self.logprobs_sent[r]:]
         if not piece and not (final and entries):
-            return
+            return  # held back (it may still start a stop string): its tokens go out with the text that follows
+        if entries is not None:
+            self.logprobs_sent[r] = len(self.logprobs[r])
         try:
             self.job.on_piece(self.rows[r] - self.job.request.first_row, piece, entries)
         except Exception:  # the client went away: its rows end at the next step

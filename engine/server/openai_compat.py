@@ -160,7 +160,8 @@ def stream_completion(request: Request, models: Models, req: Completion, schedul
 
 
 class ChunkLogprobs:
-    """Streamed logprobs: each chunk lists the tokens its text came from, offsets counted in the choice's text."""
+    """Streamed logprobs: each chunk lists the tokens its text came from (text that might still begin a
+    stop string waits, and its tokens with it), offsets counted as in the whole choice's text."""
 
     def __init__(self, req: Completion, runs: list[JobRun]) -> None:
         self.req = req
@@ -172,8 +173,9 @@ class ChunkLogprobs:
         if entries is None:
             return None
         detok = self.detoks[i, row]
-        out = logprobs_object([(detok.piece(t.id), t.logprob, dict(t.top)) for t in entries], self.offsets[i, row])
-        self.offsets[i, row] += len(text)
+        tokens = [(detok.piece(t.id), t.logprob, dict(t.top)) for t in entries]
+        out = logprobs_object(tokens, self.offsets[i, row])
+        self.offsets[i, row] += sum(len(piece) for piece, _, _ in tokens)  # as the whole answer counts them
         return out
 
 
