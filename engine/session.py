@@ -13,7 +13,8 @@ The saved state is this format (its one owner; js/lstmgen.mjs reads and writes t
     MAGIC              16 bytes, b"lstmgen-session\\n"
     header length      uint32, little-endian
     header             JSON (UTF-8): format, version, model_sha256, seed and row (decimal texts: 64-bit),
-                       step, ended, settings (params, banned, bias), arrays [[name, dtype, shape], ...]
+                       step, ended, text_from (the first id of the text: after the start tokens the
+                       engine added), settings (params, banned, bias), arrays [[name, dtype, shape], ...]
     arrays             each as the header lists it, little-endian, one after another: h, c (float32
                        [layers, hidden]), logits (float32 [vocab]), ids (int32: every token read, the
                        start tokens first), history (int32 [window], with the repetition penalty),
@@ -83,7 +84,7 @@ class Session:
     """
 
     def __init__(self, gen, sampler: RowSampler, ids: list[int], state, logits: np.ndarray, *, seed: int,
-                 row: int, ended: bool = False) -> None:
+                 row: int, text_from: int, ended: bool = False) -> None:
         self.gen = gen
         self.sampler = sampler
         self.seed, self.row = seed, row
@@ -92,7 +93,7 @@ class Session:
         self.logits = logits  # float32 [vocab]: what the next token is drawn from
         self.ended = ended
         self.cached_tokens = 0  # tokens of the prompt a prefix cache had read already (Session.start)
-        self._start = len(gen.manifest.start_ids)
+        self._start = text_from  # the text leaves out the start tokens the engine put before the prompt
         self._detok = Detokenizer(gen.tokenizer)
         self._parts = [self._detok.piece(i) for i in self.ids[self._start:]]
 
@@ -107,9 +108,10 @@ class Session:
                                " (they shape a whole generation; use generate)")
         if not _is_int(row) or not 0 <= row < 2**64:
             raise LstmgenError(f"row must be an integer in [0, 2^64), got {row!r}")
-        prompt_ids = gen.check_prompt_ids(prompt) if isinstance(prompt, (list, tuple)) else gen.encode_prompt(prompt)
+        as_ids = isinstance(prompt, (list, tuple))
+        prompt_ids = gen.check_prompt_ids(prompt) if as_ids else gen.encode_prompt(prompt)
         request = gen.request(given, prompt_ids, int(row))
-        context = [*gen.manifest.start_ids, *prompt_ids]
+        context = gen.context(prompt_ids, as_ids)  # what generate reads: the start tokens, then the prompt
         cached = 0
         if cache is not None:  # a lstmgen.prefix_cache view over this model's backend
             logits, state, cached = cache.read(context)
@@ -117,7 +119,8 @@ class Session:
             all_logits, state = gen.backend.prefill(np.asarray([context], dtype=np.int64))
             logits = all_logits[0, -1].copy()
         sampler = RowSampler(request.params, request.seed, [int(row)], context, request.banned, request.bias)
-        session = cls(gen, sampler, context, state, logits, seed=request.seed, row=int(row))
+        session = cls(gen, sampler, context, state, logits, seed=request.seed, row=int(row),
+                      text_from=len(context) - len(prompt_ids))
         session.cached_tokens = max(0, cached - len(gen.manifest.start_ids))
         return session
 
@@ -209,6 +212,7 @@ class Session:
         s = self.sampler
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model_sha256": self.gen.manifest.model_sha256,
                   "seed": str(self.seed), "row": str(self.row), "step": s.rng.step, "ended": self.ended,
+                  "text_from": self._start,
                   "settings": {"params": asdict(s.params), "banned": [int(i) for i in s.banned],
                                "bias": {str(int(i)): float(v) for i, v in zip(s.bias_ids, s.bias_values)}},
                   "arrays": [[name, "float32" if a.dtype.kind == "f" else "int32", list(a.shape)]
@@ -235,10 +239,11 @@ class Session:
         params = SamplingParams(**{f.name: settings["params"][f.name] for f in fields(SamplingParams)})
         banned = [int(i) for i in settings["banned"] if _is_int(i) and 0 <= i < V]
         bias = {int(k): v for k, v in check_options({"logit_bias": settings["bias"]}).get("logit_bias", {}).items()}
-        seed, row, step = int(header["seed"]), int(header["row"]), header["step"]
+        seed, row, step, text_from = int(header["seed"]), int(header["row"]), header["step"], header["text_from"]
         if len(banned) != len(settings["banned"]) or any(i >= V for i in bias) or not 0 <= seed < MAX_SEED \
-                or not 0 <= row < 2**64 or not _is_int(step) or step < 0 or not isinstance(header["ended"], bool):
-            raise ValueError("settings, seed, row or step out of range")
+                or not 0 <= row < 2**64 or not _is_int(step) or step < 0 or not isinstance(header["ended"], bool) \
+                or not _is_int(text_from) or not 0 <= text_from <= len(arrays["ids"]):
+            raise ValueError("settings, seed, row, step or text_from out of range")
         expect = {"h": (d.num_layers, d.hidden_size), "c": (d.num_layers, d.hidden_size), "logits": (V,),
                   "counts": (V,), "history": (params.repetition_window,)}
         for name, a in arrays.items():
@@ -258,7 +263,7 @@ class Session:
         sampler.rng.seek(step)
         state = (arrays["h"][:, None, :].copy(), arrays["c"][:, None, :].copy())
         return cls(gen, sampler, ids.tolist(), state, arrays["logits"].copy(), seed=seed, row=row,
-                   ended=header["ended"])
+                   text_from=text_from, ended=header["ended"])
 
 
 def read_state(blob: bytes, model_sha256: str) -> tuple[dict, dict[str, np.ndarray]]:

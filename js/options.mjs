@@ -169,7 +169,7 @@ export const OPTIONS = [
   "name": "max_tokens",
   "js": "maxTokens",
   "kind": "int",
-  "low": 1,
+  "low": 0,
   "high": 100000,
   "lowOpen": false,
   "highOpen": false,
@@ -181,7 +181,7 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
-  "describe": "an integer in [1, 100000]"
+  "describe": "an integer in [0, 100000]"
  },
  {
   "name": "seed",

@@ -307,7 +307,7 @@ export { FORMAT_NAME, FORMAT_VERSION, SAMPLING };
  * options write the same text, and a state saved by either continues in the other.
  */
 export class Session {
-  constructor(gen, sampler, ids, h, c, logits, ended = false) {
+  constructor(gen, sampler, ids, h, c, logits, textFrom, ended = false) {
     this.gen = gen;
     this.sampler = sampler;
     this.ids = ids; // every token read, the artifact's start tokens first
@@ -315,7 +315,7 @@ export class Session {
     this.c = c;
     this.logits = logits; // Float32Array [vocab]: what the next token is drawn from
     this.ended = ended;
-    this.start = gen.manifest.start_ids.length;
+    this.start = textFrom; // the text leaves out the start tokens the engine put before the prompt
     this.detok = new Detokenizer(gen.tokenizer);
     this.parts = ids.slice(this.start).map((id) => this.detok.piece(id));
   }
@@ -329,7 +329,7 @@ export class Session {
     const sampler = new RowSampler(params, seed, row, context, gen.bannedIds(o.allow_unk, o.ban ?? []),
       gen.biasIds(o.bias, o.logit_bias), gen.tokenizer.tokens.length);
     const { logits, h, c } = await gen.runModel(context);
-    return new Session(gen, sampler, context, h, c, logits);
+    return new Session(gen, sampler, context, h, c, logits, gen.manifest.start_ids.length);
   }
 
   /** Everything so far: the prompt as the model read it, appended text and sampled tokens. */
@@ -410,7 +410,7 @@ export class Session {
     if (s.counts !== null) arrays.counts = shaped(Int32Array.from(s.counts), [V]);
     const header = {
       format: FORMAT_NAME, version: FORMAT_VERSION, model_sha256: this.gen.manifest.model_sha256,
-      seed: String(s.seed), row: String(s.row), step: s.step, ended: this.ended,
+      seed: String(s.seed), row: String(s.row), step: s.step, ended: this.ended, text_from: this.start,
       settings: { params: s.params, banned: s.banned, bias: Object.fromEntries(s.bias.map(([id, v]) => [String(id), v])) },
     };
     return writeState(header, arrays);
@@ -451,8 +451,9 @@ function restore(gen, header, arrays) {
   const banned = settings.banned;
   const seed = BigInt(header.seed), row = BigInt(header.row);
   if (!Array.isArray(banned) || !banned.every((i) => Number.isInteger(i) && i >= 0 && i < V) || seed < 0n || seed >= 2n ** 63n
-      || row < 0n || row >= 2n ** 64n || !Number.isInteger(header.step) || header.step < 0 || typeof header.ended !== "boolean") {
-    throw new Error("settings, seed, row or step out of range");
+      || row < 0n || row >= 2n ** 64n || !Number.isInteger(header.step) || header.step < 0 || typeof header.ended !== "boolean"
+      || !Number.isInteger(header.text_from) || header.text_from < 0 || header.text_from > arrays.ids.length) {
+    throw new Error("settings, seed, row, step or text_from out of range");
   }
   const expect = { h: [L, H], c: [L, H], logits: [V], counts: [V], history: [params.repetition_window] };
   for (const [name, a] of Object.entries(arrays)) {
@@ -469,7 +470,7 @@ function restore(gen, header, arrays) {
   if (arrays.history) sampler.history = Int32Array.from(arrays.history);
   if (arrays.counts) sampler.counts = Int32Array.from(arrays.counts);
   sampler.step = header.step;
-  return new Session(gen, sampler, ids, arrays.h, arrays.c, arrays.logits, header.ended);
+  return new Session(gen, sampler, ids, arrays.h, arrays.c, arrays.logits, header.text_from, header.ended);
 }
 
 const OPTION_JS = Object.fromEntries(OPTIONS.map((o) => [o.name, o.js]));

@@ -135,6 +135,8 @@ def requests_sharing_prefixes() -> list[tuple[str, dict]]:
         out.append(("/v1/score", {"model": "shakespeare", "text": prompt}))
         out.append(("/v1/generate", {"model": "moe", "prompt": "homer_simpson: " + "beer " * (i % 5), "max_tokens": 20,
                                      "seed": i}))
+        out.append(("/v1/chat/completions", {"model": "moe", "messages": [{"role": "user", "content": "beer " * (i % 3)
+                                                                            + "moe"}], "max_tokens": 15, "seed": i}))
     return out
 
 
@@ -154,6 +156,7 @@ def test_answers_are_the_same_with_the_cache_on_and_off_under_concurrent_request
     assert metric(on, "lstmgen_prefix_cache_reused_tokens_total", "shakespeare") > 30_000
     assert 0 < metric(on, "lstmgen_prefix_cache_bytes", "shakespeare") <= Limits().prefix_cache_bytes
     assert metric(off, "lstmgen_prefix_cache_hits_total", "shakespeare") == 0
+    assert metric(on, "lstmgen_prefix_cache_hits_total", "moe") > 20  # generate and chat prompts repeat too
 
 
 def test_next_lists_the_likeliest_tokens_a_session_would_draw(servers, gens):

@@ -243,3 +243,12 @@ def test_option_errors_from_a_state_name_the_option(gens):
     _, blob = save_after(gens["shakespeare"], 3, seed=1)
     with pytest.raises(OptionError):
         gens["shakespeare"].session(state=resealed(blob, lambda h: h["settings"]["params"].update(temperature=-1)))
+
+
+def test_a_prompt_of_token_ids_is_read_as_generate_reads_it(gens):
+    gen = gens["shakespeare"]
+    ids = gen.tokenizer.encode("ROMEO:\nWhat")
+    for prompt in (ids, [*gen.manifest.start_ids, *ids]):  # an id prompt may bring the model's start tokens
+        expected = gen.generate(prompt=prompt, max_tokens=30, seed=6)[0]
+        session = gen.session(prompt=prompt, seed=6)
+        assert sampled(session, 30) == expected and session.token_ids[-30:] == list(expected.token_ids)

@@ -65,7 +65,7 @@ def generate_stream(request: Request, models: Models, name: str, args: dict) -> 
 
     async def events():
         while True:
-            _, row, text = await run.queue.get()
+            _, row, text, _ = await run.queue.get()
             if row is None:
                 break
             yield sse({"text": text})

@@ -120,6 +120,7 @@ class Gate:
         try:
             refusal = self.refusal(scope)
             if refusal is not None:
+                scope.setdefault("state", {})["reason"] = refusal.reason
                 await refusal(scope, receive, send_and_note)
                 return
             self.models.running_requests += 1
@@ -136,10 +137,10 @@ class Gate:
         if self.expected is not None and (route is None or route.auth) and scope["method"] != "OPTIONS":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                return error_response(shape, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+                return refused(shape, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
         if self.models.running_requests >= self.models.limits.max_requests and (route is None or route.auth):
-            return error_response(shape, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
-                                  retry_after=1)
+            return refused(shape, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
+                           retry_after=1)
         return None
 
     def record(self, scope, status: int, seconds: float) -> None:
@@ -149,6 +150,14 @@ class Gate:
         self.metrics.latency.labels(label).observe(seconds)
         if self.access_log is not None:
             client = scope.get("client") or ("-", 0)
-            tokens = scope.get("state", {}).get("tokens", 0)
+            state = scope.get("state", {})
+            reason = f": {state['reason']}" if status >= 400 and state.get("reason") else ""
             self.access_log(f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status}'
-                            f' {seconds * 1000:.1f} ms {tokens} tokens')
+                            f' {seconds * 1000:.1f} ms {state.get("tokens", 0)} tokens{reason}')
+
+
+def refused(shape: str, status: int, message: str, retry_after: int | None = None):
+    """The gate's own error answer, carrying its reason for the access log."""
+    response = error_response(shape, status, message, retry_after)
+    response.reason = message
+    return response

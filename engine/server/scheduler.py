@@ -39,7 +39,7 @@ class Scheduler:
         """Jobs for a request, checked like Generator.generate (same checks, same messages); one per prompt.
 
         Takes Generator.generate's arguments (prompts, logprobs, echo, bias, ban, novel included, not
-        progress) and `on_piece(row, text)` to stream. At most max_batch samples per job.
+        progress) and `on_piece(row, text, logprobs)` to stream. At most max_batch samples per job.
         """
         # block_rows = num: a novel job's later rounds reuse the rows admitted for it, at most max_batch
         caps = {"num": self.max_batch, **kwargs.pop("caps", {})}

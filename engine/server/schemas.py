@@ -24,6 +24,7 @@ from .limits import Limits
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
 TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 MAX_PROMPTS = 256  # prompts in one request
 MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
 MAX_CHOSEN_CELLS = 8
@@ -86,6 +87,63 @@ class InspectRequest(BaseModel):
         None, max_length=MAX_CHOSEN_CELLS, description="cells to report too, [c|h]LAYER:UNIT (e.g. c1:37)")
 
 
+class ChatMessage(BaseModel):
+    model_config = STRICT
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, list["ContentPart"]] = Field(description="text, or OpenAI's content parts (text only)")
+    name: Optional[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_ .-]{1,64}:?$")]] = Field(
+        None, description="the speaker: on a script model, the speaker tag this message is written under")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_message(self) -> dict:
+        return {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+
+
+class ContentPart(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+    text: str
+
+
+class TokenizeRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = None
+    prompt: Optional[str] = Field(None, description="the text to tokenize")
+    messages: Optional[Annotated[list[ChatMessage], Field(min_length=1)]] = Field(
+        None, description="a conversation, tokenized as the model's chat template writes it")
+    add_special_tokens: Optional[bool] = Field(None, description="put the model's start tokens first (default true)")
+    add_generation_prompt: Optional[bool] = Field(None, description="accepted for vLLM's clients; a conversation"
+                                                  " always ends with the opening of the reply")
+    return_token_strs: Optional[bool] = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = None
+    tokens: list[TokenId]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: Optional[list[str]] = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tokenizer_class: str
+    eos_token: Optional[str]
+    bos_token: Optional[str]
+    chat_template: str
+
+
 class StreamOptions(BaseModel):
     model_config = STRICT
     include_usage: Optional[bool] = None
@@ -105,13 +163,30 @@ class Schemas:
             **_option_fields(NATIVE, caps))
         self.completion = create_model(
             "CompletionRequest", __config__=STRICT, model=_model_field(served),
-            prompt=(Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)], None],
-                    Field(None, description="a text or a list of texts")),
+            prompt=(Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)],
+                          Annotated[list[TokenId], Field(min_length=1)],
+                          Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)],
+                          None],
+                    Field(None, description="a text, a list of texts, token ids, or a list of lists of token ids")),
             stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
             user=(Optional[str], Field(None, description="ignored")),
             suffix=(Optional[Literal[""]], Field(None, description="not supported: null or left out")),
             best_of=(Optional[Literal[1]], Field(None, description="not supported: 1 or left out")),
             **_option_fields(OPENAI, caps, rename=True))
+        chat_options = {k: v for k, v in _option_fields(OPENAI, caps, rename=True).items() if k not in ("echo", "logprobs")}
+        self.chat = create_model(
+            "ChatCompletionRequest", __config__=STRICT, model=_model_field(served),
+            messages=(Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_PROMPTS)], Field(
+                description="the conversation; the model's chat template (lstmgen.chat) makes it a prompt")),
+            stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
+            user=(Optional[str], Field(None, description="ignored")),
+            logprobs=(Optional[bool], Field(None, description="each reply token's log-probability")),
+            top_logprobs=(Optional[int], Field(None, ge=0, le=int(BY_NAME["logprobs"].high),
+                                               description="alternatives listed per token (with logprobs)")),
+            max_completion_tokens=option_field(BY_NAME["max_tokens"], caps.get("max_tokens")),
+            speakers=(Optional[dict[Literal["system", "user", "assistant"], NonEmptyText]], Field(
+                None, description="script models: the speaker tag of each role, e.g. {\"user\": \"bart_simpson:\"}")),
+            **chat_options)
         model = _model_field(served)
         self.next = create_model(
             "NextRequest", __config__=STRICT, model=_model_field(served),
@@ -121,6 +196,8 @@ class Schemas:
                                       " tokens to list (default 5)")),
             **{o.name: option_field(o, caps.get(o.name)) for o in on_surface(NATIVE)
                if o.name in SESSION_OPTIONS and o.name != "seed"})
+        self.tokenize = create_model("TokenizeRequest", __base__=TokenizeRequest, model=model)
+        self.detokenize = create_model("DetokenizeRequest", __base__=DetokenizeRequest, model=model)
         self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
         self.inspect = create_model("InspectRequest", __base__=InspectRequest, model=model)
         self.served = served
@@ -283,6 +360,39 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: Optional[CompletionLogprobs]
     finish_reason: Optional[Literal["stop", "length"]]
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: Optional[float]
+    bytes: list[int]
+    top_logprobs: list[dict[str, Union[str, float, list[int]]]]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
+class ChatReply(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatReply
+    logprobs: Optional[ChatLogprobs]
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
 
 
 class Completion(BaseModel):
