@@ -3,6 +3,8 @@ same prompt repeated, and against a server without the cache, measured side by s
 
     python -m lstmgen.bench.prefix_cache --model shakespeare --chars 5000 --rounds 8 --json out.json
 
+Run from the repository's root: the prompts come from ../shared/data (or --corpus FILE).
+
 Two servers run in this process on loopback, one with the cache (the default bound) and one without
 (--prefix-cache-bytes 0). Each round takes a new slice of the model's corpus as its prompt (so the
 first request of a round finds nothing cached) and sends, interleaved: the first request and the
@@ -25,8 +27,7 @@ from pathlib import Path
 from lstmgen import Generator
 from lstmgen.server import Limits, make_server
 
-CORPORA = {"char": "tinyshakespeare.txt", "word": "moes_tavern_lines.txt"}
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CORPORA = {"char": "tinyshakespeare.txt", "word": "moes_tavern_lines.txt"}  # in ../shared/data, by the model's level
 
 
 def first_token(port: int, body: dict) -> tuple[float, str]:
@@ -58,10 +59,13 @@ def answer(port: int, path: str, body: dict) -> tuple[float, dict]:
         conn.close()
 
 
-def run(model: str, chars: int, rounds: int, max_tokens: int) -> dict:
+def run(model: str, chars: int, rounds: int, max_tokens: int, corpus: Path | None = None) -> dict:
     gen = Generator.load(model)
     name = gen.manifest.name or gen.folder.name
-    corpus = (DATA / CORPORA[gen.tokenizer.level]).read_text(encoding="utf-8")
+    corpus = corpus or Path.cwd().parent / "shared" / "data" / CORPORA[gen.tokenizer.level]
+    if not corpus.is_file():
+        raise SystemExit(f"no corpus at {corpus}: run from the repository's root beside ../shared/data, or give --corpus FILE")
+    corpus = corpus.read_text(encoding="utf-8")
     servers = {"cache": make_server({name: gen}, "127.0.0.1", 0, Limits()),
                "no_cache": make_server({name: gen}, "127.0.0.1", 0, Limits(prefix_cache_bytes=0))}
     threads = [threading.Thread(target=s.run, daemon=True) for s in servers.values()]
@@ -120,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chars", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=20)
+    p.add_argument("--corpus", type=Path, default=None, help="text to cut the prompts from (default: the model's corpus"
+                   " in ../shared/data)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here (and a .txt beside it)")
     a = p.parse_args(argv)
-    r = run(a.model, a.chars, a.rounds, a.max_tokens)
+    r = run(a.model, a.chars, a.rounds, a.max_tokens, a.corpus)
     text = summary(r)
     print(text)
     if a.json is not None:

@@ -200,7 +200,7 @@ def test_the_cache_flag_comes_from_limits():
 def test_the_benches_run_and_check_what_they_time(artifacts, tmp_path):
     from lstmgen.bench import prefix_cache, sessions
 
-    r = prefix_cache.run(str(artifacts["shakespeare"]), chars=300, rounds=1, max_tokens=3)
+    r = prefix_cache.run(str(artifacts["shakespeare"]), chars=300, rounds=1, max_tokens=3, corpus=DATA / "tinyshakespeare.txt")
     assert r["texts_equal_with_and_without_cache"] and set(r["median_seconds"]) == set(r["seconds"])
     assert "ratio repeated / first" in prefix_cache.summary(r)
     row = sessions.measure(str(artifacts["names"]))
