@@ -66,6 +66,15 @@ class PreparedData:
     val_path: Path | None = None  # the whole validation split as text (export's figure); None: it is val_text
 
 
+def training_tokens(train) -> int:
+    """Tokens one pass over the training split predicts (records: each one's characters and its end)."""
+    if isinstance(train, RecordSet):
+        return max(0, len(train.ids) - 1)  # shared end markers: all but the first <eos> are predicted
+    if isinstance(train, list):
+        return sum(len(r) - 1 for r in train)
+    return len(train)
+
+
 def val_sample(val, val_text: str, records: bool, tok: Tokenizer, chars: int):
     """The validation sample that training scores: the split's first `chars` characters (0 = all of
     it). Records: whole records, the first ones up to `chars` characters. Returns (ids, text)."""

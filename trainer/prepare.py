@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lstmgen.corpus import corpus_files, parse_records, read_text, stream_text
+from lstmgen.corpus import CHUNK_BYTES, corpus_files, parse_records, read_text, stream_text
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import record_hashes
 from lstmgen.tokenizer import EOS, Tokenizer, split_words
@@ -65,17 +65,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def prepare_on_disk(cfg: DataConfig, folder: Path, *, base_tokenizer: Tokenizer | None = None, progress: bool = False,
-                    log: Callable[[str], None] = print, val_sample_chars: int = 0) -> PreparedData:
+                    log: Callable[[str], None] = print, val_sample_chars: int = 0,
+                    chunk_bytes: int = CHUNK_BYTES) -> PreparedData:
     """Prepare the corpus into `folder` (or reuse what is there for the same corpus and settings) and
     map it. Only one process may call this for a folder at a time (data-parallel: rank 0, then the
-    others call `load_prepared` after a barrier)."""
+    others call `load_prepared` after a barrier). `chunk_bytes`: the reading size (tests make it tiny)."""
     meta = _identity(cfg, base_tokenizer)
     saved = _read_meta(folder)
     if saved is not None and saved.get("identity") == meta:
         return load_prepared(folder, val_sample_chars)
     if saved is not None:
         log(f"the corpus or data settings changed since {folder} was prepared; preparing it again")
-    _write_prepared(cfg, folder, meta, base_tokenizer, progress, log)
+    _write_prepared(cfg, folder, meta, base_tokenizer, progress, log, chunk_bytes)
     return load_prepared(folder, val_sample_chars)
 
 
@@ -126,14 +127,14 @@ def _read_meta(folder: Path) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 
 def _write_prepared(cfg: DataConfig, folder: Path, identity: dict, base: Tokenizer | None, progress: bool,
-                    log: Callable[[str], None]) -> None:
+                    log: Callable[[str], None], chunk_bytes: int) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.preparing"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     started = time.perf_counter()
     total = sum(f["size"] for f in identity["files"])
-    reader = _Reader(cfg.corpus, total, progress)
+    reader = _Reader(cfg.corpus, total, progress, chunk_bytes)
     try:
         prep = (_RecordsPass if cfg.records else _TextPass)(cfg, reader, base)
         meta = prep.write(tmp)
@@ -155,8 +156,8 @@ def _write_prepared(cfg: DataConfig, folder: Path, identity: dict, base: Tokeniz
 class _Reader:
     """The corpus's text, chunk by chunk, as many passes as asked; a progress bar over bytes on a terminal."""
 
-    def __init__(self, spec: str, total_bytes: int, progress: bool) -> None:
-        self.spec, self.total, self.passes = spec, total_bytes, 0
+    def __init__(self, spec: str, total_bytes: int, progress: bool, chunk_bytes: int) -> None:
+        self.spec, self.total, self.passes, self.chunk_bytes = spec, total_bytes, 0, chunk_bytes
         self.bar = None
         if progress and sys.stderr.isatty():
             from tqdm import tqdm
@@ -168,7 +169,7 @@ class _Reader:
         if self.bar is not None:
             self.bar.reset(self.total)
             self.bar.set_description(f"preparing (pass {self.passes})")
-        for piece in stream_text(self.spec):
+        for piece in stream_text(self.spec, self.chunk_bytes):
             if self.bar is not None:
                 self.bar.update(len(piece))  # characters: bytes for ASCII text, close enough for a bar
             yield piece

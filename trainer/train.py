@@ -37,7 +37,7 @@ from lstmgen.tokenizer import Tokenizer
 from . import checkpoint, machine
 from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
-from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records
+from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, pad_records, training_tokens
 from .prepare import load_prepared, prepare_on_disk
 from .distributed import Dist
 from .model import LSTMLanguageModel
@@ -339,8 +339,8 @@ class Trainer:
         fixed = {k: getattr(t, k) for k in ("batch_size", "seq_len", "eval_every") if k not in choose}
         if not plan_shape:
             fixed["hidden_size"] = m.hidden_size
-        rows = d.train
-        mean_record = (len(rows.ids) if hasattr(rows, "ids") else sum(map(len, rows))) / max(1, len(rows)) if d.records else 0
+        train_tokens = training_tokens(d.train)
+        mean_record = train_tokens / max(1, len(d.train)) if d.records else 0
         window = max(2, round(mean_record)) if d.records else fixed.get("seq_len", planner.SEQ_LEN)
         started = self.clock()
         probe = lambda shape: self.ranks.sum(probe_speed(shape, self.tok.vocab_size, fixed.get("batch_size", 32),  # noqa: E731
@@ -350,7 +350,6 @@ class Trainer:
             self.pick_threads(lambda: probe(shapes[0]))
         speeds = {shape: probe(shape) for shape in shapes}
         self.pace.probe_s = self.clock() - started
-        train_tokens = len(rows.ids) if hasattr(rows, "ids") else (sum(map(len, rows)) if d.records else len(rows))
         val_tokens = sum(map(len, d.val)) if d.records else len(d.val)
         self.pace.probe_s = self.ranks.sum(self.pace.probe_s)[0] / self.ranks.world  # one plan on every rank
         plan = planner.choose(t.time_budget, speeds, corpus_tokens=train_tokens, records=d.records,
@@ -366,7 +365,7 @@ class Trainer:
     def fit_finetuning(self, choose: frozenset[str]) -> None:
         """Fine-tuning's learning rate and warm-up, fitted to the new corpus's size (finetune.fit_to_data)."""
         d = self.data
-        tokens = len(d.train.ids) if hasattr(d.train, "ids") else (sum(map(len, d.train)) if d.records else len(d.train))
+        tokens = training_tokens(d.train)
         windows = len(d.train) if d.records else tokens // max(1, self.t.seq_len)
         lr, warmup = fit_to_data(self.start, tokens, max(1, windows // self.t.batch_size))
         if "lr" in choose:
