@@ -34,38 +34,55 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# Candidate shapes: (embed_dim, hidden_size, num_layers). All 2 layers: depth 2 beat 1 and 3 per second here.
-SHAPES: list[tuple[int, int, int]] = [(64, 128, 2), (64, 256, 2), (64, 384, 2), (128, 512, 2)]
+# Candidate shapes: (embed_dim, hidden_size, num_layers), each with a measured curve in REFERENCE.
+SHAPES: list[tuple[int, int, int]] = [(64, 128, 2), (64, 256, 2)]
 SEQ_LEN = 64
 TARGET_STEPS = 3000
-MIN_BATCH, MAX_BATCH = 16, 128
+MIN_BATCH, MAX_BATCH = 16, 64  # past 4k tokens a step, a step learns little more on these small models
 MIN_STEPS = 300  # fewer optimizer steps than this learn too little; such candidates are passed over
 EPOCH_DECAY = 15.0  # R*: repeated data's value decays over this many epochs (Muennighoff et al. 2023)
 EVAL_SHARE = 0.05  # validation and checkpoints may take this share of the budget
 MIN_EVALS, MAX_EVALS = 3, 20
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step per token
+SKIP_POINTS = 2  # the first evaluations of a reference run are the warm-up's transient, not the power law
+EXTRAPOLATE = 2.0  # a curve is trusted up to this multiple of the tokens measured (Curve)
 
-# Measured: `lstmgen train ../shared/data/nietzsche.txt --hidden-size H --batch-size 32 --seq-len 64
-# --max-steps S --epochs 1000 --eval-every E --patience 0 --threads 1` (H, S, E = 128, 6000, 500;
-# 256, 4000, 400; 384, 2400, 300; 512, 1200, 200; embed 128 for 512), validation nats/char at each
-# evaluation against training tokens (steps x 2048). Filled in from /tmp runs of 2026-11-30.
-REFERENCE: dict[int, list[tuple[float, float]]] = {128: [(1e6, 2.3), (4e6, 1.9), (12e6, 1.75)], 256: [(1e6, 2.4), (4e6, 1.85), (12e6, 1.6)], 384: [(1e6,2.5),(4e6,1.85),(12e6,1.55)], 512: [(1e6,2.6),(4e6,1.9),(12e6,1.5)]}
+# Measured on 2026-11-30 (2-core Intel Xeon, torch 2.13 CPU): `lstmgen train ../shared/data/nietzsche.txt
+# --hidden-size H --batch-size 32 --seq-len 64 --max-steps S --epochs 1000 --eval-every E --patience 0
+# --threads T` with (H, S, E, T) = (128, 6000, 500, 1), (256, 4000, 400, 1), (384, 1600, 200, 2), embed
+# 64, 2 layers, the other settings default: (training tokens = steps x 2048, validation nats/char) at
+# each evaluation. Loss per token does not depend on the thread count or the machine's speed.
+REFERENCE: dict[int, list[tuple[float, float]]] = {
+    128: [(1024000, 2.3186), (2048000, 1.9861), (3072000, 1.8608), (4096000, 1.7876), (5120000, 1.7354),
+          (6144000, 1.7000), (7168000, 1.6786), (8192000, 1.6577), (9216000, 1.6422), (10240000, 1.6344),
+          (11264000, 1.6284), (12288000, 1.6250)],
+    256: [(819200, 2.2445), (1638400, 1.8650), (2457600, 1.7284), (3276800, 1.6602), (4096000, 1.6082),
+          (4915200, 1.5747), (5734400, 1.5569), (6553600, 1.5455), (7372800, 1.5335), (8192000, 1.5248)],
+}
+REFERENCE_TOKENS = 540_810  # nietzsche.txt's training split: the reference runs saw it many times over
 
 
 @dataclass
 class Curve:
-    """loss(tokens) = floor + scale * (tokens / 1e6) ** -alpha, least squares over a grid of alpha."""
+    """loss(tokens) = floor + scale * (tokens / 1e6) ** -alpha, least squares over a grid of alpha.
+
+    Beyond EXTRAPOLATE x the last measured point the curve stays flat: a power law fitted to a short
+    run does not know where a small model's capacity ends, and without this a fast small model is
+    promised gains that it was never measured to make."""
 
     floor: float
     scale: float
     alpha: float
+    last: float = math.inf  # the most tokens measured
 
     def __call__(self, tokens: float) -> float:
+        tokens = min(tokens, EXTRAPOLATE * self.last)
         return self.floor + self.scale * max(tokens / 1e6, 1e-3) ** -self.alpha
 
     @classmethod
     def fit(cls, points: list[tuple[float, float]]) -> "Curve":
         best = None
+        last = max(t for t, _ in points)
         for k in range(5, 151):
             alpha = k / 100
             xs = [max(t / 1e6, 1e-3) ** -alpha for t, _ in points]
@@ -79,14 +96,17 @@ class Curve:
             floor = (sy - scale * sx) / n
             err = sum((floor + scale * x - y) ** 2 for x, y in zip(xs, ys))
             if scale > 0 and (best is None or err < best[0]):
-                best = (err, cls(floor, scale, alpha))
+                best = (err, cls(floor, scale, alpha, last))
         if best is None:
             raise ValueError("reference curve cannot be fitted")
         return best[1]
 
 
 def curves() -> dict[int, Curve]:
-    return {hidden: Curve.fit(points) for hidden, points in REFERENCE.items()}
+    """Each shape's curve against *effective* tokens: the reference runs repeated their small corpus
+    too, so their x axis is discounted the same way as a prediction's."""
+    return {hidden: Curve.fit([(effective_tokens(t, REFERENCE_TOKENS), v) for t, v in points[SKIP_POINTS:]])
+            for hidden, points in REFERENCE.items()}
 
 
 def effective_tokens(tokens: float, corpus_tokens: float) -> float:
@@ -119,10 +139,13 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    records: bool = False
+
     def describe(self) -> str:
         e, h, n = self.shape
-        return (f"embed {e}, hidden {h} x {n} layers, batch {self.batch_size} x {self.seq_len} tokens, about"
-                f" {self.steps:,} steps at {self.tokens_per_s:,.0f} tokens/s, validation every {self.eval_every}")
+        batch = f"{self.batch_size} records" if self.records else f"{self.batch_size} x {self.seq_len} tokens"
+        return (f"embed {e}, hidden {h} x {n} layers, batch {batch}, about {self.steps:,} steps at"
+                f" {self.tokens_per_s:,.0f} tokens/s, validation every {self.eval_every}")
 
 
 def choose(budget_s: float, speeds: dict[tuple[int, int, int], float], *, corpus_tokens: int, records: bool,
@@ -153,7 +176,7 @@ def choose(budget_s: float, speeds: dict[tuple[int, int, int], float], *, corpus
     best = min(viable, key=lambda c: c.predicted)
     steps = max(1, steps_for(best))
     plan = Plan(best.shape, batch_for(best), seq_len, fixed.get("eval_every") or 0, steps, best.tokens_per_s,
-                best.predicted, sorted(cands, key=lambda c: c.predicted))
+                best.predicted, sorted(cands, key=lambda c: c.predicted), records=records)
     if not plan.eval_every:
         plan.eval_every = eval_interval(budget_s, steps, val_tokens, best.tokens_per_s)
     plan.warnings = warnings(plan, fixed, speeds)

@@ -342,25 +342,33 @@ class Trainer:
         train_tokens = training_tokens(d.train)
         mean_record = train_tokens / max(1, len(d.train)) if d.records else 0
         window = max(2, round(mean_record)) if d.records else fixed.get("seq_len", planner.SEQ_LEN)
-        started = self.clock()
-        probe = lambda shape: self.ranks.sum(probe_speed(shape, self.tok.vocab_size, fixed.get("batch_size", 32),  # noqa: E731
-                                                         window, self.device, dropout=m.dropout,
-                                                         seconds=min(0.6, 0.004 * t.time_budget)))[0]
-        if "threads" in choose:
-            self.pick_threads(lambda: probe(shapes[0]))
-        speeds = {shape: probe(shape) for shape in shapes}
-        self.pace.probe_s = self.clock() - started
-        val_tokens = sum(map(len, d.val)) if d.records else len(d.val)
-        self.pace.probe_s = self.ranks.sum(self.pace.probe_s)[0] / self.ranks.world  # one plan on every rank
+        speeds = self.probe_shapes(shapes, fixed.get("batch_size", 32), window, "threads" in choose)
         plan = planner.choose(t.time_budget, speeds, corpus_tokens=train_tokens, records=d.records,
-                              mean_record_tokens=mean_record, fixed=fixed, val_tokens=val_tokens,
-                              overhead_s=self.pace.probe_s)
+                              mean_record_tokens=mean_record, fixed=fixed,
+                              val_tokens=sum(map(len, d.val)) if d.records else len(d.val), overhead_s=self.pace.probe_s)
         m.embed_dim, m.hidden_size, m.num_layers = plan.shape
         t.batch_size, t.seq_len, t.eval_every = plan.batch_size, plan.seq_len, plan.eval_every
         if m.tie_weights and m.embed_dim != m.hidden_size:
             m.tie_weights = False
         self.cfg.validate()
         return plan
+
+    def probe_shapes(self, shapes: list[tuple[int, int, int]], batch: int, window: int,
+                     threads: bool) -> dict[tuple[int, int, int], float]:
+        """Training tokens/s of each shape (summed over ranks), first picking the thread count if asked;
+        the seconds it took go into the budget (the same figure on every rank, so every rank plans alike)."""
+        started = self.clock()
+        seconds = min(0.6, 0.004 * self.t.time_budget)  # about 1% of the budget in all
+
+        def speed(shape: tuple[int, int, int]) -> float:
+            return self.ranks.sum(probe_speed(shape, self.tok.vocab_size, batch, window, self.device,
+                                              dropout=self.cfg.model.dropout, seconds=seconds))[0]
+
+        if threads:
+            self.pick_threads(lambda: speed(shapes[0]))
+        speeds = {shape: speed(shape) for shape in shapes}
+        self.pace.probe_s = self.ranks.sum(self.clock() - started)[0] / self.ranks.world
+        return speeds
 
     def fit_finetuning(self, choose: frozenset[str]) -> None:
         """Fine-tuning's learning rate and warm-up, fitted to the new corpus's size (finetune.fit_to_data)."""
