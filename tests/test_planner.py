@@ -136,3 +136,30 @@ def test_a_redirected_log_gets_no_bar_frames_and_a_line_per_validation(small_cor
     assert [line.split(":")[0] for line in text.splitlines()
                                                 if line.startswith("step") and "validation" in line] == ["step 10", "step 20",
                                                                                         "step 30"]
+
+
+@needs_torch
+def test_a_thread_trial_keeps_the_faster_count(monkeypatch):
+    import torch
+
+    from lstmgen.trainer.distributed import Dist
+    from lstmgen.trainer.train import ThreadTrial
+
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    current = {"n": 2}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: current["n"])
+    trial = ThreadTrial(Dist())
+    trial.cores = 2
+
+    def run(steps, before_s, trial_s):
+        for step in steps:
+            phase = step % trial.EVERY
+            trial.step(step, trial_s if 0 < phase <= trial.TRIAL else before_s)
+            if counts:
+                current["n"] = counts[-1]
+
+    run(range(1, 311), before_s=0.2, trial_s=0.1)  # one thread is twice as fast: kept
+    assert counts == [1] and current["n"] == 1
+    run(range(311, 611), before_s=0.1, trial_s=0.3)  # two threads are slower now: back to one
+    assert counts == [1, 2, 1] and current["n"] == 1

@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 
 # Candidate shapes: (embed_dim, hidden_size, num_layers), each with a measured curve in REFERENCE.
-SHAPES: list[tuple[int, int, int]] = [(64, 128, 2), (64, 256, 2)]
+SHAPES: list[tuple[int, int, int]] = [(64, 128, 2), (64, 256, 2), (64, 384, 2)]
 SEQ_LEN = 64
 TARGET_STEPS = 3000
 MIN_BATCH, MAX_BATCH = 16, 64  # past 4k tokens a step, a step learns little more on these small models
@@ -58,6 +58,8 @@ REFERENCE: dict[int, list[tuple[float, float]]] = {
           (11264000, 1.6284), (12288000, 1.6250)],
     256: [(819200, 2.2445), (1638400, 1.8650), (2457600, 1.7284), (3276800, 1.6602), (4096000, 1.6082),
           (4915200, 1.5747), (5734400, 1.5569), (6553600, 1.5455), (7372800, 1.5335), (8192000, 1.5248)],
+    384: [(409600, 2.4005), (819200, 2.0135), (1228800, 1.8347), (1638400, 1.7310), (2048000, 1.6736),
+          (2457600, 1.6440), (2867200, 1.6230), (3276800, 1.6086)],
 }
 REFERENCE_TOKENS = 540_810  # nietzsche.txt's training split: the reference runs saw it many times over
 

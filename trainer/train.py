@@ -208,6 +208,7 @@ class Trainer:
         self.log, self.clock, self.start = log, clock, start
         self.bar = None
         self.validated_at = -1  # the step of the last validation
+        self.thread_trial: ThreadTrial | None = None  # the planner chose the thread count: re-check it now and then
         self.threads_probed: tuple[int, float, float] | None = None
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
@@ -366,6 +367,7 @@ class Trainer:
 
         if threads:
             self.pick_threads(lambda: speed(shapes[0]))
+            self.thread_trial = ThreadTrial(self.ranks) if self.threads_probed else None
         speeds = {shape: speed(shape) for shape in shapes}
         self.pace.probe_s = self.ranks.sum(self.clock() - started)[0] / self.ranks.world
         return speeds
@@ -660,6 +662,8 @@ class Trainer:
             now = self.clock()
             p.elapsed += now - last_clock
             self.pace.step(now - last_clock)
+            if self.thread_trial is not None:
+                self.thread_trial.step(p.step, now - last_clock)
             last_clock = now
             window.add(loss, tokens)
             self.show_step(loss, window.tokens_per_s(now))
@@ -743,6 +747,46 @@ class Pace:
     def steady(self) -> bool:
         """Enough steps measured in this process to re-fit on (a resumed run measures afresh)."""
         return self.steps >= REFIT_EVERY
+
+
+class ThreadTrial:
+    """Keeps the thread count that the planner picked right as the machine changes: every EVERY steps,
+    TRIAL steps run with the other count (all cores, or one), and the faster of the two is kept. Another
+    process that takes a core makes PyTorch's threads wait on each other (one thread then runs twice as
+    fast as two); when it leaves, all cores are faster again. At most TRIAL / EVERY of the steps run at
+    the slower count.
+
+        steps   ... 290 ... 299 | 300    | 301    | 302 ... 310 | ...
+                timed (before)  | switch | warm-up| timed (trial), then keep the faster count
+    """
+
+    EVERY, TRIAL = 300, 10
+
+    def __init__(self, ranks: Dist) -> None:
+        self.ranks, self.cores = ranks, torch.get_num_threads()
+        self.cores = max(self.cores, os.cpu_count() or 1)
+        self.before: list[float] = []  # step times with the current count, just before a trial
+        self.during: list[float] = []  # step times with the other count
+
+    def step(self, step: int, seconds: float) -> None:
+        phase = step % self.EVERY
+        if phase >= self.EVERY - self.TRIAL:
+            self.before.append(seconds)
+        elif phase == 0 and self.before:
+            self.switch()
+        elif 2 <= phase <= self.TRIAL and self.before:  # phase 1 pays for the switch: not timed
+            self.during.append(seconds)
+            if phase == self.TRIAL:
+                self.decide()
+
+    def switch(self) -> None:
+        torch.set_num_threads(1 if torch.get_num_threads() > 1 else self.cores)
+
+    def decide(self) -> None:
+        before, during = self.ranks.sum(sum(self.before) / len(self.before), sum(self.during) / len(self.during))
+        if during > before:  # the other count was slower: go back
+            self.switch()
+        self.before, self.during = [], []
 
 
 class LossWindow:
