@@ -152,14 +152,22 @@ def test_a_thread_trial_keeps_the_faster_count(monkeypatch):
     trial = ThreadTrial(Dist())
     trial.cores = 2
 
-    def run(steps, before_s, trial_s):
+    def run(steps, seconds):
         for step in steps:
-            phase = step % trial.EVERY
-            trial.step(step, trial_s if 0 < phase <= trial.TRIAL else before_s)
+            trial.step(step, seconds(current["n"]))
             if counts:
                 current["n"] = counts[-1]
 
-    run(range(1, 311), before_s=0.2, trial_s=0.1)  # one thread is twice as fast: kept
+    run(range(1, 301), lambda n: 0.2 if n == 2 else 0.1)  # one thread is twice as fast: kept at step 300
     assert counts == [1] and current["n"] == 1
-    run(range(311, 611), before_s=0.1, trial_s=0.3)  # two threads are slower now: back to one
-    assert counts == [1, 2, 1] and current["n"] == 1
+    run(range(301, 600), lambda n: 0.1)  # nothing changes: no trial until 300 steps after the decision
+    assert counts == [1]
+    run(range(600, 650), lambda n: 0.5 if n == 1 else 0.05)  # one thread got 5x slower: a trial at once
+    assert counts == [1, 2] and current["n"] == 2
+    run(range(650, 1000), lambda n: 0.05)  # steady: 300 steps but not PERIOD_S seconds since, no trial
+    assert counts == [1, 2]
+    # Two threads 5x slower (trials while the slow-down shows), one thread 16x slower still: each trial
+    # ends after its first timed step; once the pace is steady, the next comes 300 steps and a minute on.
+    run(range(1000, 1400), lambda n: 4.0 if n == 1 else 0.25)
+    assert counts == [1, 2, 1, 2, 1, 2, 1, 2] and current["n"] == 2
+    assert trial.during is None and trial.decided_at == 1318 and trial.ref == 0.25

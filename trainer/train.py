@@ -750,43 +750,62 @@ class Pace:
 
 
 class ThreadTrial:
-    """Keeps the thread count that the planner picked right as the machine changes: every EVERY steps,
-    TRIAL steps run with the other count (all cores, or one), and the faster of the two is kept. Another
-    process that takes a core makes PyTorch's threads wait on each other (one thread then runs twice as
-    fast as two); when it leaves, all cores are faster again. At most TRIAL / EVERY of the steps run at
-    the slower count.
+    """Keeps the thread count that the planner picked right as the machine changes. Another process
+    that takes a core makes PyTorch's threads wait on each other (on 2 cores, one thread then ran up to
+    50x faster than two); when it leaves, all cores are faster again. So now and then TRIAL steps run
+    with the other count (all cores, or one) and the faster count is kept: every EVERY steps, and as
+    soon as the last TRIAL steps ran SLOWER times slower than after the last decision (one process
+    only: in a data-parallel run every rank must switch at the same step, so only the step count
+    triggers a trial there).
 
-        steps   ... 290 ... 299 | 300    | 301    | 302 ... 310 | ...
-                timed (before)  | switch | warm-up| timed (trial), then keep the faster count
+        watching: the last TRIAL step times  ->  trial: switch, 1 step to settle, TRIAL - 1 timed
+        ->  keep the faster count, watch again
     """
 
-    EVERY, TRIAL = 300, 10
+    EVERY, TRIAL, SLOWER = 300, 10, 2.0
+    PERIOD_S = 60.0  # one process: a periodic trial at most this often (the other count may be far slower)
 
     def __init__(self, ranks: Dist) -> None:
-        self.ranks, self.cores = ranks, torch.get_num_threads()
-        self.cores = max(self.cores, os.cpu_count() or 1)
-        self.before: list[float] = []  # step times with the current count, just before a trial
-        self.during: list[float] = []  # step times with the other count
+        self.ranks = ranks
+        self.cores = max(torch.get_num_threads(), os.cpu_count() or 1)
+        self.recent: list[float] = []  # the last TRIAL step times while watching
+        self.during: list[float] | None = None  # step times of a trial in progress
+        self.before = self.ref = 0.0  # mean step time before the trial; after the last decision
+        self.decided_at, self.since_s = 0, 0.0  # the step of the last decision, seconds of steps since
 
     def step(self, step: int, seconds: float) -> None:
-        phase = step % self.EVERY
-        if phase >= self.EVERY - self.TRIAL:
-            self.before.append(seconds)
-        elif phase == 0 and self.before:
-            self.switch()
-        elif 2 <= phase <= self.TRIAL and self.before:  # phase 1 pays for the switch: not timed
+        if self.during is not None:
             self.during.append(seconds)
-            if phase == self.TRIAL:
-                self.decide()
+            # a trial whose count is far slower ends at its first timed step: it may cost seconds a step
+            far_slower = not self.ranks.enabled and len(self.during) >= 2 and seconds > 3 * self.before
+            if len(self.during) == self.TRIAL or far_slower:
+                self.decide(step)
+            return
+        self.since_s += seconds
+        self.recent = [*self.recent, seconds][-self.TRIAL:]
+        if len(self.recent) < self.TRIAL:
+            return
+        mean = sum(self.recent) / self.TRIAL
+        self.ref = self.ref or mean
+        if self.ranks.enabled:  # every rank must switch at the same step: the step count alone decides
+            due = step - self.decided_at >= self.EVERY
+        else:
+            due = mean > self.SLOWER * self.ref or (step - self.decided_at >= self.EVERY
+                                                      and self.since_s >= self.PERIOD_S)
+        if due:
+            self.before, self.during = mean, []
+            self.switch()
 
     def switch(self) -> None:
         torch.set_num_threads(1 if torch.get_num_threads() > 1 else self.cores)
 
-    def decide(self) -> None:
-        before, during = self.ranks.sum(sum(self.before) / len(self.before), sum(self.during) / len(self.during))
+    def decide(self, step: int) -> None:
+        timed = self.during[1:]  # the first step after a switch pays for it
+        before, during = self.ranks.sum(self.before, sum(timed) / len(timed))
         if during > before:  # the other count was slower: go back
             self.switch()
-        self.before, self.during = [], []
+        self.ref, self.decided_at, self.since_s = min(before, during) / self.ranks.world, step, 0.0
+        self.during, self.recent = None, []
 
 
 class LossWindow:
