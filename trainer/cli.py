@@ -34,7 +34,7 @@ FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--batch-size": ("train", "batch_size", int, "sequences per step"),
     "--seq-len": ("train", "seq_len", int, "running text: tokens per truncated-BPTT window"),
     "--lr": ("train", "lr", float, "peak learning rate (AdamW); --init-from: the starting model's, scaled to the"
-                                   " new corpus's size (0.1x for a few thousand names up to 1x from 10M tokens)"),
+                                   " new corpus's size (tokens / 1M) ** 0.25, within [0.3, 1]"),
     "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps; --init-from: a quarter epoch, 10 to 100"),
     "--weight-decay": ("train", "weight_decay", float, "AdamW weight decay"),
     "--clip": ("train", "clip", float, "gradient-norm clip"),

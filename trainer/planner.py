@@ -23,7 +23,8 @@ rank the shapes; the absolute figures are nietzsche's.
 Batch and window: throughput on CPU hardly depends on batch x window (tokens/s within 15% from 1k to
 8k tokens a step, measured), so the step count is free to choose: the window is SEQ_LEN tokens (the
 state is carried between windows, so a short window loses little context and gives more updates) and
-the batch aims at TARGET_STEPS optimizer steps, a power of two in [MIN_BATCH, MAX_BATCH].
+the batch aims at TARGET_STEPS optimizer steps, a power of two in [MIN_BATCH, MAX_BATCH]. Records are
+short (a name is 8 tokens): their tokens/s grows with the batch, so their batch is at least the probe's.
 
 Explicit settings always win: a flag (or recipe value) the user gave is kept, and the planner chooses
 only the rest; when what was fixed makes the budget too small, the warning names that flag.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 # Candidate shapes: (embed_dim, hidden_size, num_layers), each with a measured curve in REFERENCE.
 SHAPES: list[tuple[int, int, int]] = [(64, 128, 2), (64, 256, 2), (64, 384, 2)]
 SEQ_LEN = 64
+PROBE_BATCH = 32  # the speed probe's batch (rows)
 TARGET_STEPS = 3000
 MIN_BATCH, MAX_BATCH = 16, 64  # past 4k tokens a step, a step learns little more on these small models
 MIN_STEPS = 300  # fewer optimizer steps than this learn too little; such candidates are passed over
@@ -169,7 +171,8 @@ def choose(budget_s: float, speeds: dict[tuple[int, int, int], float], *, corpus
     window = max(1.0, mean_record_tokens) if records else seq_len  # tokens a batch row holds
 
     def batch_for(c: Candidate) -> int:
-        return fixed.get("batch_size") or pick_batch(c.tokens / window)
+        # Records are short: their throughput grows with the batch, so never below the probed batch.
+        return fixed.get("batch_size") or max(pick_batch(c.tokens / window), PROBE_BATCH if records else 0)
 
     def steps_for(c: Candidate) -> int:
         return int(c.tokens / (batch_for(c) * window))

@@ -343,7 +343,7 @@ class Trainer:
         train_tokens = training_tokens(d.train)
         mean_record = train_tokens / max(1, len(d.train)) if d.records else 0
         window = max(2, round(mean_record)) if d.records else fixed.get("seq_len", planner.SEQ_LEN)
-        speeds = self.probe_shapes(shapes, fixed.get("batch_size", 32), window, "threads" in choose)
+        speeds = self.probe_shapes(shapes, fixed.get("batch_size", planner.PROBE_BATCH), window, "threads" in choose)
         plan = planner.choose(t.time_budget, speeds, corpus_tokens=train_tokens, records=d.records,
                               mean_record_tokens=mean_record, fixed=fixed,
                               val_tokens=sum(map(len, d.val)) if d.records else len(d.val), overhead_s=self.pace.probe_s)
