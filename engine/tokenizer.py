@@ -60,6 +60,13 @@ class Tokenizer:
         counts: Counter[str] = Counter()
         for t in texts:
             counts.update(split_words(t, lowercase))
+        return cls.from_word_counts(counts, records=records, min_count=min_count, lowercase=lowercase)
+
+    @classmethod
+    def from_word_counts(cls, counts: Counter[str], *, records: bool, min_count: int = 1,
+                         lowercase: bool = True) -> "Tokenizer":
+        """A word vocabulary from word counts (the trainer's streaming prepare pass counts in chunks)."""
+        specials = [EOS] if records else []
         words = sorted(w for w, n in counts.items() if n >= min_count and w not in (EOS, UNK))
         # Most frequent first keeps common ids small, which reads better in dumps; ties by spelling.
         words.sort(key=lambda w: -counts[w])

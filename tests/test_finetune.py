@@ -101,3 +101,59 @@ def test_a_records_model_fine_tunes_on_running_text_when_asked(tiny_models, tmp_
     ckpt = checkpoint.load(run / "last.pt")
     assert not ckpt.records and ckpt.tokenizer["eos_id"] is None
     assert ckpt.tokenizer["tokens"][: read_manifest(art).dims.vocab_size] == read_manifest(art).tokenizer["tokens"]
+
+
+def test_case_twins_start_as_their_twin_and_the_rate_fits_the_corpus(tiny_models, tmp_path, capsys):
+    import numpy as np
+
+    from lstmgen.cli import main
+    from lstmgen.trainer import checkpoint
+    from lstmgen.trainer.finetune import FULL_RATE_TOKENS, MIN_SCALE, case_twins, fit_to_data, load_starting_point
+    from lstmgen.trainer.train import Trainer
+
+    _, art = tiny_models["names"]
+    start = load_starting_point(str(art))
+    corpus = tmp_path / "capitals.txt"
+    corpus.write_text("Emma\nEva\nAnna\nOtto\nEmil\nElla\nAda\nzoé\nRosa\nMarie\n" * 20)
+    cfg = tiny_config_from(start, corpus)
+    t = Trainer(cfg, tmp_path / "run", log=lambda m: None, start=start)
+    tok, old = t.tok, start.tokenizer
+    twins = case_twins(old, tok)
+    assert {tok.tokens[i]: old.tokens[j] for i, j in twins.items()} == {"E": "e", "A": "a", "O": "o", "R": "r", "M": "m"}
+    emb, head = t.model.embed.weight.detach().numpy(), t.model.head.weight.detach().numpy()
+    bias = t.model.head.bias.detach().numpy()
+    counts = t.data.token_counts
+    for new, twin in twins.items():
+        assert np.array_equal(emb[new], start.weights["embed.weight"][twin])
+        assert np.array_equal(head[new], start.weights["head.weight"][twin])
+        expected = start.weights["head.bias"][twin] + np.log(counts[new] / counts[twin])
+        assert bias[new] == pytest.approx(expected, abs=1e-6)
+    e = tok.index["é"]  # no twin in the old vocabulary: the mean row, the rarest bias
+    assert np.allclose(emb[e], start.weights["embed.weight"].mean(axis=0), atol=1e-6)
+    assert bias[e] == start.weights["head.bias"].min()
+
+    lr = start.config.train.lr
+    assert fit_to_data(start, 1_000, 4) == (pytest.approx(lr * MIN_SCALE), 10)
+    assert fit_to_data(start, FULL_RATE_TOKENS * 4, 10_000) == (pytest.approx(lr), 100)
+    assert fit_to_data(start, FULL_RATE_TOKENS // 16, 200) == (pytest.approx(lr / 2), 50)
+    run = tmp_path / "cli"
+    assert main(["train", str(corpus), "--init-from", str(art), "--out", str(run), "--max-steps", "2",
+                 "--threads", "1", "--no-progress"]) == 0
+    assert "learning rate" in capsys.readouterr().err
+    saved = checkpoint.load(run / "last.pt").config["train"]
+    assert saved["lr"] == pytest.approx(fit_to_data(start, t_tokens(t), 1)[0]) and saved["warmup_steps"] == 10
+    assert main(["train", str(corpus), "--init-from", str(art), "--out", str(tmp_path / "given"), "--max-steps", "2",
+                 "--lr", "0.01", "--threads", "1", "--no-progress"]) == 0
+    assert checkpoint.load(tmp_path / "given" / "last.pt").config["train"]["lr"] == 0.01  # a flag wins
+
+
+def tiny_config_from(start, corpus):
+    from lstmgen.trainer.cli import build_config, train_parser
+
+    return build_config(train_parser().parse_args([str(corpus), "--max-steps", "2", "--threads", "1"]), start)
+
+
+def t_tokens(trainer) -> int:
+    from lstmgen.trainer.data import training_tokens
+
+    return training_tokens(trainer.data.train)

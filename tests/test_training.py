@@ -130,7 +130,7 @@ def test_checkpoints_load_weights_only_and_refuse_pickled_code(tmp_path):
     (["train", "{names}", "--level", "byte"], "--level"),
     (["train", "{names}", "--tie-weights", "--embed-dim", "16", "--hidden-size", "32"], "--tie-weights"),
     (["train", "{names}", "--lr", "0"], "--lr"),
-    (["train", "{d}"], "directory"),
+    (["train", "{d}/*.nothing"], "no file matches"),
     (["train", "{one}", "--records"], "at least 2"),
     (["train", "{names}", "--config", "{d}/nope.toml"], "config file not found"),
     (["export", "{d}", "--out", "{d}/x"], "no checkpoint"),
@@ -222,11 +222,15 @@ def test_trainer_step_validate_and_save_one_by_one(small_corpora, tmp_path):
 def test_time_budget_plan_is_fitted_at_calibration(small_corpora, tmp_path):
     from lstmgen.trainer.train import CALIBRATE_AT
 
-    t, lines = _trainer(small_corpora["names"], tmp_path, max_steps=0, time_budget=100.0)
+    t, lines = _trainer(small_corpora["names"], tmp_path, max_steps=0, time_budget=100.0, eval_every=50)
     assert "100 s time budget" in t.describe_plan()
-    t.progress.step, t.progress.elapsed = CALIBRATE_AT, 15.0  # 2 steps/s measured
+    for _ in range(CALIBRATE_AT):
+        t.pace.step(0.5)  # 2 steps/s measured
+    t.progress.step, t.progress.elapsed = CALIBRATE_AT, 15.0
+    t.pace.stretch_s = 5.0  # a validation and checkpoint take 5 s
     t.calibrate()
-    assert t.progress.planned == CALIBRATE_AT + int(85.0 / 0.5 * 0.92) and t.progress.calibrated
+    # 85 s left, 5 of them for the last validation; then 0.5 s a step + 5 s every 50 steps
+    assert t.progress.planned == CALIBRATE_AT + int(80.0 / (0.5 + 5.0 / 50)) and t.progress.calibrated
     assert f"planning {t.progress.planned} steps" in lines[-2] and "too few" in lines[-1]
 
 
@@ -251,7 +255,7 @@ def test_a_time_budget_without_epochs_trains_for_the_budget_not_20_epochs(tmp_pa
     result = train(cfg, tmp_path / "run", progress=False, log=lines.append, clock=_StepClock(0.5))
     steps_per_epoch = 3  # 43 training records / batch 16
     assert result.step > 20 * steps_per_epoch and result.status in ("budget", "finished")
-    assert "time budget" in lines[0] and "planning" in lines[0]
+    assert any("time budget" in line and "planning" in line for line in lines)
     planned = [int(x.split("planning ")[1].split()[0]) for x in lines if " steps to fit the" in x]
     assert planned and abs(result.step - planned[0]) <= 30  # the plan printed is (about) where it ended
 

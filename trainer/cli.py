@@ -22,6 +22,9 @@ from .config import RunConfig, apply_overrides, level_defaults, load_recipe
 FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--min-count": ("data", "min_count", int, "word level: words seen fewer times become <unk>"),
     "--column": ("data", "column", str, "CSV records: column index or header name"),
+    "--val-sample-chars": ("data", "val_sample_chars", int, "validation during training scores this many characters"
+                                                           " of the validation split (0 = all of it); export scores"
+                                                           " the whole split"),
     "--embed-dim": ("model", "embed_dim", int, "embedding width"),
     "--hidden-size": ("model", "hidden_size", int, "LSTM width"),
     "--num-layers": ("model", "num_layers", int, "stacked LSTM layers"),
@@ -30,15 +33,18 @@ FLAGS: dict[str, tuple[str, str, Any, str]] = {
                       "DropConnect probability on the LSTM's hidden-to-hidden weights while training, in [0, 1)"),
     "--batch-size": ("train", "batch_size", int, "sequences per step"),
     "--seq-len": ("train", "seq_len", int, "running text: tokens per truncated-BPTT window"),
-    "--lr": ("train", "lr", float, "peak learning rate (AdamW); --init-from: 0.3 x the starting model's"),
-    "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps; --init-from: 20"),
+    "--lr": ("train", "lr", float, "peak learning rate (AdamW); --init-from: the starting model's, scaled to the"
+                                   " new corpus's size (tokens / 1M) ** 0.25, within [0.3, 1]"),
+    "--warmup-steps": ("train", "warmup_steps", int, "linear warm-up steps; --init-from: a quarter epoch, 10 to 100"),
     "--weight-decay": ("train", "weight_decay", float, "AdamW weight decay"),
     "--clip": ("train", "clip", float, "gradient-norm clip"),
     "--epochs": ("train", "epochs", int, "stop after this many passes over the data (0 = 20, or no limit with"
                                         " --time-budget: the budget alone ends the run)"),
     "--max-steps": ("train", "max_steps", int, "stop after this many steps (0 = no limit)"),
     "--time-budget": ("train", "time_budget", float, "seconds of training, validation included (0 = no limit);"
-                                                    " the schedule is fitted to it"),
+                                                    " the schedule is fitted to it, and a probe of this machine's"
+                                                    " speed picks the model size, --batch-size, --seq-len and"
+                                                    " --eval-every that learn most in it, except those given"),
     "--eval-every": ("train", "eval_every", int, "steps between validations and checkpoints"),
     "--patience": ("train", "patience", int, "early stop after this many validations without improvement (0 = off)"),
     "--seed": ("train", "seed", int, "seed for weights, dropout and batch order"),
@@ -91,7 +97,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="share embedding and output weights; needs --embed-dim == --hidden-size (default: off;"
                         " word level: on when the sizes are equal)")
     p.add_argument("--keep-case", action="store_true", help="word level: do not lowercase (default: lowercase)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on a terminal; in a redirected log one line per validation)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     for flag, (section, name, typ, text) in FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=f"{text} ({default_text(section, name)})")
@@ -137,6 +144,23 @@ def typed_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.keep_case:
         flags["data"]["lowercase"] = False
     return flags
+
+
+def planner_choices(args: argparse.Namespace, start=None) -> frozenset[str]:
+    """What the time-budget planner may set: what neither a flag nor the recipe gave (the shape not
+    when fine-tuning, which keeps the starting model's). Nothing without a budget or on --resume."""
+    if args.resume:
+        return frozenset()
+    recipe = load_recipe(args.config) if args.config else {}
+    given = {name for section in typed_flags(args).values() for name in section}
+    given |= {name for section in ("model", "train") for name in recipe.get(section, {})}
+    choices = {k for k in ("lr", "warmup_steps") if k not in given} if start is not None else set()
+    budget = args.time_budget if args.time_budget is not None else recipe.get("train", {}).get("time_budget", 0)
+    if budget:
+        choices |= {k for k in ("batch_size", "seq_len", "eval_every", "threads") if k not in given}
+        if start is None and not {"embed_dim", "hidden_size", "num_layers", "tie_weights"} & given:
+            choices.add("shape")
+    return frozenset(choices)
 
 
 def build_config(args: argparse.Namespace, start=None, notice=lambda m: None) -> RunConfig:
@@ -228,7 +252,8 @@ def run_train(argv: list[str]) -> int:
                 and not a.startswith("--nproc=")]
         return launch(args.nproc, rest)
     out = args.out or os.path.join("runs", Path(cfg.data.corpus).stem)
-    result = train(cfg, out, resume=args.resume, progress=not args.no_progress, log=say, start=start)
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress, log=say, start=start,
+                   choose=planner_choices(args, start))
     return 130 if result.status == "interrupted" else 0
 
 

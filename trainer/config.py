@@ -29,6 +29,7 @@ class DataConfig:
     column: str = "0"  # CSV records: column index or header name
     min_count: int = 1  # word level: rarer words become <unk>
     lowercase: bool = True  # word level: fold case
+    val_sample_chars: int = 100_000  # validation during training reads this much of the split (0 = all of it)
 
 
 @dataclass
@@ -96,6 +97,8 @@ class RunConfig:
             bad(f"--level must be 'char' or 'word', got {d.level!r}")
         if d.min_count < 1:
             bad(f"--min-count must be >= 1, got {d.min_count}")
+        if d.val_sample_chars < 0:
+            bad(f"--val-sample-chars must be >= 0 (0 = the whole validation split), got {d.val_sample_chars}")
         for name in ("embed_dim", "hidden_size", "num_layers"):
             v = getattr(m, name)
             if v < 1 or v > 8192:

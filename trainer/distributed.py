@@ -50,6 +50,10 @@ class Dist:
                 dist.barrier()
             dist.destroy_process_group()
 
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
     def sum(self, *values: float) -> list[float]:
         if not self.enabled:
             return list(values)

@@ -5,8 +5,13 @@ model.onnx's initializers, so fp32 artifacts only: int8 ones keep no float weigh
 (its best checkpoint). The new run inherits the model's shape and level, and its records/running-text
 mode unless --records/--no-records says otherwise;
 its vocabulary is the old one extended by what is new in the new corpus (`Tokenizer.extended`), the
-old embedding and output rows are kept, and each new row starts at the mean of the old ones (with the
-output bias of the rarest old token), so a new token begins as a plausible, unlikely one.
+old embedding and output rows are kept, a new token that is the case twin of an old one ('E' of 'e')
+starts as its twin, and any other new row starts at the mean of the old ones (with the output bias of
+the rarest old token), so a new token begins as a plausible, unlikely one.
+
+The learning rate and warm-up fit the new corpus's size (`fit_to_data`): a few thousand records get a
+gentler rate (0.4x for 20k tokens) that adapts the model without washing out what it knows, a corpus
+of a million tokens or more the rate the model was trained with.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from .model import LSTMLanguageModel
 # first steps on a new corpus do not wash out what the model knows.
 FINETUNE_LR_SCALE = 0.3
 FINETUNE_WARMUP_STEPS = 20
+# fit_to_data: the full starting rate from this many new tokens on, never below MIN_SCALE of it.
+FULL_RATE_TOKENS = 1_000_000
+MIN_SCALE = 0.3
 
 
 @dataclass
@@ -45,9 +53,17 @@ class StartingPoint:
         p = self.provenance
         return f"{p.get('name') or p.get('path')} ({p['kind']})"
 
-    def load_into(self, model: LSTMLanguageModel) -> None:
-        """Copy the weights into `model`, whose vocabulary may be larger (new rows at the end)."""
+    def load_into(self, model: LSTMLanguageModel, tokenizer: Tokenizer | None = None,
+                  counts: np.ndarray | None = None) -> None:
+        """Copy the weights into `model`, whose vocabulary (`tokenizer`, this one extended) may be
+        larger: new rows at the end. A new token with a case twin in the old vocabulary ('E' for 'e')
+        starts as that twin: its embedding and output rows, and the twin's output bias moved by how
+        much rarer or commoner it is in the new corpus (`counts`, per token), so a names model that
+        never saw a capital starts out writing 'E' where it would write 'e' at the start of a name
+        once the first steps have shown where capitals go. Other new tokens start at the mean of the
+        old rows with the output bias of the rarest old token: plausible, unlikely."""
         old = self.tokenizer.vocab_size
+        twins = case_twins(self.tokenizer, tokenizer) if tokenizer is not None else {}
         state = model.state_dict()
         with torch.no_grad():
             for name, target in state.items():
@@ -56,9 +72,29 @@ class StartingPoint:
                     target.copy_(source)
                     continue
                 target[:old] = source  # embedding / head rows of the old vocabulary
-                new_rows = source.min() if name == "head.bias" else source.mean(dim=0)
-                target[old:] = new_rows
+                target[old:] = source.min() if name == "head.bias" else source.mean(dim=0)
+                for new, twin in twins.items():
+                    target[new] = source[twin] + (_log_ratio(counts, new, twin) if name == "head.bias" else 0.0)
         model.load_state_dict(state)
+
+
+def case_twins(old: Tokenizer, new: Tokenizer) -> dict[int, int]:
+    """New token id -> the old id of its case twin (the same token in another case), where one exists."""
+    twins = {}
+    for i in range(old.vocab_size, new.vocab_size):
+        t = new.tokens[i]
+        for other in (t.lower(), t.upper(), t.capitalize(), t.swapcase()):
+            if other != t and other in old.index:
+                twins[i] = old.index[other]
+                break
+    return twins
+
+
+def _log_ratio(counts: np.ndarray | None, new: int, twin: int) -> float:
+    """log(how often the new token occurs / how often its twin does) in the new corpus (0 if unknown)."""
+    if counts is None or counts[new] <= 0 or counts[twin] <= 0:
+        return 0.0
+    return float(np.log(counts[new] / counts[twin]))
 
 
 def load_starting_point(name_or_path: str) -> StartingPoint:
@@ -104,6 +140,15 @@ def finetune_defaults(start: StartingPoint) -> dict[str, dict[str, Any]]:
             "model": {"embed_dim": m.embed_dim, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
                       "tie_weights": m.tie_weights, "dropout": m.dropout, "weight_drop": m.weight_drop},
             "train": {"lr": old.train.lr * FINETUNE_LR_SCALE, "warmup_steps": FINETUNE_WARMUP_STEPS}}
+
+
+def fit_to_data(start: StartingPoint, train_tokens: int, steps_per_epoch: int) -> tuple[float, int]:
+    """Learning rate and warm-up for fine-tuning on `train_tokens` new tokens: the starting model's rate
+    scaled by (tokens / FULL_RATE_TOKENS) ** 0.25 within [MIN_SCALE, 1] (a small corpus is learnt in a
+    few epochs, and a high rate then overwrites what the model knew with what it memorises), and a
+    warm-up of a quarter epoch, 10 to 100 steps (the new rows' first gradients are large)."""
+    scale = min(1.0, max(MIN_SCALE, (train_tokens / FULL_RATE_TOKENS) ** 0.25))
+    return start.config.train.lr * scale, int(min(100, max(10, steps_per_epoch // 4)))
 
 
 def check_shape(cfg: RunConfig, start: StartingPoint) -> None:

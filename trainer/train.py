@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,20 +31,24 @@ import torch.nn.functional as F
 
 from lstmgen import faults
 from lstmgen.errors import LstmgenError
-from lstmgen.manifest import record_hashes
 from lstmgen.scoring import Score, ScoredText, score_text
 from lstmgen.tokenizer import Tokenizer
 
 from . import checkpoint, machine
 from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
-from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, prepare
+from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, training_tokens
+from .prepare import load_prepared, prepare_on_disk
 from .distributed import Dist
 from .model import LSTMLanguageModel
 
-from .finetune import StartingPoint, check_shape
+from .finetune import StartingPoint, check_shape, fit_to_data
+from . import planner
+from .planner import Plan
+from .probe import probe_speed
 
 CALIBRATE_AT = 30  # step at which a --time-budget run fixes its schedule length from measured speed
+REFIT_EVERY = 10  # steps between re-fits of a time-budget plan after that
 NO_LIMIT = 2**62  # a time-budget run without --epochs or --max-steps: the budget alone ends it
 FEW_STEPS = 200  # a plan shorter than this learns little; the user is told
 LOG_POINTS = 100  # the training loss is logged about this often over a run (at most every 50 steps)
@@ -148,10 +154,12 @@ def machine_description(device: torch.device) -> str:
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, interrupt_at_step: int | None = None,
-          clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> TrainResult:
+          clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None,
+          choose: frozenset[str] = frozenset()) -> TrainResult:
     """Train (or resume) a run in run_dir. `interrupt_at_step` simulates Ctrl-C there (for tests);
     `clock` measures training time (tests pass a fake one to drive the time budget by steps); `start`
-    is a fine-tuning starting point (finetune.py).
+    is a fine-tuning starting point (finetune.py); `choose`: what the time-budget planner may set
+    (PLANNED; the CLI passes what the user did not give), nothing by default.
 
     Under torchrun (WORLD_SIZE > 1) this runs data-parallel; see trainer/distributed.py.
     """
@@ -165,7 +173,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = False, p
     completed = False
     try:
         trainer = Trainer(cfg, Path(run_dir), resume=resume, ranks=ranks, device=device, log=log, clock=clock,
-                          start=start)
+                          start=start, progress=progress, choose=choose)
         result = trainer.run(progress=progress, interrupt_at_step=interrupt_at_step)
         completed = True
         return result
@@ -187,13 +195,17 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, *, resume: bool = False, ranks: Dist | None = None,
                  device: torch.device | None = None, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None) -> None:
+                 clock: Callable[[], float] = time.perf_counter, start: StartingPoint | None = None,
+                 progress: bool = False, choose: frozenset[str] = frozenset()) -> None:
         self.cfg, self.t, self.run_dir = cfg, cfg.train, run_dir
         self.ranks = ranks or Dist()
         self.main = self.ranks.is_main
         self.device = device or pick_device(cfg.train.device)
         self.log, self.clock, self.start = log, clock, start
         self.bar = None
+        self.validated_at = -1  # the step of the last validation
+        self.thread_trial: ThreadTrial | None = None  # the planner chose the thread count: re-check it now and then
+        self.threads_probed: tuple[int, float, float] | None = None
         if self.t.threads:
             torch.set_num_threads(self.t.threads)
         if start is not None:
@@ -203,12 +215,16 @@ class Trainer:
         resumed = self.checkpoint_to_resume() if resume else None
         self.init_from = start.provenance if start else (resumed.init_from if resumed else None)
         self.run_id = resumed.run_id if resumed is not None and resumed.run_id else uuid.uuid4().hex
-        self.data = prepare(cfg.data, base_tokenizer=self.base_tokenizer(resumed))
+        self.data = self.prepared_data(self.base_tokenizer(resumed), progress)
         self.tok = self.data.tokenizer
         if resumed is not None and Tokenizer.from_dict(resumed.tokenizer).tokens != self.tok.tokens:
             raise LstmgenError(f"the corpus gives a different vocabulary than the run in {run_dir} was trained on;"
                                " resume with the same corpus")
         cfg.model.vocab_size = self.tok.vocab_size
+        self.pace = Pace()
+        self.plan = self.make_plan(choose) if choose and cfg.train.time_budget and resumed is None else None
+        if start is not None and resumed is None and {"lr", "warmup_steps"} & choose:
+            self.fit_finetuning(choose)
         self.model, self.net, self.opt = self.build_model()
         self.batches = (RecordBatches(self.data.train, self.t.batch_size, self.t.seed, self.tok.eos_id, self.ranks.rank,
                                       self.ranks.world) if self.data.records
@@ -216,12 +232,25 @@ class Trainer:
                                            self.ranks.world))
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.progress = Progress(planned=self.step_cap())
+        if self.plan is not None:  # the probe's seconds are part of the budget
+            self.progress.elapsed = self.pace.probe_s
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None  # running text: state between windows
         if resumed is not None:
             self.restore(resumed)
         self.use_amp = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.host = machine_description(self.device)  # once: every checkpoint records the same machine
+
+    def prepared_data(self, base: Tokenizer | None, progress: bool) -> PreparedData:
+        """The corpus prepared into RUN/data (prepare.py), by rank 0; the other ranks wait, then map it."""
+        folder = self.run_dir / "data"
+        sample = self.cfg.data.val_sample_chars
+        data = None
+        if self.main:
+            data = prepare_on_disk(self.cfg.data, folder, base_tokenizer=base, progress=progress, log=self.log,
+                                   val_sample_chars=sample)
+        self.ranks.barrier()
+        return data if data is not None else load_prepared(folder, sample)
 
     def refuse_to_overwrite(self) -> None:
         if (self.run_dir / checkpoint.LAST).exists():
@@ -253,7 +282,7 @@ class Trainer:
         torch.manual_seed(self.t.seed)
         model = LSTMLanguageModel(self.cfg.model).to(self.device)
         if self.start is not None:
-            self.start.load_into(model)
+            self.start.load_into(model, self.tok, self.data.token_counts)
         if self.ranks.enabled:
             torch.manual_seed(self.t.seed * 1000 + self.ranks.rank)  # same weights everywhere, different dropout per rank
         net = torch.nn.parallel.DistributedDataParallel(model) if self.ranks.enabled else model
@@ -294,8 +323,98 @@ class Trainer:
             torch.manual_seed(self.t.seed * 1000 + rank + 7919 * ckpt.progress.step)
 
     # ------------------------------------------------------------------------------------------------
-    # The plan: how many steps the learning-rate schedule spans
+    # The plan: the shape and batch a time budget buys (planner.py), and how many steps the
+    # learning-rate schedule spans, re-fitted to the measured speed as the run goes
     # ------------------------------------------------------------------------------------------------
+
+    def make_plan(self, choose: frozenset[str]) -> Plan:
+        """Probe the speed of each shape the planner may pick, choose, and set the config to the choice."""
+        m, t, d = self.cfg.model, self.t, self.data
+        # The reference curves are char-level: a word model keeps its level's shape.
+        plan_shape = "shape" in choose and self.tok.level == "char"
+        shapes = planner.SHAPES if plan_shape else [(m.embed_dim, m.hidden_size, m.num_layers)]
+        fixed = {k: getattr(t, k) for k in ("batch_size", "seq_len", "eval_every") if k not in choose}
+        if not plan_shape:
+            fixed["hidden_size"] = m.hidden_size
+        train_tokens = training_tokens(d.train)
+        mean_record = train_tokens / max(1, len(d.train)) if d.records else 0
+        window = max(2, round(mean_record)) if d.records else fixed.get("seq_len", planner.SEQ_LEN)
+        speeds = self.probe_shapes(shapes, fixed.get("batch_size", planner.PROBE_BATCH), window, "threads" in choose)
+        plan = planner.choose(t.time_budget, speeds, corpus_tokens=train_tokens, records=d.records,
+                              mean_record_tokens=mean_record, fixed=fixed,
+                              val_tokens=sum(map(len, d.val)) if d.records else len(d.val), overhead_s=self.pace.probe_s)
+        m.embed_dim, m.hidden_size, m.num_layers = plan.shape
+        t.batch_size, t.seq_len, t.eval_every = plan.batch_size, plan.seq_len, plan.eval_every
+        if m.tie_weights and m.embed_dim != m.hidden_size:
+            m.tie_weights = False
+        self.cfg.validate()
+        return plan
+
+    def probe_shapes(self, shapes: list[tuple[int, int, int]], batch: int, window: int,
+                     threads: bool) -> dict[tuple[int, int, int], float]:
+        """Training tokens/s of each shape (summed over ranks), first picking the thread count if asked;
+        the seconds it took go into the budget (the same figure on every rank, so every rank plans alike)."""
+        started = self.clock()
+        seconds = min(0.6, 0.004 * self.t.time_budget)  # about 1% of the budget in all
+
+        def speed(shape: tuple[int, int, int]) -> float:
+            return self.ranks.sum(probe_speed(shape, self.tok.vocab_size, batch, window, self.device,
+                                              dropout=self.cfg.model.dropout, seconds=seconds))[0]
+
+        if threads:
+            self.pick_threads(lambda: speed(shapes[0]))
+            self.thread_trial = ThreadTrial(self.ranks) if self.threads_probed else None
+        speeds = {shape: speed(shape) for shape in shapes}
+        for small, big in zip(shapes, shapes[1:]):
+            if speeds[small] < speeds[big]:  # another process took the machine during this probe: again
+                speeds[small] = max(speeds[small], speed(small))
+        self.pace.probe_s = self.ranks.sum(self.clock() - started)[0] / self.ranks.world
+        return speeds
+
+    def fit_finetuning(self, choose: frozenset[str]) -> None:
+        """Fine-tuning's learning rate and warm-up, fitted to the new corpus's size (finetune.fit_to_data)."""
+        d = self.data
+        tokens = training_tokens(d.train)
+        windows = len(d.train) if d.records else tokens // max(1, self.t.seq_len)
+        lr, warmup = fit_to_data(self.start, tokens, max(1, windows // self.t.batch_size))
+        if "lr" in choose:
+            self.t.lr = lr
+        if "warmup_steps" in choose:
+            self.t.warmup_steps = warmup
+        self.say(f"fine-tuning on {tokens:,} tokens: learning rate {self.t.lr:.2g}, warm-up {self.t.warmup_steps} steps"
+                 " (--lr and --warmup-steps set them)")
+
+    def pick_threads(self, speed: Callable[[], float]) -> None:
+        """All cores, or one: on a machine where another process keeps a core busy, PyTorch's threads wait
+        on each other and one thread runs twice as fast as two (measured on 2 cores); so measure both."""
+        if self.device.type != "cpu" or torch.get_num_threads() < 2:
+            return
+        default = torch.get_num_threads()
+        every = speed()
+        torch.set_num_threads(1)
+        one = speed()
+        self.threads_probed = (default, every, one)
+        if one > every:
+            self.t.threads = 1
+        else:
+            torch.set_num_threads(default)
+
+    def show_planned(self) -> None:
+        """The planner's choice and the speeds it measured, then its warnings."""
+        plan = self.plan
+        probed = ", ".join(f"hidden {c.shape[1]}: {c.tokens_per_s:,.0f} tokens/s, predicts {c.predicted:.2f}"
+                           for c in sorted(plan.candidates, key=lambda c: c.shape[1]))
+        self.say(f"planned for the {self.t.time_budget:g} s budget: {plan.describe()} (probed in"
+                 f" {self.pace.probe_s:.1f} s: {probed})")
+        if self.threads_probed:
+            n, every, one = self.threads_probed
+            self.say(f"threads: {1 if self.t.threads == 1 else n} ({n} threads ran {every:,.0f} tokens/s, one"
+                     f" {one:,.0f}; --threads sets it)")
+        for w in plan.warnings:
+            self.say(w)
+        self.write_metrics({"plan": {**{k: v for k, v in vars(plan).items() if k not in ("candidates", "warnings")},
+                                     "probe_s": round(self.pace.probe_s, 2),
+                                     "candidates": [vars(c) for c in plan.candidates]}})
 
     def step_cap(self) -> int:
         """Never plan past this: --max-steps, or --epochs passes over the data (none under a bare time budget)."""
@@ -303,28 +422,30 @@ class Trainer:
         cap = epochs * self.steps_per_epoch if epochs else NO_LIMIT
         return min(self.t.max_steps, cap) if self.t.max_steps else cap
 
-    def fit_plan(self, margin: float) -> int:
-        """Steps that fit the time budget at the speed so far (never past the step cap); `margin` keeps
-        a share of the budget for validation and the last checkpoint."""
-        p = self.progress
-        fit = p.step + int((self.t.time_budget - p.elapsed) / max(1e-9, p.elapsed / p.step) * margin)
-        return self.ranks.broadcast_int(max(p.step + 1, min(self.step_cap(), fit)))
+    def fit_plan(self) -> int:
+        """Steps that end the run on its time budget at the pace measured so far (never past the step
+        cap). What is left of the budget pays for the steps, a validation and checkpoint every
+        eval_every steps, and the last one."""
+        p, pace = self.progress, self.pace
+        left = self.t.time_budget - p.elapsed - pace.stretch_s
+        per_step = pace.step_s + pace.stretch_s / self.t.eval_every
+        fit = p.step + max(1, int(left / max(1e-9, per_step))) if left > 0 else p.step + 1
+        return self.ranks.broadcast_int(min(self.step_cap(), fit))
 
     def calibrate(self) -> None:
-        """Under a time budget, fix the plan from the speed measured over the first CALIBRATE_AT steps."""
+        """Under a time budget, fit the plan to the speed measured over the first CALIBRATE_AT steps."""
         p = self.progress
-        p.planned, p.calibrated = self.fit_plan(0.92), True  # keep ~8% for validation
+        p.planned, p.calibrated = self.fit_plan(), True
         self.show_plan()
-        self.say(f"step {p.step}: {p.step / max(1e-9, p.elapsed):.1f} steps/s, planning {p.planned} steps to fit the"
+        self.say(f"step {p.step}: {1 / max(1e-9, self.pace.step_s):.1f} steps/s, planning {p.planned} steps to fit the"
                  f" {self.t.time_budget:g} s budget")
-        if p.planned < FEW_STEPS:
+        if p.planned < min(FEW_STEPS, self.step_cap()):
             self.say(f"warning: {p.planned} steps is too few to learn much; give a longer --time-budget or a smaller"
-                     " model")
+                     " model (--hidden-size, --batch-size)")
 
     def refit(self) -> None:
-        """Re-fit the plan to the speed seen so far (the machine may be busier or quieter than at
-        calibration); validation time is inside `elapsed` from here on."""
-        self.progress.planned = self.fit_plan(0.95)
+        """Re-fit the plan to the pace seen lately (the machine may be busier or quieter than before)."""
+        self.progress.planned = self.fit_plan()
         self.show_plan()
 
     def show_plan(self) -> None:
@@ -392,6 +513,7 @@ class Trainer:
     def validate(self) -> Score:
         """Score the validation split (summed over ranks), log it, and save best.pt on improvement."""
         p, ranks = self.progress, self.ranks
+        self.validated_at = p.step
         part = evaluate(self.model, self.data, self.t.eval_streams, self.device, ranks.rank, ranks.world)
         nats, tokens = ranks.sum(part.nats, part.tokens)
         score = Score(nats, int(tokens), part.chars)
@@ -406,9 +528,15 @@ class Trainer:
         else:
             p.bad_evals += 1
         bpc = f", {score.bits_per_char:.3f} bits/char" if self.tok.level == "char" else ""
+        of = f" of {self.t.time_budget:g}" if self.t.time_budget else ""
         self.say(f"step {p.step}: validation {p.last_val:.4f} nats/token, perplexity {score.perplexity:.2f}{bpc}"
-                 f"{' (best)' if improved else ''}")
+                 f"{' (best)' if improved else ''} [{p.elapsed:.0f}{of} s, {self.pace_text()}]")
         return score
+
+    def pace_text(self) -> str:
+        planned = f"{self.progress.planned:,}" if self.progress.planned < NO_LIMIT else "?"
+        speed = f", {1 / self.pace.step_s:.1f} steps/s" if self.pace.step_s > 0 else ""
+        return f"step {self.progress.step:,}/{planned}{speed}"
 
     def samples(self) -> list[str]:
         from .reference import torch_generate
@@ -452,9 +580,12 @@ class Trainer:
         if checkpoint.remove_stale_temporaries(self.run_dir):
             self.log(f"removed temporary files of an interrupted checkpoint write in {self.run_dir}")
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1) + "\n")
-        (self.run_dir / "val.txt").write_text(self.data.val_text, encoding="utf-8")
-        if self.data.all_records is not None:
-            record_hashes(self.data.all_records).astype("<u8").tofile(self.run_dir / "records.u64")
+        if self.data.val_path is not None:
+            shutil.copyfile(self.data.val_path, self.run_dir / "val.txt")
+        else:
+            (self.run_dir / "val.txt").write_text(self.data.val_text, encoding="utf-8")
+        if self.data.record_hashes is not None:
+            self.data.record_hashes.astype("<u8").tofile(self.run_dir / "records.u64")
         self.metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
     def write_metrics(self, row: dict) -> None:
@@ -476,6 +607,8 @@ class Trainer:
         self.say(f"{'records' if d.records else 'running text'}, {tok.level} level, vocabulary {tok.vocab_size},"
                  f" {n_params / 1e6:.2f}M parameters, {self.steps_per_epoch} steps/epoch, planning"
                  f" {self.describe_plan()} on {self.device}" + (f" x {self.ranks.world} processes" if self.ranks.enabled else ""))
+        if self.plan is not None:
+            self.show_planned()
         if self.start is not None:
             kept = self.start.tokenizer.vocab_size
             self.say(f"fine-tuning from {self.start.description}: {kept} tokens kept, {tok.vocab_size - kept} new")
@@ -496,7 +629,7 @@ class Trainer:
         """Train until the plan, the epochs, the time budget, early stopping or a signal ends it."""
         self.open_run_folder()
         p = self.progress
-        if progress:
+        if progress and sys.stderr.isatty():  # a bar on a terminal; in a log, the validation lines say how it goes
             from tqdm.auto import tqdm
 
             total = None if self.t.time_budget and not p.calibrated else p.planned
@@ -527,6 +660,9 @@ class Trainer:
             faults.pause("train-step")  # crash tests kill the process at an exact step here
             now = self.clock()
             p.elapsed += now - last_clock
+            self.pace.step(now - last_clock)
+            if self.thread_trial is not None:
+                self.thread_trial.step(p.step, now - last_clock)
             last_clock = now
             window.add(loss, tokens)
             self.show_step(loss, window.tokens_per_s(now))
@@ -535,13 +671,19 @@ class Trainer:
                                     "elapsed": round(p.elapsed, 2)})
             if t.time_budget and not p.calibrated and p.step >= CALIBRATE_AT:
                 self.calibrate()
+            elif t.time_budget and p.calibrated and self.pace.steady() and p.step % REFIT_EVERY == 0:
+                self.refit()
             validating = p.step % t.eval_every == 0 or p.step >= p.planned
             if t.sample_every and p.step % t.sample_every == 0 and self.main:
                 self.print_samples(loss, validating)
             if validating:
                 self.checkpoint_stretch()
-                if not t.time_budget:
-                    last_clock = self.clock()  # without a budget, validation time is not training time
+                last_clock = self.clock()
+                self.pace.stretch_s = last_clock - now
+                if t.time_budget:  # under a budget validation is spent time too; without one it is not training
+                    p.elapsed += last_clock - now
+                    if p.calibrated and self.pace.steady() and p.step < p.planned:
+                        self.refit()
                 if t.patience and p.bad_evals >= t.patience:
                     return "early-stopped"
             if interrupt_at_step is not None and p.step == interrupt_at_step:
@@ -561,17 +703,14 @@ class Trainer:
             self.say(f"step {self.progress.step}: samples above (training loss {loss:.4f})")
 
     def checkpoint_stretch(self) -> None:
-        """End of a stretch of eval_every steps: validate, re-fit a time-budget plan, save last.pt."""
-        p = self.progress
+        """End of a stretch of eval_every steps: validate, save last.pt."""
         self.validate()
-        if self.t.time_budget and p.calibrated and p.step < p.planned:
-            self.refit()
         self.save(checkpoint.LAST)
 
     def finish(self, status: str) -> None:
         """Validate where the last validation is stale, write last.pt (and best.pt if none), the curve."""
         p = self.progress
-        if status == "budget" and p.step % self.t.eval_every != 0:
+        if status == "budget" and self.validated_at != p.step:
             self.validate()
         self.save(checkpoint.LAST)
         if self.ranks.broadcast_int(int(self.main and not (self.run_dir / checkpoint.BEST).exists())):
@@ -587,6 +726,85 @@ class Trainer:
             met = "" if not self.t.target else f" (target {self.t.target:g} {'met' if p.best_val <= self.t.target else 'not met'})"
             self.log(f"{status} at step {p.step}: best validation {p.best_val:.4f} nats/token at step {p.best_step}{met};"
                      f" checkpoints in {self.run_dir}")
+
+
+class Pace:
+    """How long things take in this run: a training step (the recent pace, weighted towards the last
+    ~20 steps, so a plan follows a machine that gets busier or quieter), a validation with its
+    checkpoint, and the start-up speed probe."""
+
+    RECENT = 0.05  # weight of the newest step once the first CALIBRATE_AT have set the pace
+
+    def __init__(self) -> None:
+        self.step_s, self.stretch_s, self.probe_s, self.steps = 0.0, 0.0, 0.0, 0
+
+    def step(self, seconds: float) -> None:
+        self.steps += 1
+        weight = 1 / self.steps if self.steps <= CALIBRATE_AT else self.RECENT
+        self.step_s += weight * (seconds - self.step_s)
+
+    def steady(self) -> bool:
+        """Enough steps measured in this process to re-fit on (a resumed run measures afresh)."""
+        return self.steps >= REFIT_EVERY
+
+
+class ThreadTrial:
+    """Keeps the thread count that the planner picked right as the machine changes. Another process
+    that takes a core makes PyTorch's threads wait on each other (on 2 cores, one thread then ran up to
+    50x faster than two); when it leaves, all cores are faster again. So now and then TRIAL steps run
+    with the other count (all cores, or one) and the faster count is kept: every EVERY steps, and as
+    soon as the last TRIAL steps ran SLOWER times slower than after the last decision (one process
+    only: in a data-parallel run every rank must switch at the same step, so only the step count
+    triggers a trial there).
+
+        watching: the last TRIAL step times  ->  trial: switch, 1 step to settle, TRIAL - 1 timed
+        ->  keep the faster count, watch again
+    """
+
+    EVERY, TRIAL, SLOWER = 300, 10, 2.0
+    PERIOD_S = 60.0  # one process: a periodic trial at most this often (the other count may be far slower)
+
+    def __init__(self, ranks: Dist) -> None:
+        self.ranks = ranks
+        self.cores = max(torch.get_num_threads(), os.cpu_count() or 1)
+        self.recent: list[float] = []  # the last TRIAL step times while watching
+        self.during: list[float] | None = None  # step times of a trial in progress
+        self.before = self.ref = 0.0  # mean step time before the trial; after the last decision
+        self.decided_at, self.since_s = 0, 0.0  # the step of the last decision, seconds of steps since
+
+    def step(self, step: int, seconds: float) -> None:
+        if self.during is not None:
+            self.during.append(seconds)
+            # a trial whose count is far slower ends at its first timed step: it may cost seconds a step
+            far_slower = not self.ranks.enabled and len(self.during) >= 2 and seconds > 3 * self.before
+            if len(self.during) == self.TRIAL or far_slower:
+                self.decide(step)
+            return
+        self.since_s += seconds
+        self.recent = [*self.recent, seconds][-self.TRIAL:]
+        if len(self.recent) < self.TRIAL:
+            return
+        mean = sum(self.recent) / self.TRIAL
+        self.ref = self.ref or mean
+        if self.ranks.enabled:  # every rank must switch at the same step: the step count alone decides
+            due = step - self.decided_at >= self.EVERY
+        else:
+            due = mean > self.SLOWER * self.ref or (step - self.decided_at >= self.EVERY
+                                                      and self.since_s >= self.PERIOD_S)
+        if due:
+            self.before, self.during = mean, []
+            self.switch()
+
+    def switch(self) -> None:
+        torch.set_num_threads(1 if torch.get_num_threads() > 1 else self.cores)
+
+    def decide(self, step: int) -> None:
+        timed = self.during[1:]  # the first step after a switch pays for it
+        before, during = self.ranks.sum(self.before, sum(timed) / len(timed))
+        if during > before:  # the other count was slower: go back
+            self.switch()
+        self.ref, self.decided_at, self.since_s = min(before, during) / self.ranks.world, step, 0.0
+        self.during, self.recent = None, []
 
 
 class LossWindow:
