@@ -73,7 +73,7 @@ def _add_score(sub) -> None:
     s.add_argument("--segments", "--streams", dest="segments", type=int, default=1,
                    help="running text: score in this many contiguous segments, each from a fresh state (default:"
                         " %(default)s). It changes the figure: each segment's first tokens are predicted with no"
-                        " context. Training validates with the run's eval_streams; pass that to reproduce its figure")
+                        " context. Training validates with the run's eval_segments; pass that to reproduce its figure")
     s.add_argument("--per-line", action="store_true",
                    help="one score per line (records: per record), to rank candidates; JSON lines with --json (default: one score)")
     s.add_argument("--strict", action="store_true",

@@ -47,7 +47,7 @@ def tiny_config(corpus: Path, level: str = "char", records: bool = False, **trai
     cfg.data.corpus, cfg.data.level, cfg.data.records = str(corpus), level, records
     cfg.model.embed_dim, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.dropout = 16, 32, 2, 0.1
     cfg.train.batch_size, cfg.train.seq_len, cfg.train.warmup_steps = 16, 32, 5
-    cfg.train.max_steps, cfg.train.eval_every, cfg.train.eval_streams, cfg.train.threads = 40, 20, 4, 1
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.eval_segments, cfg.train.threads = 40, 20, 4, 1
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg

@@ -100,7 +100,7 @@ def test_memmap_batches_and_first_steps_are_bit_identical_to_arrays(small_corpor
         assert torch.equal(v, in_memory.model.state_dict()[k]), k
     from lstmgen.trainer.train import evaluate
 
-    scores = [evaluate(t.model, t.data, cfg.train.eval_streams, t.device) for t in (on_disk, in_memory)]
+    scores = [evaluate(t.model, t.data, cfg.train.eval_segments, t.device) for t in (on_disk, in_memory)]
     assert scores[0] == scores[1]
 
 

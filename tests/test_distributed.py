@@ -16,7 +16,7 @@ def _recipe(tmp_path, corpus, max_steps):
     p = tmp_path / f"recipe{max_steps}.toml"
     p.write_text(f'[data]\ncorpus = "{corpus}"\n[model]\nembed_dim = 16\nhidden_size = 32\ndropout = 0.0\n'
                  f"[train]\nbatch_size = 8\nseq_len = 32\nmax_steps = {max_steps}\neval_every = 10\n"
-                 "warmup_steps = 3\neval_streams = 4\nthreads = 1\n")
+                 "warmup_steps = 3\neval_streams = 4\nthreads = 1\n")  # eval_segments' old name: still read
     return p
 
 

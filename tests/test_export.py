@@ -24,7 +24,7 @@ def test_export_parity_and_engine_score_equals_training_validation(tiny_models, 
     assert abs(m.export["val_nats_per_token_fp32"] - m.training["val_nats_per_token"]) < 1e-4
     gen = Generator.load(art)
     val = (run / "val.txt").read_text()
-    score = gen.score(val, streams=m.training["eval_streams"])
+    score = gen.score(val, segments=m.training["eval_segments"])
     assert abs(score.nats_per_token - m.training["val_nats_per_token"]) < 1e-4
 
 

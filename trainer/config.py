@@ -57,7 +57,7 @@ class TrainConfig:
     time_budget: float = 0.0  # ... or this many seconds of training (0 = no limit), whichever first
     eval_every: int = 200  # steps between validations (and checkpoints)
     patience: int = 5  # early stop after this many validations without improvement (0 = never)
-    eval_streams: int = 16  # running text: validation runs this many contiguous streams in parallel
+    eval_segments: int = 16  # running text: validation reads this many contiguous segments side by side
     seed: int = 1337  # weights, dropout and batch order
     device: str = "auto"  # "auto", "cpu" or "cuda"
     threads: int = 0  # torch CPU threads (0 = torch's default)
@@ -125,8 +125,8 @@ class RunConfig:
             bad(f"--max-steps must be >= 0 (0 = no limit), got {t.max_steps}")
         if t.time_budget < 0:
             bad(f"--time-budget must be >= 0 seconds (0 = no limit), got {t.time_budget}")
-        if t.eval_every < 1 or t.patience < 0 or t.eval_streams < 1:
-            bad("--eval-every and eval_streams must be >= 1 and --patience >= 0")
+        if t.eval_every < 1 or t.patience < 0 or t.eval_segments < 1:
+            bad("--eval-every and eval_segments must be >= 1 and --patience >= 0")
         if t.device not in ("auto", "cpu", "cuda"):
             bad(f"--device must be auto, cpu or cuda, got {t.device!r}")
         if t.target < 0:
@@ -149,6 +149,10 @@ class RunConfig:
         return [d for d in self.differences(other) if tuple(d.split(":")[0].split(".")) in FIXED_ON_RESUME]
 
 
+# Settings that were renamed: recipes, config.json files and checkpoints written with the old name still load.
+RENAMED = {("train", "eval_streams"): "eval_segments"}
+
+
 def apply_overrides(cfg: RunConfig, values: dict[str, Any], source: str) -> None:
     """Set cfg.section.field from {'section': {'field': value}} with type checks."""
     for section, items in values.items():
@@ -159,7 +163,7 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any], source: str) -> None
         target = getattr(cfg, section)
         known = {f.name: f for f in fields(target)}
         for key, value in items.items():
-            key = key.replace("-", "_")
+            key = RENAMED.get((section, key.replace("-", "_")), key.replace("-", "_"))
             if key not in known:
                 raise LstmgenError(f"{source}: unknown setting {section}.{key} (known: {', '.join(known)})")
             current = getattr(target, key)

@@ -185,7 +185,7 @@ def training_record(ckpt: Checkpoint, cfg: RunConfig, ckpt_path: Path, steps_run
               "epochs_started": p.epoch + 1, "train_seconds": round(p.elapsed, 1), "machine": ckpt.machine,
               "checkpoint": ckpt_path.name,
               "val_nats_per_token": p.best_val if ckpt_path.name == checkpoint.BEST else p.last_val,
-              "eval_streams": cfg.train.eval_streams, "config": cfg.to_dict()}
+              "eval_segments": cfg.train.eval_segments, "config": cfg.to_dict()}
     if ckpt.init_from is not None:
         record["init_from"] = ckpt.init_from
     return record
@@ -201,7 +201,7 @@ def _score_file(onnx_path: Path, manifest: Manifest, val_text: str, cfg: RunConf
         m.records_sha256 = None
         (folder / MANIFEST_FILE).write_text(m.to_json(), encoding="utf-8")
         gen = Generator.load(folder, device="cpu")
-        return gen.score(val_text, streams=cfg.train.eval_streams).nats_per_token
+        return gen.score(val_text, segments=cfg.train.eval_segments).nats_per_token
 
 
 def _default_max_tokens(records: bool, tok: Tokenizer, val_text: str | None) -> int:

@@ -514,7 +514,7 @@ class Trainer:
         """Score the validation split (summed over ranks), log it, and save best.pt on improvement."""
         p, ranks = self.progress, self.ranks
         self.validated_at = p.step
-        part = evaluate(self.model, self.data, self.t.eval_streams, self.device, ranks.rank, ranks.world)
+        part = evaluate(self.model, self.data, self.t.eval_segments, self.device, ranks.rank, ranks.world)
         nats, tokens = ranks.sum(part.nats, part.tokens)
         score = Score(nats, int(tokens), part.chars)
         p.last_val = score.nats_per_token
