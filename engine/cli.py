@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 # The options of `lstmgen generate`, in --help order; their flags and help come from lstmgen.options.
 GENERATE_FLAGS = ("num", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                   "repetition_window", "frequency_penalty", "presence_penalty", "seed", "stop", "bias", "ban",
-                  "echo", "logprobs", "allow_unk")
+                  "echo", "logprobs", "allow_unk", "regex", "min_length", "max_length")
 
 
 def _add_generate(sub) -> None:
@@ -201,6 +201,11 @@ def cmd_generate(args) -> int:
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
     if args.prompt and gen.tokenizer.fold(args.prompt) != args.prompt:
         print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
+    if args.regex is not None and gen.tokenizer.folds_case:
+        print("lstmgen: note: this model's vocabulary is lower case; the pattern is matched ignoring case", file=sys.stderr)
+    hint = gen.prompt_hint(args.prompt)
+    if hint:
+        print(f"lstmgen: hint: {hint}", file=sys.stderr)
     options = {name: getattr(args, name) for name in GENERATE_FLAGS}
     options["bias"] = _parse_bias(args.bias) or None
     options["num"] = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
@@ -217,6 +222,7 @@ def cmd_generate(args) -> int:
         out = gen.generate(prompt=args.prompt, prompts=prompts, progress=bar.update, **options)
     groups = out if prompts is not None else [out]
     _warn_if_few_novel(groups, options)
+    _warn_if_cut(groups, options, gen)
     if args.json:
         _print_json(gen, groups, prompts, options)
     else:
@@ -242,15 +248,29 @@ def _warn_if_few_novel(groups: list[list], options: dict) -> None:
               " (raise --temperature, or add --allow-known)", file=sys.stderr)
 
 
+def _warn_if_cut(groups: list[list], options: dict, gen) -> None:
+    """A pattern the model finds unlikely can run into --max-tokens: say so rather than print cut samples silently."""
+    cut = [s for g in groups for s in g if s.pattern_accepted is False]
+    if cut:
+        limit = gen.settings(max_tokens=options["max_tokens"])["max_tokens"]
+        print(f"lstmgen: warning: {len(cut)} of {sum(len(g) for g in groups)} samples were cut at --max-tokens {limit}"
+              " before they matched the pattern (the model finds it unlikely; raise --max-tokens or --temperature)",
+              file=sys.stderr)
+
+
 def _print_json(gen, groups: list[list], prompts: list[str] | None, options: dict) -> None:
     """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs) and
-    'finish_reasons' beside them (why each sample ended: end_of_record, stop_string, length)."""
+    'finish_reasons' beside them (why each sample ended: end_of_record, stop_string, length, pattern_end);
+    with a pattern, 'pattern_accepted' too (false: cut before it matched)."""
     detailed = options["logprobs"] is not None
     samples = [[s.to_dict() if detailed else s.text for s in g] for g in groups]
     reasons = [[s.finish_reason for s in g] for g in groups]
     one = prompts is None
     body = {"samples": samples[0], "finish_reasons": reasons[0]} if one else {
         "prompts": prompts, "samples": samples, "finish_reasons": reasons}
+    if any(options.get(name) is not None for name in ("regex", "min_length", "max_length")):
+        accepted = [[s.pattern_accepted for s in g] for g in groups]
+        body["pattern_accepted"] = accepted[0] if one else accepted
     from .options import SAMPLING_OPTIONS
 
     settings = {**gen.sampling(**{o.name: options[o.name] for o in SAMPLING_OPTIONS}).__dict__,

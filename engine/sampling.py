@@ -87,15 +87,19 @@ class RowRandom:
 
 class RowSampler:
     """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history,
-    counts of written tokens (frequency and presence penalties).
+    counts of written tokens (frequency and presence penalties), and each row's state in the request's
+    pattern automaton (lstmgen.patterns), if it has one.
 
     The decode loop (lstmgen.decoding) samples every row through this, so a request gets the same
     tokens whether it runs alone or shares a batch with others.
     """
 
     def __init__(self, params: SamplingParams, seed: int, rows: range | list[int], context: Sequence[int],
-                 banned: Sequence[int] = (), bias: dict[int, float] | None = None) -> None:
+                 banned: Sequence[int] = (), bias: dict[int, float] | None = None, pattern=None,
+                 pattern_start: int = 0) -> None:
         self.params = params
+        self.pattern = pattern  # a TokenAutomaton: tokens it does not allow are masked before sampling
+        self.pattern_states = np.full(len(rows), pattern_start, dtype=np.int64) if pattern is not None else None
         self.rng = RowRandom(seed, rows)
         self.banned = list(banned)
         self.bias_ids = np.array(list(bias or {}), dtype=np.int64)
@@ -122,14 +126,31 @@ class RowSampler:
             self._penalise_written(logits, active)
         if self.banned:
             logits[:, self.banned] = -np.inf
+        if self.pattern is not None:  # masked, so temperature, top-k and top-p act on what the pattern allows
+            states = self.pattern_states[active]
+            np.copyto(logits, -np.inf, where=~self.pattern.allowed[states])
         history = None if self.history is None else self.history[active]
         tokens = sample_rows(logits, u, self.params, history)
+        if self.pattern is not None:
+            self.pattern_states[active] = self.pattern.next[states, tokens]
         if self.history is not None:
             self.history[active, :-1] = self.history[active, 1:]
             self.history[active, -1] = tokens
         if self.counts is not None:
             self.counts[active, tokens] += 1
         return tokens
+
+    def allowed(self, active: np.ndarray) -> np.ndarray | None:
+        """bool [len(active), vocab]: what the pattern allows each active row to write next (None: no pattern)."""
+        return None if self.pattern is None else self.pattern.allowed[self.pattern_states[active]]
+
+    def pattern_ended(self, active: np.ndarray) -> np.ndarray | None:
+        """Which active rows are in a state that allows nothing more (running text ends there); None: no pattern."""
+        return None if self.pattern is None else self.pattern.terminal[self.pattern_states[active]]
+
+    def pattern_accepted(self) -> np.ndarray | None:
+        """Per row: whether the pattern accepts what the row has written so far (None: no pattern)."""
+        return None if self.pattern is None else self.pattern.accepting[self.pattern_states]
 
     def _penalise_written(self, logits: np.ndarray, active: np.ndarray) -> None:
         """OpenAI's formula: logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty,

@@ -16,6 +16,8 @@ export const OPTIONS = [
   "always": true,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [0, 100]"
  },
  {
@@ -31,6 +33,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 1000000]"
  },
  {
@@ -46,6 +50,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in (0, 1]"
  },
  {
@@ -61,6 +67,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [0, 1)"
  },
  {
@@ -76,6 +84,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [1, 10]"
  },
  {
@@ -91,6 +101,8 @@ export const OPTIONS = [
   "always": true,
   "js_applies": false,
   "dependsOn": "repetition_penalty",
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [1, 4096]"
  },
  {
@@ -106,6 +118,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [-2, 2]"
  },
  {
@@ -121,6 +135,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [-2, 2]"
  },
  {
@@ -136,6 +152,8 @@ export const OPTIONS = [
   "always": true,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [1, 100000]"
  },
  {
@@ -151,6 +169,8 @@ export const OPTIONS = [
   "always": true,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [1, 100000]"
  },
  {
@@ -166,6 +186,8 @@ export const OPTIONS = [
   "always": true,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 2^63)"
  },
  {
@@ -181,6 +203,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a text or a list of texts, none empty, at most 16"
  },
  {
@@ -196,6 +220,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
  },
  {
@@ -211,6 +237,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 20]"
  },
  {
@@ -226,6 +254,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
  },
  {
@@ -241,6 +271,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a text or a list of texts, none empty, at most 10000"
  },
  {
@@ -256,6 +288,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an object mapping token text to a number in [-100, 100]"
  },
  {
@@ -271,6 +305,8 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an object mapping token ids to a number in [-100, 100]"
  },
  {
@@ -286,6 +322,59 @@ export const OPTIONS = [
   "always": false,
   "js_applies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
+ },
+ {
+  "name": "regex",
+  "js": "regex",
+  "kind": "text",
+  "low": null,
+  "high": 1000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": false,
+  "describe": "a non-empty text of at most 1000 characters"
+ },
+ {
+  "name": "min_length",
+  "js": "minLength",
+  "kind": "int",
+  "low": 1,
+  "high": 10000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": true,
+  "describe": "an integer in [1, 10000]"
+ },
+ {
+  "name": "max_length",
+  "js": "maxLength",
+  "kind": "int",
+  "low": 1,
+  "high": 10000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": true,
+  "describe": "an integer in [1, 10000]"
  }
 ];

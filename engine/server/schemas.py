@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
+from ..decoding import FinishReason
 from ..options import BY_NAME, NATIVE, OPENAI, Option, on_surface
 from .limits import Limits
 
@@ -48,6 +49,8 @@ def option_field(o: Option, high=None) -> tuple[Any, Any]:
         return Optional[bool], Field(None, description=doc)
     if o.kind == "texts":
         return Union[NonEmptyText, Annotated[list[NonEmptyText], Field(max_length=int(high))], None], Field(None, description=doc)
+    if o.kind == "text":
+        return Optional[Annotated[str, StringConstraints(min_length=1, max_length=int(high))]], Field(None, description=doc)
     value = Annotated[float, Field(ge=o.low, le=high)]
     key = NonEmptyText if o.kind == "text_map" else TokenIdKey
     return Optional[dict[key, value]], Field(None, description=doc)
@@ -203,15 +206,22 @@ class TopToken(BaseModel):
 class TokenLogprobOut(BaseModel):
     token: str
     id: int
-    logprob: float
+    logprob: float = Field(description="under the model's own distribution (temperature 1, nothing filtered)")
     top: list[TopToken]
+    constrained_logprob: Optional[float] = Field(None, description="with a pattern: under the model's distribution"
+                                                 " restricted to the tokens the pattern allowed, renormalised")
+
+
+FinishReasonOut = Literal[FinishReason.ALL]
 
 
 class SampleOut(BaseModel):
     text: str
-    finish_reason: Literal["end_of_record", "stop_string", "length", "cancelled"]
+    finish_reason: FinishReasonOut
     prompt_tokens: int
     completion_tokens: int
+    pattern_accepted: Optional[bool] = Field(None, description="with a pattern: whether it accepted what was written"
+                                             " (false: cut at max_tokens before it matched)")
     logprobs: Optional[list[TokenLogprobOut]] = None
     total_logprob: Optional[float] = None
 
@@ -220,9 +230,6 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(description="the prompts' tokens as the model read them, each prompt counted once")
     completion_tokens: int = Field(description="tokens the model wrote, a record's end marker included")
     total_tokens: int
-
-
-FinishReasonOut = Literal["end_of_record", "stop_string", "length", "cancelled"]
 
 
 class GenerateResponse(BaseModel):
