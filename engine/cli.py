@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a trained run to an ONNX artifact (needs the 'train' extra)", add_help=False)
     sub.add_parser("bench", help="measure tokens/s of the engine against PyTorch", add_help=False)
 
-    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_info_and_list):
+    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_compile_pattern,
+                _add_info_and_list):
         add(sub)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -129,6 +130,24 @@ def _add_add_graph(sub) -> None:
     a.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+PATTERN_FLAGS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
+
+
+def _add_compile_pattern(sub) -> None:
+    """`lstmgen compile-pattern`: a pattern's tables for generate.onnx callers (js/, other runtimes)."""
+    from .options import add_cli_flags
+
+    c = sub.add_parser("compile-pattern", help="compile --regex / --min-length / --max-length into the tables"
+                       " generate.onnx takes (for the JavaScript module and other runtimes)",
+                       description="Write a pattern compiled over a model's vocabulary as JSON (lstmgen.patterns):"
+                                   " pass it as `pattern` to js/lstmgen.mjs's generate. It depends on the bans"
+                                   " (--ban, --allow-unk): give the same ones to generate.")
+    c.add_argument("model", help="artifact folder or shipped model name")
+    add_cli_flags(c, PATTERN_FLAGS)
+    c.add_argument("--out", default="-", help="file to write (default: standard output)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def _add_info_and_list(sub) -> None:
     """`lstmgen info` and `lstmgen list`: what an artifact is, which models ship."""
     i = sub.add_parser("info", help="describe an artifact (with no MODEL: list the shipped models)")
@@ -165,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return module.main(argv)
         args = _parser().parse_args(argv)
         commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
-                    "inspect": cmd_inspect, "add-graph": cmd_add_graph}
+                    "inspect": cmd_inspect, "add-graph": cmd_add_graph, "compile-pattern": cmd_compile_pattern}
         return commands[args.command](args)
     except LstmgenError as e:
         if debug:
@@ -417,6 +436,28 @@ def cmd_add_graph(args) -> int:
         folder = resolve_model(name)
         add_generation_graph(folder)
         print(f"wrote {folder / 'generate.onnx'}")
+    return 0
+
+
+def cmd_compile_pattern(args) -> int:
+    from .generator import Generator
+
+    gen = Generator.load(args.model, device="cpu")
+    pattern = gen.pattern(**{name: getattr(args, name) for name in PATTERN_FLAGS})
+    if pattern is None:
+        raise LstmgenError("give a pattern: --regex, --min-length or --max-length")
+    text = json.dumps(pattern.to_dict(gen.manifest.name or gen.folder.name), separators=(",", ":"))
+    if args.out == "-":
+        print(text)
+        return 0
+    try:
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
+    except OSError as e:
+        raise LstmgenError(f"cannot write {args.out} ({e.strerror}); check the path") from None
+    print(f"wrote {args.out}: {pattern.states} states", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,8 @@
 // Browser (or any fetch-capable) loader: an artifact folder at a URL -> a Generator on onnxruntime-web.
 // The runtime is passed in, so the page decides where onnxruntime-web and its .wasm files come from.
-import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact } from "./lstmgen.mjs";
+import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact } from "./lstmgen.mjs";
 
-export { Generator, LstmgenError };
+export { Generator, LstmgenError, Pattern };
 
 async function fetchBytes(url, init) {
   const response = await fetch(url, init);
