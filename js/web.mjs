@@ -35,3 +35,15 @@ export async function load(ort, folderUrl, init = {}) {
   });
   return new Generator(ort, session, manifest);
 }
+
+/** A compiled pattern (what `lstmgen compile-pattern` writes, or POST /v1/pattern answers) at a URL. */
+export async function fetchPattern(url, init = {}) {
+  const bytes = await fetchBytes(url, init);
+  if (bytes === null) throw new LstmgenError(`no pattern file at ${url} (write it with \`lstmgen compile-pattern\`)`);
+  try {
+    return new Pattern(JSON.parse(new TextDecoder().decode(bytes)));
+  } catch (e) {
+    if (e instanceof LstmgenError) throw e;
+    throw new LstmgenError(`${url} is not valid JSON (${e.message}); write it with \`lstmgen compile-pattern\``);
+  }
+}

@@ -28,6 +28,7 @@ TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
 MAX_PROMPTS = 256  # prompts in one request
 MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
 MAX_CHOSEN_CELLS = 8
+PATTERN_FIELDS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
 
 
 # -- one field per option ------------------------------------------------------------------------------
@@ -115,6 +116,8 @@ class Schemas:
             best_of=(Optional[Literal[1]], Field(None, description="not supported: 1 or left out")),
             **_option_fields(OPENAI, caps, rename=True))
         model = _model_field(served)
+        self.pattern = create_model("PatternRequest", __config__=STRICT, model=_model_field(served),
+                                    **{name: option_field(BY_NAME[name]) for name in PATTERN_FIELDS})
         self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
         self.inspect = create_model("InspectRequest", __base__=InspectRequest, model=model)
         self.served = served
