@@ -28,6 +28,7 @@ from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
 RARE_START = 1e-3  # a records model that gives a prompt's first token less than this hardly ever starts a record so
+CASE_RATIO = 10  # ... and one that starts records 10 times more often with its other case wants that case
 PROMPT_ROW_STRIDE = 2**32  # prompt i of a call samples rows i * stride, i * stride + 1, ...
 
 
@@ -128,15 +129,15 @@ class Generator:
             return None
         p = self._first_token_probabilities()
         first = self.tokenizer.tokens[ids[0]]
-        if p[ids[0]] >= RARE_START:
-            return None
         swapped = self.tokenizer.index.get(first.swapcase())
-        if swapped is not None and p[swapped] >= RARE_START:
+        if swapped is not None and swapped != ids[0] and p[swapped] >= CASE_RATIO * max(p[ids[0]], RARE_START):
             case = "a capital letter" if first.swapcase().isupper() else "a lower-case letter"
             better = first.swapcase() + self.tokenizer.decode(ids)[len(first):]
-            return f"this model's records begin with {case}, almost never {first!r}: try the prompt {better!r}"
-        return (f"this model's records almost never begin with {first!r} (probability {p[ids[0]]:.1g}); expect samples"
-                " unlike them")
+            return f"this model's records begin with {case}, hardly ever {first!r}: try the prompt {better!r}"
+        if p[ids[0]] < RARE_START:
+            return (f"this model's records almost never begin with {first!r} (probability {p[ids[0]]:.1g}); expect"
+                    " samples unlike them")
+        return None
 
     def _first_token_probabilities(self) -> np.ndarray:
         if getattr(self, "_first_probs", None) is None:
