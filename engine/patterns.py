@@ -47,6 +47,7 @@ from .options import OptionError, option
 from .tokenizer import Detokenizer, Tokenizer
 
 MAX_STATES = 20_000  # automaton states at most: beyond, a pattern (or bound) is refused, not slowly compiled
+MAX_POSITIONS = 2_000  # characters a pattern spells out, repeats expanded ('a{3}' is 3): beyond, refused
 CACHE_SIZE = 64  # compiled automata kept
 FORMAT = "lstmgen-pattern"  # what `lstmgen compile-pattern` writes (js/lstmgen.mjs reads it)
 FORMAT_VERSION = 1
@@ -120,10 +121,34 @@ def check_regex(regex: str) -> str:
     except re.error as e:
         where = f" at position {e.pos}" if e.pos is not None else ""
         raise bad(f"is not a valid regular expression: {e.msg}{where}") from None
+    except (OverflowError, RecursionError) as e:  # a huge repeat count, or nesting deeper than Python parses
+        raise bad(f"is not a valid regular expression: {e}") from None
     construct = _not_regular(tree)
     if construct:
         raise bad(f"uses {construct}, which is not supported ({UNSUPPORTED})")
+    positions = _positions(tree)
+    if positions > MAX_POSITIONS:
+        raise bad(f"spells out about {positions} characters with its repeats (at most {MAX_POSITIONS}); use smaller"
+                  " counts, or + and * for open ends")
     return body
+
+
+def _positions(tree) -> int:
+    """How many characters a pattern spells out with its repeats expanded: what its automaton grows with."""
+    total = 0
+    for op, arg in tree:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT"):
+            low, high, sub = arg
+            bound = high if high != _parser().MAXREPEAT else low + 1
+            total += max(bound, 1) * _positions(sub)
+        elif name == "BRANCH":
+            total += max((_positions(b) for b in arg[1]), default=0)
+        elif name == "SUBPATTERN":
+            total += _positions(arg[-1])
+        else:
+            total += 1
+    return total
 
 
 def _char_fsm(body: str, fold_case: bool):
@@ -146,7 +171,9 @@ class TokenTexts:
     texts: list[list[str]]  # [mode][token] the token's text there ('' for the end marker)
     mode_next: np.ndarray  # [modes, vocab] the mode after writing the token
     alphabet: list[str]  # every character any token writes
-    chars: list[np.ndarray]  # [mode] int32 [vocab, longest]: character ids of each text, -1 past its end
+    chars: list[np.ndarray]  # [mode] int32 [vocab, longest]: character ids of each text, longest first, -1 past its end
+    order: list[np.ndarray]  # [mode] the token of each row of `chars` (longest texts first)
+    longer: list[np.ndarray]  # [mode] [longest]: how many texts are longer than j characters
     lengths: list[np.ndarray]  # [mode] int64 [vocab]
 
 
@@ -175,15 +202,18 @@ def token_texts(tokenizer: Tokenizer) -> TokenTexts:
         i += 1
     alphabet = sorted({c for row in texts for t in row for c in t})
     char_id = {c: k for k, c in enumerate(alphabet)}
-    chars, lengths = [], []
+    chars, orders, longer, lengths = [], [], [], []
     for row in texts:
-        longest = max((len(t) for t in row), default=0)
-        arr = np.full((len(row), max(longest, 1)), -1, dtype=np.int32)
-        for v, t in enumerate(row):
-            arr[v, : len(t)] = [char_id[c] for c in t]
+        length = np.array([len(t) for t in row], dtype=np.int64)
+        order = np.argsort(-length, kind="stable")  # a walk's j-th character step touches only texts that long
+        arr = np.full((len(row), max(int(length.max(initial=0)), 1)), -1, dtype=np.int32)
+        for k, v in enumerate(order):
+            arr[k, : length[v]] = [char_id[c] for c in row[v]]
         chars.append(arr)
-        lengths.append(np.array([len(t) for t in row], dtype=np.int64))
-    return TokenTexts(modes, texts, np.array(nexts, dtype=np.int32), alphabet, chars, lengths)
+        orders.append(order)
+        longer.append(np.array([(length > j).sum() for j in range(arr.shape[1])], dtype=np.int64))
+        lengths.append(length)
+    return TokenTexts(modes, texts, np.array(nexts, dtype=np.int32), alphabet, chars, orders, longer, lengths)
 
 
 def vocabulary_digest(tokenizer: Tokenizer) -> str:
@@ -220,6 +250,20 @@ class TokenAutomaton:
     @property
     def states(self) -> int:
         return self.next.shape[0]
+
+    @property
+    def ends_early(self) -> bool:
+        """Whether some state allows nothing (running text then ends there)."""
+        return bool(self.terminal.any())
+
+    @property
+    def blocked(self) -> np.ndarray:
+        """bool [states, vocab]: the tokens each state does not allow (computed once, then kept)."""
+        cached = self.__dict__.get("_blocked")
+        if cached is None:
+            cached = self.next < 0
+            object.__setattr__(self, "_blocked", cached)
+        return cached
 
     @property
     def allowed(self) -> np.ndarray:
@@ -313,12 +357,14 @@ class _Builder:
         """The character state after each token's text from character state d in this mode."""
         key = (d, mode)
         if key not in self.walks:
-            chars = self.texts.chars[mode]
+            chars, longer = self.texts.chars[mode], self.texts.longer[mode]
             cur = np.full(chars.shape[0], d, dtype=np.int32)
-            for j in range(chars.shape[1]):
-                col = chars[:, j]
-                cur = np.where(col >= 0, self.dfa[cur, np.maximum(col, 0)], cur)
-            self.walks[key] = cur
+            for j in range(chars.shape[1]):  # texts sorted longest first: the first longer[j] have a j-th character
+                n = longer[j]
+                cur[:n] = self.dfa[cur[:n], chars[:n, j]]
+            out = np.empty_like(cur)
+            out[self.texts.order[mode]] = cur
+            self.walks[key] = out
         return self.walks[key]
 
     def accepts(self, d: int, count: int) -> bool:
@@ -388,9 +434,9 @@ def _prune(nxt: np.ndarray, accepting: np.ndarray, starts: np.ndarray, records: 
     """Keep the states that can still reach acceptance (each with its fewest tokens to get there)."""
     S = len(accepting)
     src, tok = np.nonzero(nxt >= 0)
-    dst = nxt[src, tok]
+    edges = np.unique(src.astype(np.int64) * S + nxt[src, tok])  # many tokens lead along one edge
     preds = [[] for _ in range(S)]
-    for a, b in set(zip(src.tolist(), dst.tolist())):
+    for a, b in zip((edges // S).tolist(), (edges % S).tolist()):
         preds[b].append(a)
     distance = np.full(S, -1, dtype=np.int64)
     frontier = np.flatnonzero(accepting).tolist()
@@ -439,10 +485,15 @@ def _why_empty(tokenizer, texts, fsm, regex, min_length, max_length, records, ba
         except OptionError:
             pass
     have = set(texts.alphabet)
-    missing = sorted(c for c in fsm.alphabet if isinstance(c, str) and c not in have
+    useful = _useful_symbols(fsm)
+    missing = sorted(c for c in fsm.alphabet if isinstance(c, str) and c not in have and fsm.alphabet[c] in useful
                      and not (tokenizer.folds_case and c.lower() in have))
-    if missing and regex is not None:
+    from interegular.fsm import anything_else
+
+    unnamed = fsm.alphabet[anything_else] in useful  # a negated class: characters the pattern does not list
+    if (missing or unnamed) and regex is not None:
         shown = ", ".join(repr(c) for c in missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        shown = shown or "ones outside it"
         known = "".join(c for c in texts.alphabet if c.isprintable())
         return OptionError(option("regex"), "{name} needs characters this model's vocabulary lacks: {shown} (it writes"
                            " only {known!r})", shown=shown, known=known[:80])
@@ -451,6 +502,24 @@ def _why_empty(tokenizer, texts, fsm, regex, min_length, max_length, records, ba
                            " the pattern has a length within min_length {low} and max_length {high}",
                            low=min_length, high=max_length)
     return OptionError(option("regex"), "{name} matches no text this model can write")
+
+
+def _useful_symbols(fsm) -> set:
+    """interegular symbols on some path from the start to a match: the characters a match needs."""
+    reachable, todo = {fsm.initial}, [fsm.initial]
+    while todo:
+        for t in fsm.map.get(todo.pop(), {}).values():
+            if t not in reachable:
+                reachable.add(t)
+                todo.append(t)
+    live, changed = set(fsm.finals), True
+    while changed:
+        changed = False
+        for s, moves in fsm.map.items():
+            if s not in live and any(t in live for t in moves.values()):
+                live.add(s)
+                changed = True
+    return {sym for s in reachable for sym, t in fsm.map.get(s, {}).items() if t in live}
 
 
 _cache: OrderedDict = OrderedDict()

@@ -127,12 +127,11 @@ class RowSampler:
         if self.banned:
             logits[:, self.banned] = -np.inf
         if self.pattern is not None:  # masked, so temperature, top-k and top-p act on what the pattern allows
-            states = self.pattern_states[active]
-            np.copyto(logits, -np.inf, where=~self.pattern.allowed[states])
+            _mask_blocked(logits, self.pattern.blocked, self.pattern_states, active)
         history = None if self.history is None else self.history[active]
         tokens = sample_rows(logits, u, self.params, history)
         if self.pattern is not None:
-            self.pattern_states[active] = self.pattern.next[states, tokens]
+            _advance_states(self.pattern.next, self.pattern_states, active, tokens)
         if self.history is not None:
             self.history[active, :-1] = self.history[active, 1:]
             self.history[active, -1] = tokens
@@ -146,7 +145,9 @@ class RowSampler:
 
     def pattern_ended(self, active: np.ndarray) -> np.ndarray | None:
         """Which active rows are in a state that allows nothing more (running text ends there); None: no pattern."""
-        return None if self.pattern is None else self.pattern.terminal[self.pattern_states[active]]
+        if self.pattern is None or not self.pattern.ends_early:  # records end at their end marker, never here
+            return None
+        return self.pattern.terminal[self.pattern_states[active]]
 
     def pattern_accepted(self) -> np.ndarray | None:
         """Per row: whether the pattern accepts what the row has written so far (None: no pattern)."""
@@ -160,6 +161,27 @@ class RowSampler:
         written = self.counts[active]
         p = self.params
         logits -= (written * p.frequency_penalty + (written > 0) * p.presence_penalty).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _mask_blocked(logits, blocked, states, active):
+    """logits[k, j] = -inf where the pattern state of row active[k] does not allow token j (in place).
+
+    One compiled loop instead of NumPy's gather, negate and masked copy: at batch 1 each NumPy call
+    costs about as much as the whole row's work."""
+    for k in range(active.shape[0]):
+        row = blocked[states[active[k]]]
+        for j in range(logits.shape[1]):
+            if row[j]:
+                logits[k, j] = -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _advance_states(next_table, states, active, tokens):
+    """Each active row's pattern state after its token (in place)."""
+    for k in range(active.shape[0]):
+        r = active[k]
+        states[r] = next_table[states[r], tokens[k]]
 
 
 def new_seed() -> int:

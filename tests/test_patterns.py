@@ -320,6 +320,9 @@ def test_a_cut_sample_says_it_was_cut(capsys):
     (["shakespeare", "--min-length", "3"], "--min-length applies to records models"),
     (["moe", "--prompt", "moe_szyslak:", "--regex", "hey.*"], "begin the pattern with one"),
     (["names", "--regex", ""], "--regex must be a non-empty text of at most 1000 characters"),
+    (["names", "--regex", "(a{100}b){50}"], "--regex spells out about 5050 characters with its repeats (at most 2000)"),
+    (["names", "--regex", "a{4294967296}"], "--regex is not a valid regular expression: the repetition number is too large"),
+    (["names", "--regex", "[^a-z]+"], "--regex needs characters this model's vocabulary lacks: ones outside it"),
 ])
 def test_each_bad_pattern_gets_one_line(capsys, args, message):
     assert main(["generate", *args, "--seed", "1"]) == 2

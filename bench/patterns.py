@@ -1,0 +1,108 @@
+"""What a pattern costs: tokens/s with and without one, side by side, and how long compiling takes.
+
+    python -m lstmgen.bench.patterns [--model names] [--repeats 15] [--json FILE]
+
+Speed: the same request with and without a 50-state pattern, `[a-z]{0,49}`, which allows every letter
+for 49 characters: with the end marker banned in both, every row writes max_tokens letters and the
+two write the same text (checked), so the difference is the pattern's own work (the mask before
+sampling, the state update after). The two are interleaved, run after run, and the medians compared.
+Batch 1 times several requests in a row per run (one is too short to time). Compiling: a fresh
+compile of typical patterns (the cache emptied), once with the vocabulary's token texts already
+known (a pattern's own cost) and once from nothing (the first pattern of a model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+FIFTY_STATES = "[a-z]{0,49}"
+STEPS = 48
+TYPICAL = {"names": ["[A-Z][a-z]+(dam|burg)", "[a-z]{2,6}(na|ne|ly)", "(ja|ka|ma)[a-z]{1,6}", FIFTY_STATES],
+           "moe": ["( [a-z']{1,12}){2,8}[.!?]", " (yeah|no|oh)(, [a-z']{1,9}){1,4}!"]}
+
+
+def _run(gen, batch: int, requests: int, regex: str | None) -> tuple[float, list[str]]:
+    """Seconds for `requests` requests of `batch` rows, and the last one's texts."""
+    from lstmgen.decoding import DecodeLoop
+
+    t0 = time.perf_counter()
+    for i in range(requests):
+        [job] = gen.jobs(num=batch, max_tokens=STEPS, seed=100 + i, ban=["<eos>"], regex=regex, block_rows=batch,
+                         temperature=0.8)
+        loop = DecodeLoop(gen.backend, gen.tokenizer)
+        loop.add(job)
+        while loop.blocks:
+            loop.step()
+    seconds = time.perf_counter() - t0
+    return seconds, job.results()
+
+
+def speed(gen, batch: int, repeats: int) -> dict:
+    requests = 20 if batch == 1 else 2
+    _run(gen, batch, 2, None)  # warm-up: Numba, ONNX Runtime's buffers, the compiled pattern
+    _run(gen, batch, 2, FIFTY_STATES)
+    plain, constrained = [], []
+    for _ in range(repeats):  # interleaved, so that a busy moment of a shared machine hits both
+        seconds, plain_texts = _run(gen, batch, requests, None)
+        plain.append(seconds)
+        seconds, pattern_texts = _run(gen, batch, requests, FIFTY_STATES)
+        constrained.append(seconds)
+        assert plain_texts == pattern_texts, "the 50-state pattern should leave these samples as they are"
+    tokens = batch * STEPS * requests
+    a, b = tokens / statistics.median(plain), tokens / statistics.median(constrained)
+    return {"batch": batch, "tokens_per_s_plain": round(a), "tokens_per_s_pattern": round(b),
+            "pattern_cost": round(1 - b / a, 4), "states": gen.pattern(regex=FIFTY_STATES, ban=["<eos>"]).states}
+
+
+def compile_times(gen, regexes: list[str], repeats: int = 20) -> list[dict]:
+    from lstmgen import patterns
+
+    gen.pattern(regex=regexes[0])  # imports interegular
+    rows = []
+    for regex in regexes:
+        warm, cold = [], []
+        for _ in range(repeats):
+            patterns._cache.clear()
+            t0 = time.perf_counter()
+            automaton = gen.pattern(regex=regex)
+            warm.append(time.perf_counter() - t0)
+        for _ in range(max(3, repeats // 5)):
+            patterns._cache.clear()
+            patterns._texts_cache.clear()
+            t0 = time.perf_counter()
+            gen.pattern(regex=regex)
+            cold.append(time.perf_counter() - t0)
+        rows.append({"regex": regex, "states": automaton.states, "compile_ms": round(statistics.median(warm) * 1e3, 2),
+                     "first_for_model_ms": round(statistics.median(cold) * 1e3, 2)})
+    return rows
+
+
+def main(argv=None) -> int:
+    from lstmgen import Generator
+
+    p = argparse.ArgumentParser(prog="python -m lstmgen.bench.patterns", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="names", help="model for the speed figures (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs of each variant (default: %(default)s)")
+    p.add_argument("--json", default=None, help="also write the figures to this file (default: none)")
+    args = p.parse_args(argv)
+    gen = Generator.load(args.model, device="cpu", threads=1)
+    out = {"model": args.model, "speed": [speed(gen, b, args.repeats) for b in (1, 64)],
+           "compile": {m: compile_times(Generator.load(m, device="cpu"), TYPICAL[m]) for m in TYPICAL}}
+    for row in out["speed"]:
+        print(f"batch {row['batch']:>3}: {row['tokens_per_s_plain']:>8} tokens/s plain, {row['tokens_per_s_pattern']:>8}"
+              f" with a {row['states']}-state pattern: costs {row['pattern_cost']:.1%}")
+    for model, rows in out["compile"].items():
+        for r in rows:
+            print(f"compile {model:<6} {r['regex']!r:<40} {r['states']:>4} states {r['compile_ms']:>7.2f} ms"
+                  f" (first pattern of the model: {r['first_for_model_ms']:.1f} ms)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
