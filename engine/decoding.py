@@ -8,7 +8,10 @@ cancelled), so rows of many jobs can share one batch. Row r draws its random num
 (seed, r) alone, so a row writes the same text alone, in a batch, or beside other requests.
 
 The loop owns the end conditions, each row's text (detokenizer, stop strings, the hold-back of text
-that may still become a stop string while streaming) and each row's log-probabilities.
+that may still become a stop string while streaming) and each row's log-probabilities. A request's
+pattern (lstmgen.patterns) lives in its RowSampler (each row's automaton state, the mask); the loop
+records what it means for a row: `pattern_end` (running text the pattern lets go no further),
+`pattern_accepted`, and each token's `constrained_logprob`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ function negativeNumbersAsValues(argv) {
   return out;
 }
 
-const applied = OPTIONS.filter((o) => o.js_applies && !o.jsInstead);
+// A pattern's options (regex, ...) are taken so that generate can say how to pass them instead (--pattern).
+const applied = OPTIONS.filter((o) => o.js_applies);
 const flag = (o) => (o.kind === "bool" && o.off === true ? "no-" : "") + o.name.replaceAll("_", "-");
 const options = { prompt: { type: "string" }, json: { type: "boolean" }, pattern: { type: "string" } };
 for (const o of applied) {
@@ -32,6 +33,7 @@ function optionValue(o, raw) {
   if (o.kind === "bool") return o.off === true ? !raw : raw;
   if (o.kind === "texts") return raw;
   if (o.name === "seed") return BigInt(raw);
+  if (o.kind === "text") return raw;
   return Number(raw);
 }
 
