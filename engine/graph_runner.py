@@ -20,9 +20,9 @@ from .generator import Generator
 from .manifest import GENERATE_FILE
 from .options import GRAPH, SAMPLING_OPTIONS, refuse_unapplied
 from .patterns import TokenAutomaton
+from .sampling import SamplingParams
 
 PATTERN_INPUTS = ("pattern_next", "pattern_start")  # lstmgen.graphs.generation's; an older generate.onnx lacks them
-from .sampling import SamplingParams
 
 
 class GraphGenerator:
