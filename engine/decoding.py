@@ -217,7 +217,8 @@ class Job:
     log-probabilities) hold the outcome, or `error` says why there is none. `on_piece(row, text)`
     streams each row's text as it is written; setting `cancelled` ends the job's rows at the next step.
     With `known` (sorted record hashes) the job keeps only records that are neither in that list nor
-    repeated, trying more rows in rounds until it has `num` of them.
+    repeated (nor, with a pattern, cut before it matched), trying more rows in rounds until it has
+    `num` of them.
     """
 
     def __init__(self, request: Request, context: Sequence[int], tokenizer: Tokenizer, *,
@@ -290,8 +291,8 @@ class Job:
             if self._accepted >= self.num:
                 break
             key = block.novelty_key(sample)
-            if not key or key in self._seen or is_listed(self.known, key):
-                continue
+            if not key or key in self._seen or is_listed(self.known, key) or sample.pattern_accepted is False:
+                continue  # known, repeated, or cut at max_tokens before its pattern matched: not a new record
             self._seen.add(key)
             self._samples.append(sample)
             self._count(1)

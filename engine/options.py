@@ -266,7 +266,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="TOKEN=VALUE"),
     Option("logit_bias", "id_map", None, "added to the logits of tokens given by id (OpenAI's logit_bias); {} = none",
            low=-100, high=100, off=None, surfaces=frozenset({PYTHON, NATIVE, OPENAI})),
-    Option("novel", "bool", False, "records models: only items not in the training corpus, none repeated", off=False,
+    Option("novel", "bool", False, "records models: only items not in the training corpus, none repeated (nor cut"
+           " before a pattern matched)", off=False,
            surfaces=frozenset({PYTHON, CLI, NATIVE})),
     # Constraints (lstmgen.patterns): one automaton over the vocabulary masks what may be written next.
     Option("regex", "text", None, "every sample matches this regular expression in full (records: the whole record;"

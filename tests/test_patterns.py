@@ -298,10 +298,19 @@ def test_a_cut_sample_says_it_was_cut(capsys):
     gen = Generator.load("names")
     samples = gen.generate(10, seed=1, regex="[a-z]+q", max_tokens=6)
     assert all(s.finish_reason == "length" and s.pattern_accepted is False for s in samples)
-    assert main(["generate", "names", "--regex", "[a-z]+q", "--max-tokens", "6", "--seed", "1", "--json"]) == 0
+    assert main(["generate", "names", "--regex", "[a-z]+q", "--max-tokens", "6", "--seed", "1", "--json",
+                 "--allow-known"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["pattern_accepted"] == [False] * 10
     assert "10 of 10 samples were cut at --max-tokens 6 before they matched the pattern" in out.err
+
+
+def test_novel_leaves_out_samples_cut_before_they_matched():
+    gen = Generator.load("names")
+    plain = gen.generate(30, seed=2, regex="[a-z]+(ly|na)", max_tokens=9)
+    assert any(s.pattern_accepted is False for s in plain)  # the model often runs past 9 letters here
+    novel = gen.generate(30, seed=2, regex="[a-z]+(ly|na)", max_tokens=9, novel=True)
+    assert len(novel) == 30 and all(s.pattern_accepted and re.fullmatch("[a-z]+(ly|na)", s) for s in novel)
 
 
 # -- bad input: one line --------------------------------------------------------------------------------------
