@@ -2,11 +2,11 @@
 
     python -m lstmgen.bench.patterns [--model names] [--repeats 15] [--json FILE]
 
-Speed: the same request with and without a 50-state pattern, `[a-z]{0,49}`, which allows every letter
-for 49 characters: with the end marker banned in both, every row writes max_tokens letters and the
-two write the same text (checked), so the difference is the pattern's own work (the mask before
-sampling, the state update after). The two are interleaved, run after run, and the medians compared.
-Batch 1 times several requests in a row per run (one is too short to time). Compiling: a fresh
+Speed: the same requests with and without a 50-state pattern, `[a-z]{0,49}`, which allows every letter
+and the end of a record for 49 characters: names end long before that, so the two write the same text
+(checked) with the same rows ending at the same steps, and the difference is the pattern's own work
+(the mask before sampling, the state update after). The two are interleaved, run after run, and the
+medians compared. Each run is several requests in a row (one is too short to time). Compiling: a fresh
 compile of typical patterns (the cache emptied), once with the vocabulary's token texts already
 known (a pattern's own cost) and once from nothing (the first pattern of a model).
 """
@@ -19,42 +19,43 @@ import statistics
 import time
 
 FIFTY_STATES = "[a-z]{0,49}"
-STEPS = 48
+MAX_TOKENS = 28  # the names model's own
 TYPICAL = {"names": ["[A-Z][a-z]+(dam|burg)", "[a-z]{2,6}(na|ne|ly)", "(ja|ka|ma)[a-z]{1,6}", FIFTY_STATES],
            "moe": ["( [a-z']{1,12}){2,8}[.!?]", " (yeah|no|oh)(, [a-z']{1,9}){1,4}!"]}
 
 
-def _run(gen, batch: int, requests: int, regex: str | None) -> tuple[float, list[str]]:
-    """Seconds for `requests` requests of `batch` rows, and the last one's texts."""
+def _run(gen, batch: int, requests: int, regex: str | None) -> tuple[float, int, list[str]]:
+    """Seconds for `requests` requests of `batch` rows, the tokens they wrote, and the last one's texts."""
     from lstmgen.decoding import DecodeLoop
 
+    jobs = [gen.jobs(num=batch, max_tokens=MAX_TOKENS, seed=100 + i, regex=regex, block_rows=batch)[0]
+            for i in range(requests)]
     t0 = time.perf_counter()
-    for i in range(requests):
-        [job] = gen.jobs(num=batch, max_tokens=STEPS, seed=100 + i, ban=["<eos>"], regex=regex, block_rows=batch,
-                         temperature=0.8)
+    for job in jobs:
         loop = DecodeLoop(gen.backend, gen.tokenizer)
         loop.add(job)
         while loop.blocks:
             loop.step()
     seconds = time.perf_counter() - t0
-    return seconds, job.results()
+    tokens = sum(s.completion_tokens for job in jobs for s in job.samples())
+    return seconds, tokens, jobs[-1].results()
 
 
 def speed(gen, batch: int, repeats: int) -> dict:
-    requests = 20 if batch == 1 else 2
+    requests = 60 if batch == 1 else 6
     _run(gen, batch, 2, None)  # warm-up: Numba, ONNX Runtime's buffers, the compiled pattern
     _run(gen, batch, 2, FIFTY_STATES)
     plain, constrained = [], []
     for _ in range(repeats):  # interleaved, so that a busy moment of a shared machine hits both
-        seconds, plain_texts = _run(gen, batch, requests, None)
-        plain.append(seconds)
-        seconds, pattern_texts = _run(gen, batch, requests, FIFTY_STATES)
-        constrained.append(seconds)
-        assert plain_texts == pattern_texts, "the 50-state pattern should leave these samples as they are"
-    tokens = batch * STEPS * requests
-    a, b = tokens / statistics.median(plain), tokens / statistics.median(constrained)
+        seconds, tokens, plain_texts = _run(gen, batch, requests, None)
+        plain.append(tokens / seconds)
+        seconds, tokens_pattern, pattern_texts = _run(gen, batch, requests, FIFTY_STATES)
+        constrained.append(tokens_pattern / seconds)
+        assert plain_texts == pattern_texts and tokens == tokens_pattern, "the 50-state pattern should change nothing"
+    a, b = statistics.median(plain), statistics.median(constrained)
     return {"batch": batch, "tokens_per_s_plain": round(a), "tokens_per_s_pattern": round(b),
-            "pattern_cost": round(1 - b / a, 4), "states": gen.pattern(regex=FIFTY_STATES, ban=["<eos>"]).states}
+            "pattern_cost": round(1 - b / a, 4), "states": gen.pattern(regex=FIFTY_STATES).states,
+            "tokens_per_run": tokens}
 
 
 def compile_times(gen, regexes: list[str], repeats: int = 20) -> list[dict]:

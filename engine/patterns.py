@@ -348,6 +348,7 @@ class _Builder:
         self.eos = tokenizer.eos_id
         blocked = np.zeros(tokenizer.vocab_size, dtype=bool)
         blocked[list(banned)] = True
+        self.may_end = self.eos is not None and not blocked[self.eos]  # a banned end marker ends no record
         if self.eos is not None:
             blocked[self.eos] = True  # the end marker is allowed apart, where the pattern accepts
         self.blocked = blocked
@@ -389,7 +390,7 @@ class _Builder:
         while len(rows) < len(keys):
             d, count, mode = keys[len(rows)]
             rows.append(self._row(d, count, mode, state_id))
-            accepting.append(self.accepts(d, count))
+            accepting.append(self.accepts(d, count) and (self.may_end or not self.records))
         return np.array(rows, dtype=np.int32), np.array(accepting, dtype=bool), np.array(starts, dtype=np.int32)
 
     def _row(self, d: int, count: int, mode: int, state_id) -> np.ndarray:
@@ -406,7 +407,7 @@ class _Builder:
             M, C = len(self.texts.modes), self.cap + 1
             targets = np.array([state_id((int(k) // M // C, int(k) // M % C, int(k) % M)) for k in unique], np.int32)
             row[ok] = targets[inverse]
-        if self.records and self.eos is not None and self.accepts(d, count):
+        if self.records and self.may_end and self.accepts(d, count):
             row[self.eos] = state_id((d, count, mode))
         return row
 

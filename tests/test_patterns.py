@@ -324,6 +324,7 @@ def test_novel_leaves_out_samples_cut_before_they_matched():
     (["names", "--regex", "[0-9]+x"], "--regex needs characters this model's vocabulary lacks: '0', '1'"),
     (["names", "--regex", "é+"], "--regex needs characters this model's vocabulary lacks: 'É', 'é'"),
     (["names", "--regex", "e+", "--ban", "e"], "no sample can match --regex without the banned tokens"),
+    (["names", "--regex", "e+", "--ban", "<eos>"], "no sample can match --regex without the banned tokens"),
     (["names", "--min-length", "9", "--max-length", "4"], "--min-length (9) is above the maximum length (4)"),
     (["names", "--regex", "[a-z]{30,40}"], "--max-tokens is 28, but the shortest sample that matches the pattern takes 31"),
     (["names", "--prompt", "jo", "--regex", "ma.*"], "the prompt cannot begin a record that matches regex 'ma.*'"),
