@@ -253,8 +253,12 @@ class TokenAutomaton:
 
     @property
     def ends_early(self) -> bool:
-        """Whether some state allows nothing (running text then ends there)."""
-        return bool(self.terminal.any())
+        """Whether some state allows nothing (running text then ends there); asked every step, so kept."""
+        cached = self.__dict__.get("_ends_early")
+        if cached is None:
+            cached = bool(self.terminal.any())
+            object.__setattr__(self, "_ends_early", cached)
+        return cached
 
     @property
     def blocked(self) -> np.ndarray:
