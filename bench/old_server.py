@@ -178,7 +178,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             pieces: queue.Queue = queue.Queue()
             sched = self.app.schedulers[name]
-            job = sched.job(on_piece=lambda row, text: pieces.put(text), **args)
+            job = sched.job(on_piece=lambda row, text, _: pieces.put(text), **args)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

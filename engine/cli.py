@@ -88,6 +88,8 @@ def _add_serve(sub) -> None:
     """`lstmgen serve`: bind, security and limits of the HTTP server."""
     v = sub.add_parser("serve", help="serve models over HTTP with dynamic batching")
     v.add_argument("models", nargs="*", help="artifact folders or shipped model names (default: the default model)")
+    v.add_argument("--default-model", default=None, metavar="NAME",
+                   help="the model a request that names none gets (default: the first one served)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: %(default)s)")
     v.add_argument("--port", type=int, default=8088, help="TCP port (default %(default)s; 0 = any free port)")
     v.add_argument("--api-key", default=os.environ.get("LSTMGEN_API_KEY"),
@@ -396,7 +398,7 @@ def cmd_serve(args) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)
     try:
         server = make_server(models, args.host, args.port, limits, api_key=args.api_key, cors_origins=args.cors_origin,
-                             access_log=log if args.verbose else None)
+                             access_log=log if args.verbose else None, default_model=args.default_model)
     except OSError as e:
         raise LstmgenError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
     serve(server, log=log)

@@ -30,6 +30,7 @@ from .sampling import RowSampler, SamplingParams
 from .scoring import log_softmax
 from .tokenizer import Detokenizer, Tokenizer
 
+OnPiece = Callable[[int, str, "list[TokenLogprob] | None"], None]  # (row, text, its tokens' logprobs)
 NOVEL_ROUNDS = 50  # a novel job gives up after this many rounds of rows
 BLOCK_ROWS = 1024  # rows of one job in the batch at a time (memory stays flat for --num 100000)
 
@@ -78,7 +79,7 @@ class TokenLogprob:
 
     token: str  # the vocabulary entry
     id: int
-    logprob: float
+    logprob: float | None  # None: nothing predicted this token (a prompt's own start token, see Generator.jobs)
     top: list[tuple[str, float]]  # the N most likely tokens at this position, most likely first
     constrained_logprob: float | None = None
 
@@ -147,7 +148,7 @@ class Sample(str):
             out["pattern_accepted"] = self.pattern_accepted
         if self.logprobs is not None:
             out["logprobs"] = [t.to_dict() for t in self.logprobs]
-            out["total_logprob"] = sum(t.logprob for t in self.logprobs)
+            out["total_logprob"] = sum(t.logprob for t in self.logprobs if t.logprob is not None)
         return out
 
 
@@ -214,15 +215,17 @@ class Job:
     """One request for one prompt: its rows, how they end, and the samples they made.
 
     `done` is set when every row has ended; then `results()` (texts) or `samples()` (texts with
-    log-probabilities) hold the outcome, or `error` says why there is none. `on_piece(row, text)`
-    streams each row's text as it is written; setting `cancelled` ends the job's rows at the next step.
+    log-probabilities) hold the outcome, or `error` says why there is none. `on_piece(row, text,
+    logprobs)` streams each row's text as it is written, with the log-probability entries of the tokens
+    that text came from (None unless the request asked for logprobs); setting `cancelled` ends the
+    job's rows at the next step. A request for `max_tokens=0` (echo: its prompt scored) runs no step.
     With `known` (sorted record hashes) the job keeps only records that are neither in that list nor
     repeated (nor, with a pattern, cut before it matched), trying more rows in rounds until it has
     `num` of them.
     """
 
     def __init__(self, request: Request, context: Sequence[int], tokenizer: Tokenizer, *,
-                 known: np.ndarray | None = None, on_piece: Callable[[int, str], None] | None = None,
+                 known: np.ndarray | None = None, on_piece: OnPiece | None = None,
                  block_rows: int = BLOCK_ROWS, on_sample: Callable[[int], None] | None = None) -> None:
         self.request = request
         self.context = list(context)
@@ -264,6 +267,15 @@ class Job:
 
     def fail(self, error: Exception) -> None:
         self.error, self.cancelled = error, True
+
+    def score_only(self) -> None:
+        """max_tokens=0 (with echo): each sample is the prompt as read, with its tokens' log-probabilities."""
+        r = self.request
+        text = self.tokenizer.decode(r.prompt_ids)
+        lps = list(self.prompt_logprobs) if r.logprobs is not None else None
+        self._samples = [Sample(text, r.prompt_ids, (), FinishReason.LENGTH, lps) for _ in range(r.num)]
+        self._count(r.num)
+        self.done.set()
 
     # -- rows -------------------------------------------------------------------------------------------
     def next_rows(self) -> range | None:
@@ -334,6 +346,7 @@ class RowBlock:
         self.logprobs: list[list[TokenLogprob]] | None = None
         if r.logprobs is not None:
             self.logprobs = [list(job.prompt_logprobs) if r.echo else [] for _ in rows]
+            self.logprobs_sent = [0] * len(rows)  # entries already streamed with a piece, per row
 
     @property
     def n_live(self) -> int:
@@ -401,18 +414,26 @@ class RowBlock:
             self.logprobs[r].append(entry)
 
     def _write_texts(self, live: np.ndarray, tokens: np.ndarray, ended: np.ndarray) -> None:
-        on_piece = self.job.on_piece
         for k, (r, tok) in enumerate(zip(live, tokens)):
             if (self.eos is None or tok != self.eos) and self.texts[r].add(int(tok)):
                 ended[k] = True
                 self.reasons[r] = self.STOP_STRING
-            if on_piece is not None:
-                piece = self.texts[r].take(final=bool(ended[k]))
-                if piece:
-                    try:
-                        on_piece(self.rows[r] - self.job.request.first_row, piece)
-                    except Exception:  # the client went away: its rows end at the next step
-                        self.job.cancelled = True
+            if self.job.on_piece is not None:
+                self._hand_out(r, final=bool(ended[k]))
+
+    def _hand_out(self, r: int, final: bool) -> None:
+        """Stream row r's text not yet sent (what no stop string can still claim) with its tokens' logprobs;
+        at a row's end the last entries go out even when the stop string left no text to send."""
+        piece = self.texts[r].take(final=final)
+        entries = None if self.logprobs is None else self.logprobs[r][self.logprobs_sent[r]:]
+        if not piece and not (final and entries):
+            return  # held back (it may still start a stop string): its tokens go out with the text that follows
+        if entries is not None:
+            self.logprobs_sent[r] = len(self.logprobs[r])
+        try:
+            self.job.on_piece(self.rows[r] - self.job.request.first_row, piece, entries)
+        except Exception:  # the client went away: its rows end at the next step
+            self.job.cancelled = True
 
     def token_ids(self) -> list[list[int]]:
         """Each row's written tokens in order, its end marker included."""
@@ -450,9 +471,10 @@ class RowBlock:
 class DecodeLoop:
     """A batch of rows over one backend; jobs join between steps and their rows leave when they end."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer) -> None:
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, cache=None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
+        self.cache = cache  # a lstmgen.prefix_cache view over this backend: prompts are read through it
         self.eos = tokenizer.eos_id
         self.blocks: list[RowBlock] = []  # in batch order
         self.state: object | None = None
@@ -466,22 +488,35 @@ class DecodeLoop:
         """Prefill the job's context (once) and let its first rows join the batch."""
         try:
             if job.prefilled is None:
-                logits, state = self.backend.prefill(np.asarray([job.context], dtype=np.int64))
-                job.prefilled = (logits[0, -1], state)
-                if job.request.logprobs is not None and job.request.echo:
-                    job.prompt_logprobs = self._prompt_logprobs(job, logits[0])
+                job.prefilled = self._prefill(job)
         except Exception as e:  # surfaced to the request
             job.fail(e)
         self._start_next_block(job)
 
+    def _prefill(self, job: Job) -> tuple[np.ndarray, object]:
+        """(logits of the first token [vocab], state) after the job's context; through the prefix cache
+        unless the prompt's own log-probabilities are asked for (they need every position's logits)."""
+        if self.cache is not None and not (job.request.logprobs is not None and job.request.echo):
+            return self.cache.prefill(job.context)
+        logits, state = self.backend.prefill(np.asarray([job.context], dtype=np.int64))
+        if job.request.logprobs is not None and job.request.echo:
+            job.prompt_logprobs = self._prompt_logprobs(job, logits[0])
+        return logits[0, -1].copy(), state  # a copy: the view would keep every position's logits alive
+
     def _prompt_logprobs(self, job: Job, logits: np.ndarray) -> list[TokenLogprob]:
+        """The prompt's tokens under the model: token k of the context is predicted by the logits after
+        token k - 1; the context's first token (a prompt that brings its own start token) by nothing."""
         n_prompt = len(job.request.prompt_ids)
         start = len(job.context) - n_prompt
-        lp = log_softmax(logits[start - 1: len(job.context) - 1])
-        return [_token_logprob(self.tokenizer, lp[k], job.context[start + k], job.request.logprobs)
-                for k in range(n_prompt)]
+        lp = log_softmax(logits[max(start - 1, 0): len(job.context) - 1])
+        out = [TokenLogprob(self.tokenizer.tokens[job.context[0]], job.context[0], None, [])] if start == 0 else []
+        return out + [_token_logprob(self.tokenizer, lp[k - (start == 0)], job.context[start + k], job.request.logprobs)
+                      for k in range(start == 0, n_prompt)]
 
     def _start_next_block(self, job: Job) -> None:
+        if job.request.max_tokens == 0 and job.error is None:
+            job.score_only()
+            return
         rows = job.next_rows()
         if rows is None:
             job.done.set()

@@ -16,14 +16,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .backend import OrtBackend
-from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, is_listed
+from .chat import ROLES, ChatTemplate, Message
+from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, Sample, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
-from .options import (MANIFEST_OPTIONS, PATTERN_OPTIONS, PYTHON, SAMPLING_OPTIONS, OptionError, check_options, option,
-                      takes_options)
+from .options import (MANIFEST_OPTIONS, PATTERN_OPTIONS, PYTHON, SAMPLING_OPTIONS, SESSION_OPTIONS, OptionError,
+                      check_options, on_surface, option, takes_options)
 from .patterns import TokenAutomaton, compile_pattern
 from .sampling import SamplingParams, new_seed
 from .scoring import Score, ScoredText, read_for_scoring, score_text, surprisal
+from .session import Session
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
@@ -148,13 +150,30 @@ class Generator:
         return self._first_probs
 
     def check_prompt_ids(self, ids) -> list[int]:
-        """A prompt given as token ids (OpenAI clients send them), checked against the vocabulary."""
+        """A prompt given as token ids (OpenAI clients send them), checked against the vocabulary. It may
+        begin with the model's start tokens (a client's "beginning of sequence"); an end of record
+        anywhere else would end the record before it began."""
         v = self.tokenizer.vocab_size
-        if not isinstance(ids, (list, tuple)) or not all(_is_int(i) and 0 <= i < v for i in ids):
-            raise LstmgenError(f"a prompt of token ids must be a list of integers in [0, {v - 1}] (this model's vocabulary)")
-        if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in ids:
-            raise LstmgenError(f"the prompt holds the end-of-record token ({self.tokenizer.eos_id}); remove it")
-        return [int(i) for i in ids]
+        if not isinstance(ids, (list, tuple)) or not ids or not all(_is_int(i) and 0 <= i < v for i in ids):
+            raise LstmgenError(f"a prompt of token ids must be a non-empty list of integers in [0, {v - 1}]"
+                               " (this model's vocabulary)")
+        ids = [int(i) for i in ids]
+        body = ids[len(self.manifest.start_ids):] if self.brings_start(ids) else ids
+        if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in body:
+            raise LstmgenError(f"the prompt holds the end-of-record token ({self.tokenizer.eos_id}) after its start;"
+                               " remove it")
+        return ids
+
+    def brings_start(self, ids: list[int]) -> bool:
+        """Whether a token-id prompt begins with the model's start tokens, which the model then reads once."""
+        start = self.manifest.start_ids
+        return ids[: len(start)] == start
+
+    def context(self, prompt_ids: list[int], given_as_ids: bool) -> list[int]:
+        """What the model reads: its start tokens, then the prompt (an id prompt may bring the start itself)."""
+        if given_as_ids and self.brings_start(prompt_ids):
+            return list(prompt_ids)
+        return [*self.manifest.start_ids, *prompt_ids]
 
     def token_id(self, text: str) -> int:
         """The id of one vocabulary token given as text ('e' for a char model, 'moe' for a word model)."""
@@ -200,6 +219,9 @@ class Generator:
     def request(self, given: dict, prompt_ids: list[int], first_row: int) -> Request:
         """One prompt's checked Request from checked options (`given`, as check_options returns them)."""
         d = self.manifest.defaults
+        if given.get("max_tokens") == 0 and not given.get("echo", True):
+            raise OptionError(option("max_tokens"), "{name} 0 writes nothing: it scores the prompt, which needs echo"
+                              " (with logprobs); or ask for at least 1 token")
         max_tokens = given.get("max_tokens", d.max_tokens)
         banned = self.banned_ids(given.get("allow_unk", False), given.get("ban", ()))
         pattern = self.pattern(**{k: given[k] for k in PATTERN_OPTIONS if k in given},
@@ -228,9 +250,10 @@ class Generator:
         known = self._known_records() if given.get("novel") else None
         jobs = []
         for i, text in enumerate(self._prompt_list(prompt, prompts)):
-            ids = self.check_prompt_ids(text) if isinstance(text, (list, tuple)) else self.encode_prompt(text)
+            as_ids = isinstance(text, (list, tuple))
+            ids = self.check_prompt_ids(text) if as_ids else self.encode_prompt(text)
             request = self.request(given, ids, first_row + i * PROMPT_ROW_STRIDE)
-            jobs.append(Job(request, [*self.manifest.start_ids, *ids], self.tokenizer, known=known, on_piece=on_piece,
+            jobs.append(Job(request, self.context(ids, as_ids), self.tokenizer, known=known, on_piece=on_piece,
                             on_sample=on_sample, block_rows=block_rows))
         return jobs
 
@@ -290,7 +313,7 @@ class Generator:
         if unsupported:
             raise LstmgenError(f"stream writes one plain sample: leave out {', '.join(unsupported)} (use generate)")
         pieces: list[str] = []
-        [job] = self.jobs(prompt=prompt, on_piece=lambda _, piece: pieces.append(piece), first_row=int(row), **options)
+        [job] = self.jobs(prompt=prompt, on_piece=lambda _, piece, __: pieces.append(piece), first_row=int(row), **options)
         loop = DecodeLoop(self.backend, self.tokenizer)
         loop.add(job)
         while loop.blocks:
@@ -300,17 +323,56 @@ class Generator:
         if job.error is not None:
             raise job.error
 
+    @takes_options(PYTHON, exclude=[o.name for o in on_surface(PYTHON) if o.name not in SESSION_OPTIONS])
+    def session(self, prompt: str | Sequence[int] | None = None, *, state: bytes | None = None, row: int = 0,
+                cache=None, **options) -> Session:
+        """A step-by-step `Session` (lstmgen.session) that has read the prompt: `top(k)`, `append(text)`,
+        `sample()`, `text`, `save()`. N samples of a fresh session write what `generate(prompt=prompt,
+        num=1, max_tokens=N)[0]` writes with the same seed and options (`row` r: `stream(row=r)`'s text).
+        With `state` (bytes from `Session.save`), the saved session continues exactly where it was (then
+        give no prompt or options: they are saved).
+        `cache`: a lstmgen.prefix_cache view of this model to read the prompt through (the server's).
+        """
+        if state is not None:
+            if prompt is not None or options or row:
+                raise LstmgenError("a saved state holds its prompt, row and options: give state alone")
+            return Session.load(self, state)
+        return Session.start(self, prompt, row=row, cache=cache, **options)
+
+    # -- chat -------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: Sequence, speakers: dict[str, str] | None = None) -> tuple[str, ChatTemplate]:
+        """The text the model continues for a conversation (lstmgen.chat), and the template that made it."""
+        template = ChatTemplate.for_model(self.manifest, self.tokenizer).with_speakers(speakers)
+        checked = [m if isinstance(m, Message) else _message(m) for m in messages]
+        return template.prompt(checked, self.tokenizer), template
+
+    @takes_options(PYTHON, exclude=("num", "echo", "novel"))
+    def chat(self, messages: Sequence, num: int = 1, *, speakers: dict[str, str] | None = None, **options) -> list[Sample]:
+        """`num` replies to a conversation ([{"role": "user", "content": "..."}, ...]): each a Sample whose
+        text is the assistant's message. The model's chat template (lstmgen.chat) makes the prompt and
+        says where a reply ends (the request's `stop` replaces that)."""
+        prompt, template = self.chat_prompt(messages, speakers)
+        options.setdefault("stop", list(template.stop) or None)
+        whole = template.style == "record"  # a record's reply is the whole record, its start included
+        samples = self.generate(num, prompt or None, echo=whole, **options)
+        return [Sample(template.reply(s.text), s.prompt_ids, s.token_ids, s.finish_reason, s.logprobs) for s in samples]
+
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, text: str, *, records: bool | None = None, segments: int = 1, strict: bool = False,
-              streams: int | None = None) -> Score:
+              streams: int | None = None, cache=None) -> Score:
         """Negative log-likelihood of text under the model (lstmgen.scoring's definition). Running text is
         read in `segments` contiguous segments, each from a fresh state. Tokens outside the vocabulary
         are counted in `oov` (Tokenizer.encode_known); `strict` refuses them instead. (`streams` is the
-        old name of `segments`.)"""
+        old name of `segments`.) `cache`: a lstmgen.prefix_cache view of this model: running text in one
+        segment is then read from the longest cached beginning (the same figures, to the last bit)."""
         segments = segments if streams is None else streams
         if not _is_int(segments) or segments < 1:
             raise LstmgenError(f"segments must be an integer >= 1, got {segments!r}")
-        return score_text(self.reader, self.read_for_scoring(text, records=records, strict=strict), segments)
+        scored = self.read_for_scoring(text, records=records, strict=strict)
+        if cache is not None and cache.reads_in_parts_exactly and not scored.records and segments == 1:
+            nats = cache.surprisal(scored.sequences[0])[None, :]  # summed as score_text sums its one row
+            return Score(float(nats.sum()), nats.size, scored.chars, scored.oov, scored.case_folded, scored.oov_scored)
+        return score_text(self.reader, scored, segments)
 
     def read_for_scoring(self, text: str, *, records: bool | None = None, strict: bool = False) -> ScoredText:
         """The text as this model scores it (records or running text, as it was trained, unless told)."""
@@ -326,6 +388,12 @@ class Generator:
         h, c = state if state is not None else (None, None)
         logits, h, c = self.backend.run(inputs, h, c)
         return surprisal(logits, targets), (h, c)
+
+
+def _message(m) -> Message:
+    if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        raise LstmgenError(f"a message is {{'role': one of {', '.join(ROLES)}, 'content': text}}, got {m!r}")
+    return Message(m["role"], m["content"], m.get("name"))
 
 
 def _is_int(x) -> bool:

@@ -79,6 +79,7 @@ class Manifest:
     generate_sha256: str | None = None  # of generate.onnx when present
     generate_web_sha256: str | None = None  # of generate-web.onnx when present
     generate_omits: list[str] = field(default_factory=list)  # sampling settings generate.onnx does not apply
+    chat: dict[str, Any] | None = None  # the chat template (lstmgen.chat.ChatTemplate.from_dict); None = by kind of model
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

@@ -31,8 +31,10 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import LstmgenError
 
 ENGINE, GRAPH, JS = "engine", "graph", "js"  # runtimes: the Python engine, generate.onnx (any ONNX Runtime), js/
+JS_SESSION = "js-session"  # js/'s step-by-step Session over model.onnx (its own sampler, not generate.onnx)
 PYTHON, CLI, NATIVE, OPENAI = "python", "cli", "native", "openai"  # surfaces where a caller sets an option
 EVERY_RUNTIME = frozenset({ENGINE, GRAPH, JS})
+STEPWISE = frozenset({ENGINE, JS_SESSION})  # the Python engine and js/'s Session, not generate.onnx
 EVERY_SURFACE = frozenset({PYTHON, CLI, NATIVE, OPENAI})
 ALWAYS = object()  # `off` of an option that always acts: a runtime without it cannot run at all
 GREEDY_BELOW = 1e-6  # temperatures under this sample greedily: 1/T would overflow to inf and NaN the draw
@@ -230,42 +232,43 @@ KINDS = {"int": _Number(integer=True), "float": _Number(integer=False), "bool": 
 OPTIONS: tuple[Option, ...] = (
     # The sampling kernel's settings, defaults from the artifact's manifest.
     Option("temperature", "float", 0.8, "0 = greedy (so is anything below 1e-6); higher = more random",
-           low=0, high=100, manifest=True, sampling=True, runtimes=EVERY_RUNTIME, short="-t"),
+           low=0, high=100, manifest=True, sampling=True, runtimes=EVERY_RUNTIME | STEPWISE, short="-t"),
     Option("top_k", "int", 0, "sample from the k likeliest tokens; 0 = all", low=0, high=1_000_000, manifest=True,
-           sampling=True, off=0, runtimes=EVERY_RUNTIME),
+           sampling=True, off=0, runtimes=EVERY_RUNTIME | STEPWISE),
     Option("top_p", "float", 1.0, "nucleus sampling: the likeliest tokens whose probability reaches p; 1 = all",
-           low=0, high=1, low_open=True, manifest=True, sampling=True, off=1.0, runtimes=EVERY_RUNTIME),
+           low=0, high=1, low_open=True, manifest=True, sampling=True, off=1.0, runtimes=EVERY_RUNTIME | STEPWISE),
     Option("min_p", "float", 0.0, "drop tokens less likely than min_p times the likeliest one; 0 = off",
-           low=0, high=1, high_open=True, manifest=True, sampling=True, off=0.0),
+           low=0, high=1, high_open=True, manifest=True, sampling=True, off=0.0, runtimes=STEPWISE),
     Option("repetition_penalty", "float", 1.0, "> 1 makes tokens seen in the recent window less likely; 1 = off",
-           low=1, high=10, manifest=True, sampling=True, off=1.0),
+           low=1, high=10, manifest=True, sampling=True, off=1.0, runtimes=STEPWISE),
     Option("repetition_window", "int", 32, "how many recent tokens the repetition penalty looks at",
-           low=1, high=4096, manifest=True, sampling=True, depends_on="repetition_penalty"),
+           low=1, high=4096, manifest=True, sampling=True, depends_on="repetition_penalty", runtimes=STEPWISE),
     Option("frequency_penalty", "float", 0.0, "subtracted from a token's logit once per time it was written (OpenAI's"
-           " formula); 0 = off", low=-2, high=2, sampling=True, off=0.0),
+           " formula); 0 = off", low=-2, high=2, sampling=True, off=0.0, runtimes=STEPWISE),
     Option("presence_penalty", "float", 0.0, "subtracted from the logit of every token already written (OpenAI's"
-           " formula); 0 = off", low=-2, high=2, sampling=True, off=0.0),
+           " formula); 0 = off", low=-2, high=2, sampling=True, off=0.0, runtimes=STEPWISE),
     # What a request asks for.
     Option("num", "int", 1, "samples per prompt", low=1, high=100_000, runtimes=EVERY_RUNTIME, openai_name="n",
            cap="max_batch", short="-n"),
-    Option("max_tokens", "int", 200, "tokens per sample at most", low=1, high=100_000, manifest=True,
-           runtimes=EVERY_RUNTIME, cap="max_tokens"),
+    Option("max_tokens", "int", 200, "tokens per sample at most; 0 (with echo) scores the prompt and writes nothing",
+           low=0, high=100_000, manifest=True, runtimes=EVERY_RUNTIME, cap="max_tokens"),
     Option("seed", "int", None, "the same seed gives the same text; random when left out", low=0, high=MAX_SEED,
-           high_open=True, runtimes=EVERY_RUNTIME),
+           high_open=True, runtimes=EVERY_RUNTIME | STEPWISE),
     Option("stop", "texts", (), "end a sample where one of these texts appears (not included)", high=16,
            off=(), metavar="TEXT"),
     Option("echo", "bool", True, "the text starts with the prompt as the model read it", off=True,
            runtimes=EVERY_RUNTIME),
     Option("logprobs", "int", None, "each token's log-probability and its N likeliest alternatives", low=0, high=20,
            off=None, metavar="N"),
-    Option("allow_unk", "bool", False, "word models: let samples contain <unk>", off=False, runtimes=EVERY_RUNTIME),
-    Option("ban", "texts", (), "tokens, given as text, never written", high=10_000, off=(), runtimes=EVERY_RUNTIME,
+    Option("allow_unk", "bool", False, "word models: let samples contain <unk>", off=False,
+           runtimes=EVERY_RUNTIME | STEPWISE),
+    Option("ban", "texts", (), "tokens, given as text, never written", high=10_000, off=(), runtimes=EVERY_RUNTIME | STEPWISE,
            surfaces=frozenset({PYTHON, CLI, NATIVE}), metavar="TOKEN"),
     Option("bias", "text_map", None, "added to the logits of tokens given as text ({\"e\": 2.0}); ban a token to"
-           " rule it out", low=-100, high=100, off=None, surfaces=frozenset({PYTHON, CLI, NATIVE}),
+           " rule it out", low=-100, high=100, off=None, surfaces=frozenset({PYTHON, CLI, NATIVE}), runtimes=STEPWISE,
            metavar="TOKEN=VALUE"),
     Option("logit_bias", "id_map", None, "added to the logits of tokens given by id (OpenAI's logit_bias); {} = none",
-           low=-100, high=100, off=None, surfaces=frozenset({PYTHON, NATIVE, OPENAI})),
+           low=-100, high=100, off=None, surfaces=frozenset({PYTHON, NATIVE, OPENAI}), runtimes=STEPWISE),
     Option("novel", "bool", False, "records models: only items not in the training corpus, none repeated (nor cut"
            " before a pattern matched)", off=False,
            surfaces=frozenset({PYTHON, CLI, NATIVE})),
@@ -284,6 +287,10 @@ PATTERN_OPTIONS = ("regex", "min_length", "max_length")  # compiled together int
 BY_NAME = {o.name: o for o in OPTIONS}
 SAMPLING_OPTIONS = tuple(o for o in OPTIONS if o.sampling)
 MANIFEST_OPTIONS = tuple(o for o in OPTIONS if o.manifest)
+# Step-by-step generation (lstmgen.session.Session, POST /v1/next, js/'s Session) takes what decides each
+# next token, not what shapes a whole generation (num, max_tokens, stop, echo, logprobs, novel).
+SESSION_OPTIONS = tuple(o.name for o in OPTIONS if o.sampling or o.name in ("seed", "allow_unk", "ban", "bias",
+                                                                             "logit_bias"))
 
 
 def option(name: str) -> Option:
@@ -406,9 +413,10 @@ def js_table() -> list[dict]:
     for o in OPTIONS:
         low, high = o.low, o.high
         rows.append({"name": o.name, "js": o.js_name, "kind": o.kind, "low": low, "high": high,
-                     "lowOpen": o.low_open, "highOpen": o.high_open, "manifest": o.manifest,
+                     "lowOpen": o.low_open, "highOpen": o.high_open, "manifest": o.manifest, "sampling": o.sampling,
                      "off": None if o.off is ALWAYS else (list(o.off) if isinstance(o.off, tuple) else o.off),
-                     "always": o.off is ALWAYS, "js_applies": JS in o.runtimes, "dependsOn": o.depends_on,
+                     "always": o.off is ALWAYS, "js_applies": JS in o.runtimes, "session": o.name in SESSION_OPTIONS,
+                     "sessionApplies": JS_SESSION in o.runtimes, "dependsOn": o.depends_on,
                      "jsInstead": o.js_instead, "recordsOnly": o.records_only, "describe": o.describe()})
     return rows
 

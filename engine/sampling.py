@@ -84,6 +84,17 @@ class RowRandom:
         self._step += 1
         return self._block[:, at]
 
+    @property
+    def step(self) -> int:
+        """The step whose numbers `next` returns next (how many steps the rows have drawn)."""
+        return self._step
+
+    def seek(self, step: int) -> None:
+        """Continue from `step` (a restored session): the next call returns that step's numbers."""
+        self._step = step
+        if step % self.BLOCK:
+            self._block = rng.uniform_block(self._keys, step - step % self.BLOCK, self.BLOCK)
+
 
 class RowSampler:
     """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history,
@@ -152,6 +163,32 @@ class RowSampler:
     def pattern_accepted(self) -> np.ndarray | None:
         """Per row: whether the pattern accepts what the row has written so far (None: no pattern)."""
         return None if self.pattern is None else self.pattern.accepting[self.pattern_states]
+
+    def probabilities(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """[len(active), vocab] float64: the chance that `sample` draws each token now (nothing advances).
+
+        The same adjustments as `sample` (bias, written-token penalties, bans), on a copy, then the
+        kernel's filters (`distribution_rows`). A step-by-step Session reports its `top` from this."""
+        x = np.array(logits, dtype=np.float32)
+        if len(self.bias_ids):
+            x[:, self.bias_ids] += self.bias_values
+        if self.penalised_counts and self.counts is not None:
+            self._penalise_written(x, active)
+        if self.banned:
+            x[:, self.banned] = -np.inf
+        if self.pattern is not None:
+            _mask_blocked(x, self.pattern.blocked, self.pattern_states, active)
+        history = None if self.history is None else self.history[active]
+        return distribution_rows(x, self.params, history)
+
+    def read(self, tokens: Sequence[int]) -> None:
+        """Tokens every row read without drawing them (a session's appended text): they enter the
+        repetition window, as the prompt does; the written counts (frequency, presence) stay as they are."""
+        if self.history is None or not len(tokens):
+            return
+        tail = np.asarray(tokens, dtype=np.int64)[-self.history.shape[1]:]
+        self.history = np.concatenate([self.history, np.broadcast_to(tail, (len(self.history), len(tail)))],
+                                      axis=1)[:, -self.history.shape[1]:].copy()
 
     def _penalise_written(self, logits: np.ndarray, active: np.ndarray) -> None:
         """OpenAI's formula: logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty,
@@ -624,6 +661,60 @@ def _raise_status(status: np.ndarray) -> None:
     row = int(np.flatnonzero(status)[0])
     what = "NaN" if status[row] == STATUS_NAN else "only -inf"
     raise LstmgenError(f"the model produced {what} logits (row {row}); the model or its inputs are broken")
+
+
+def distribution_rows(logits: np.ndarray, params: SamplingParams, history: np.ndarray | None = None) -> np.ndarray:
+    """[batch, vocab] float64: the probability with which `sample_rows` draws each token of each row.
+
+    The kernel's steps and arithmetic (the penalty and the shift by the maximum in float32, the
+    exponent in float64, ties to the lower id), so that a token's probability is the share of
+    uniform numbers for which the kernel draws it. Raises LstmgenError as the kernel does.
+    """
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    out = np.zeros(logits.shape, dtype=np.float64)
+    for b in range(logits.shape[0]):
+        seen = None if history is None or params.repetition_penalty == 1.0 else history[b][history[b] >= 0]
+        out[b] = _row_distribution(logits[b], params, seen, b)
+    return out
+
+
+def _row_distribution(row: np.ndarray, p: SamplingParams, seen: np.ndarray | None, b: int) -> np.ndarray:
+    V = row.shape[0]
+    status = STATUS_NAN if np.isnan(row).any() else STATUS_OK
+    x = row
+    if seen is not None and len(seen):
+        x = row.copy()
+        seen = np.unique(seen)
+        v = x[seen].astype(np.float64)  # the kernel divides in float64 and stores float32
+        x[seen] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty).astype(np.float32)
+    m = x.max() if status == STATUS_OK else np.float32(np.nan)
+    if status == STATUS_OK and m == -np.inf:
+        status = STATUS_ALL_NEG_INF
+    if status != STATUS_OK:
+        _raise_status(np.array([0] * b + [status], dtype=np.int8))
+    out = np.zeros(V)
+    if p.temperature == 0.0:
+        out[int(np.argmax(x == m))] = 1.0
+        return out
+    e = np.exp((x - m).astype(np.float64) * (1.0 / p.temperature))  # x - m in float32, as the kernel
+    k = p.top_k if 0 < p.top_k < V else V
+    if k == V and p.top_p >= 1.0 and p.min_p <= 0.0:
+        return e / e.sum()
+    ids = np.arange(V)
+    if k < V:
+        cand = np.lexsort((ids, -x))[:k]  # the k largest logits, lower id first among equals
+        pref = cand[np.lexsort((cand, -e[cand]))]
+        limit = p.top_p * e[cand].sum()
+    else:
+        pref = np.lexsort((ids, -e))
+        limit = p.top_p * e.sum()
+    ps = e[pref]
+    acc = np.cumsum(ps)
+    by_mass = int(np.searchsorted(acc >= limit, True)) + 1  # the token that crosses top_p is kept
+    by_floor = max(1, int(np.sum(ps >= p.min_p * ps[0]))) if p.min_p > 0 else V
+    kept = min(by_mass, by_floor, len(ps))
+    out[pref[:kept]] = ps[:kept] / acc[kept - 1]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

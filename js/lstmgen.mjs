@@ -1,14 +1,17 @@
-// lstmgen for JavaScript: generate text from an lstmgen artifact's generate.onnx with ONNX Runtime.
+// lstmgen for JavaScript: generate text from an lstmgen artifact with ONNX Runtime.
 //
-// The whole generation (prefill, decode loop, sampling, random numbers) is inside generate.onnx, so
-// this module only checks the request, encodes the prompt, makes one session.run call and decodes
-// the tokens: the same seed and settings give the same text as `lstmgen generate` in Python.
+// `generate`: the whole generation (prefill, decode loop, sampling, random numbers) is inside
+// generate.onnx, so this module only checks the request, encodes the prompt, makes one session.run
+// call and decodes the tokens: the same seed and settings give the same text as `lstmgen generate`.
+// `session`: step-by-step generation over model.onnx, one model run per call, with the Python
+// engine's sampler ported (session.mjs): the same text as Python's lstmgen Session.
 // It takes the runtime as an argument (onnxruntime-node or onnxruntime-web), so it runs in both;
 // node.mjs and web.mjs load an artifact folder for each.
 
 import { GREEDY_BELOW, OPTIONS } from "./options.mjs";
+import { Session } from "./session.mjs";
 
-export { OPTIONS };
+export { OPTIONS, Session };
 
 export const GENERATE_FILE = "generate.onnx"; // for onnxruntime-node (and every native ONNX Runtime)
 export const GENERATE_WEB_FILE = "generate-web.onnx"; // the same graph in the layout onnxruntime-web loads
@@ -32,6 +35,15 @@ export class LstmgenError extends Error {
 export async function sha256Hex(bytes) {
   const digest = await globalThis.crypto.subtle.digest("SHA-256", bytes);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** model.onnx's bytes checked against the manifest's sha256 (a Session runs it); `where` names the folder. */
+export async function checkModel(manifest, modelBytes, where) {
+  if (!modelBytes) throw new LstmgenError(`${where} has no ${MODEL_FILE} (the artifact is incomplete; re-export it)`);
+  if ((await sha256Hex(modelBytes)) !== manifest.model_sha256) {
+    throw new LstmgenError(`${where}/${MODEL_FILE} does not match the sha256 in its manifest (truncated, replaced or corrupt);`
+      + " re-export it");
+  }
 }
 
 /** Check a parsed manifest.json and the sha256 of the graph file `graphFile`; `where` names the folder in messages. */
@@ -61,6 +73,17 @@ export class Tokenizer {
     this.index = new Map(this.tokens.map((t, i) => [t, i]));
   }
 
+  /** True when the vocabulary is lower case only: text is folded before lookup (Tokenizer.folds_case). */
+  get foldsCase() {
+    if (this.level === "word") return this.lowercase;
+    const letters = this.tokens.filter((t) => Array.from(t).length === 1 && /\p{L}/u.test(t));
+    return letters.length > 0 && !letters.some((t) => t !== t.toLowerCase() && t === t.toUpperCase());
+  }
+
+  fold(text) {
+    return this.foldsCase ? text.toLowerCase() : text;
+  }
+
   pieces(text) {
     if (this.level === "char") return Array.from(text); // code points, as Python iterates a str
     let t = text.replaceAll("\r\n", "\n");
@@ -86,7 +109,7 @@ export class Tokenizer {
 }
 
 /** engine/tokenizer.py's Detokenizer: re-attaches punctuation and restores line breaks. */
-class Detokenizer {
+export class Detokenizer {
   constructor(tokenizer) {
     this.tok = tokenizer;
     this.lineStart = true;
@@ -123,6 +146,11 @@ class Detokenizer {
     }
     return space + t;
   }
+
+  /** A copy that goes on from the same point (what a token would write, without writing it). */
+  copy() {
+    return Object.assign(Object.create(Detokenizer.prototype), this);
+  }
 }
 
 function isFiniteNumber(x) {
@@ -149,22 +177,44 @@ function validValue(o, v) {
       const items = typeof v === "string" ? [v] : v;
       return Array.isArray(items) && items.length <= o.high && items.every((t) => typeof t === "string" && t !== "");
     }
-    default: return false; // maps: never applied by generate.onnx, refused before this
+    case "text_map": return mapOf(v, (k) => k !== "", o);
+    case "id_map": return mapOf(v, (k) => /^[0-9]{1,9}$/.test(k), o);
+    default: return false;
   }
+}
+
+function mapOf(v, keyOk, o) {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  return Object.entries(v).every(([k, x]) => keyOk(k) && isFiniteNumber(x) && x >= o.low && x <= o.high);
 }
 
 function shown(v) {
-  return typeof v === "string" ? JSON.stringify(v) : String(v);
+  return typeof v === "string" || (typeof v === "object" && v !== null) ? JSON.stringify(v) : String(v);
 }
 
+// Which options each JavaScript runtime applies (the table's `runtimes`): generate.onnx's, and the
+// step-by-step Session's (model.onnx and session.mjs's sampler), which takes only what decides each
+// next token (the table's session options), as Python's Session does.
+const RUNTIMES = {
+  generate: { applies: (o) => o.js_applies, where: GENERATE_FILE, takes: () => true, extra: new Set(["prompt", "pattern"]) },
+  session: { applies: (o) => o.sessionApplies, where: "a JavaScript session", takes: (o) => o.session,
+             extra: new Set(["prompt", "state", "row"]) },
+};
+
 /** The options of one call checked against the table: {python_name: value}, defaults filled in. */
-function checkOptions(opts, defaults) {
-  const unknown = Object.keys(opts).filter((k) => !BY_JS_NAME.has(k) && !NOT_OPTIONS.has(k));
+export function checkOptions(opts, defaults, runtime = "generate") {
+  const rt = RUNTIMES[runtime];
+  const unknown = Object.keys(opts).filter((k) => !BY_JS_NAME.has(k) && !rt.extra.has(k));
   if (unknown.length) {
     throw new LstmgenError(`unknown option(s) ${unknown.join(", ")} (known: ${[...BY_JS_NAME.keys()].sort().join(", ")})`);
   }
+  const shaping = OPTIONS.filter((o) => !rt.takes(o) && opts[o.js] !== undefined && opts[o.js] !== null).map((o) => o.js);
+  if (shaping.length) {
+    throw new LstmgenError(`a session draws one token at a time: leave out ${shaping.join(", ")} (they shape a whole`
+      + " generation; use generate)");
+  }
   const out = {};
-  for (const o of OPTIONS) {
+  for (const o of OPTIONS.filter(rt.takes)) {
     const v = opts[o.js];
     if (v === undefined || v === null) {
       out[o.name] = o.manifest ? defaults[o.name] : o.off ?? undefined;
@@ -175,10 +225,10 @@ function checkOptions(opts, defaults) {
         + ` --${o.name.replaceAll("_", "-")} ...\` (or POST /v1/pattern to \`lstmgen serve\`) and pass them as`
         + ` ${o.jsInstead}`);
     }
-    if (!o.js_applies) {
+    if (!rt.applies(o)) {
       const isOff = Array.isArray(o.off) ? Array.isArray(v) && v.length === 0 : v === o.off;
       if (o.dependsOn === null && (o.always || !isOff)) {
-        throw new LstmgenError(`${GENERATE_FILE} does not apply ${o.js}; leave it out or generate with the Python engine`);
+        throw new LstmgenError(`${rt.where} does not apply ${o.js}; leave it out or generate with the Python engine`);
       }
       continue;
     }
@@ -189,7 +239,7 @@ function checkOptions(opts, defaults) {
   return out;
 }
 
-function checkSeed(seed) {
+export function checkSeed(seed) {
   let s;
   try {
     s = BigInt(seed);
@@ -202,7 +252,7 @@ function checkSeed(seed) {
   return s;
 }
 
-function randomSeed() {
+export function randomSeed() {
   return BigInt(globalThis.crypto.getRandomValues(new Uint32Array(1))[0]);
 }
 
@@ -253,13 +303,19 @@ async function vocabularyDigest(tokens) {
   return sha256Hex(new TextEncoder().encode(JSON.stringify(tokens)));
 }
 
-/** A loaded artifact: `generate` runs generate.onnx once and returns the texts. */
+/**
+ * A loaded artifact: `generate` runs generate.onnx once and returns the texts; `session` starts (or
+ * restores) a step-by-step Session over model.onnx. `openModel` opens model.onnx's ONNX Runtime session
+ * when a Session first needs it (the loaders check its sha256 against the manifest).
+ */
 export class Generator {
-  constructor(ort, session, manifest) {
+  constructor(ort, session, manifest, openModel = null) {
     this.ort = ort;
-    this.session = session;
+    this.graph = session;
     this.manifest = manifest;
     this.tokenizer = new Tokenizer(manifest.tokenizer);
+    this.openModel = openModel;
+    this.model = null;
   }
 
   get records() {
@@ -271,7 +327,7 @@ export class Generator {
     if (this.records && prompt.includes("\n")) {
       throw new LstmgenError("a prompt for a records model must be one line (a record's beginning)");
     }
-    const ids = this.tokenizer.encode(prompt);
+    const ids = this.tokenizer.encode(this.tokenizer.fold(prompt)); // a lower-case-only model reads 'Ma' as 'ma'
     if (this.tokenizer.eosId !== null && ids.includes(this.tokenizer.eosId)) {
       throw new LstmgenError("the prompt contains the end-of-record token text; remove it");
     }
@@ -282,18 +338,13 @@ export class Generator {
   bannedIds(allowUnk, ban) {
     const unk = this.tokenizer.unkId;
     const ids = new Set(allowUnk || unk === null ? [] : [unk]);
-    for (const text of ban) {
-      let id = this.tokenizer.index.get(text);
-      if (id === undefined && this.tokenizer.lowercase) id = this.tokenizer.index.get(text.toLowerCase());
-      if (id === undefined) throw new LstmgenError(`${JSON.stringify(text)} is not a token of this model's vocabulary`);
-      ids.add(id);
-    }
+    for (const text of ban) ids.add(this.tokenId(text));
     return [...ids].sort((a, b) => a - b);
   }
 
   /** The pattern's feeds: none for a graph built before patterns, the all-allowing automaton when there is no pattern. */
   async patternFeedsOf(pattern, promptIds, maxTokens, banned) {
-    if (!this.session.inputNames.includes("pattern_next")) {
+    if (!this.graph.inputNames.includes("pattern_next")) {
       if (!pattern) return {};
       throw new LstmgenError("this generate.onnx was built before patterns (regex, min_length, max_length); rebuild it"
         + " with `lstmgen add-graph FOLDER`");
@@ -323,6 +374,60 @@ export class Generator {
     };
   }
 
+  /** The id of one vocabulary token given as text (Generator.token_id). */
+  tokenId(text) {
+    let id = this.tokenizer.index.get(text);
+    if (id === undefined && this.tokenizer.lowercase) id = this.tokenizer.index.get(text.toLowerCase());
+    if (id === undefined) throw new LstmgenError(`${JSON.stringify(text)} is not a token of this model's vocabulary`);
+    return id;
+  }
+
+  /** {text: value} and {id: value} -> [[id, value added to its logit], ...] (Generator.bias_ids). */
+  biasIds(bias, logitBias) {
+    const out = new Map();
+    for (const [text, v] of Object.entries(bias ?? {})) out.set(this.tokenId(text), v);
+    const V = this.tokenizer.tokens.length;
+    for (const [key, v] of Object.entries(logitBias ?? {})) {
+      const id = Number(key);
+      if (id >= V) throw new LstmgenError(`logitBias names token ${key}, outside this model's vocabulary (ids 0 to ${V - 1})`);
+      out.set(id, (out.get(id) ?? 0) + v);
+    }
+    return [...out.entries()];
+  }
+
+  /** model.onnx over ids [T] from a state (null: zeros): {logits of the last position, h, c} (float32). */
+  async runModel(ids, h = null, c = null) {
+    if (this.model === null) {
+      if (this.openModel === null) throw new LstmgenError("this Generator was made without model.onnx; load it with node.mjs or web.mjs");
+      this.model = await this.openModel();
+    }
+    const { num_layers: L, hidden_size: H, vocab_size: V } = this.manifest.dims;
+    const io = this.manifest.io;
+    const T = this.ort.Tensor;
+    const feeds = {
+      [io.tokens]: new T("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
+      [io.h0]: new T("float32", h ?? new Float32Array(L * H), [L, 1, H]),
+      [io.c0]: new T("float32", c ?? new Float32Array(L * H), [L, 1, H]),
+    };
+    const out = await this.model.run(feeds);
+    const logits = out[io.logits].data;
+    return { logits: logits.slice(logits.length - V), h: out[io.h1].data.slice(), c: out[io.c1].data.slice() };
+  }
+
+  /**
+   * A step-by-step Session that has read the prompt (session.mjs): top(k), append(text), sample(), text,
+   * save(). Options: prompt, seed, row, and the table's session options in camelCase (temperature, topK,
+   * topP, minP, repetitionPenalty, repetitionWindow, frequencyPenalty, presencePenalty, allowUnk, ban,
+   * bias, logitBias). With `state` (bytes from save(), here or in Python) it continues from there.
+   */
+  async session(opts = {}) {
+    if (opts.state !== undefined) {
+      if (Object.keys(opts).length > 1) throw new LstmgenError("a saved state holds its prompt, row and options: give state alone");
+      return Session.load(this, opts.state);
+    }
+    return Session.start(this, opts);
+  }
+
   /**
    * `num` samples, each the prompt (as the model read it) followed by what the model wrote. Options are
    * Python's table in camelCase (options.mjs): num, prompt, maxTokens, seed (number or BigInt; random if
@@ -345,7 +450,7 @@ export class Generator {
       top_k: int64([o.top_k], []), top_p: new T("float64", Float64Array.from([o.top_p]), []), banned_ids: int64(banned, [banned.length]),
       ...patternFeeds,
     };
-    const out = await this.session.run(feeds);
+    const out = await this.graph.run(feeds);
     const tokens = out.tokens.data;
     const lengths = out.lengths.data;
     const texts = [];

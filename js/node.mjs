@@ -4,7 +4,7 @@ import path from "node:path";
 
 import * as ort from "onnxruntime-node";
 
-import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, Pattern, checkArtifact } from "./lstmgen.mjs";
+import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact, checkModel } from "./lstmgen.mjs";
 
 export { Generator, LstmgenError, Pattern };
 
@@ -29,7 +29,8 @@ async function readOrNull(file) {
   }
 }
 
-/** Load the artifact in `folder` (manifest.json + generate.onnx + model.onnx) and check its hashes. */
+/** Load the artifact in `folder` (manifest.json + generate.onnx + model.onnx) and check its hashes; a
+ * Session opens model.onnx (its hash checked then) when it first runs. */
 export async function load(folder) {
   const manifestBytes = await readOrNull(path.join(folder, MANIFEST_FILE));
   if (manifestBytes === null) {
@@ -45,5 +46,10 @@ export async function load(folder) {
   await checkArtifact(manifest, graphBytes, folder, GENERATE_FILE);
   // From the path, so that ONNX Runtime finds the weights generate.onnx reads from model.onnx beside it.
   const session = await ort.InferenceSession.create(path.join(folder, GENERATE_FILE), { executionProviders: ["cpu"] });
-  return new Generator(ort, session, manifest);
+  const openModel = async () => {
+    const modelBytes = await readOrNull(path.join(folder, MODEL_FILE));
+    await checkModel(manifest, modelBytes, folder);
+    return ort.InferenceSession.create(modelBytes, { executionProviders: ["cpu"] });
+  };
+  return new Generator(ort, session, manifest, openModel);
 }

@@ -1,6 +1,6 @@
 // Browser (or any fetch-capable) loader: an artifact folder at a URL -> a Generator on onnxruntime-web.
 // The runtime is passed in, so the page decides where onnxruntime-web and its .wasm files come from.
-import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact } from "./lstmgen.mjs";
+import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact, checkModel } from "./lstmgen.mjs";
 
 export { Generator, LstmgenError, Pattern };
 
@@ -33,7 +33,11 @@ export async function load(ort, folderUrl, init = {}) {
   const session = await ort.InferenceSession.create(graphBytes, {
     executionProviders: ["wasm"], externalData: [{ path: MODEL_FILE, data: modelBytes }],
   });
-  return new Generator(ort, session, manifest);
+  const openModel = async () => { // a step-by-step Session runs model.onnx itself
+    await checkModel(manifest, modelBytes, folderUrl);
+    return ort.InferenceSession.create(modelBytes, { executionProviders: ["wasm"] });
+  };
+  return new Generator(ort, session, manifest, openModel);
 }
 
 /** A compiled pattern (what `lstmgen compile-pattern` writes, or POST /v1/pattern answers) at a URL. */

@@ -92,8 +92,8 @@ def test_malformed_and_hostile_bodies_get_a_400(server, raw):
     ({"model": "names", "stream": "true"}, "stream: input should be a valid boolean"),
     ({"model": "names", "echo": "x"}, "echo must be true or false, got 'x'"),
     ({"model": "names", "allow_unk": "x"}, "allow_unk must be true or false"),
-    ({"model": "names", "max_tokens": 1.5}, "max_tokens must be an integer in [1, 20], got 1.5"),
-    ({"model": "names", "max_tokens": 21}, "max_tokens must be an integer in [1, 20], got 21"),  # the server's cap
+    ({"model": "names", "max_tokens": 1.5}, "max_tokens must be an integer in [0, 20], got 1.5"),
+    ({"model": "names", "max_tokens": 21}, "max_tokens must be an integer in [0, 20], got 21"),  # the server's cap
     ({"model": "names", "num": 5}, "num must be an integer in [1, 4], got 5"),
     ({"model": "names", "top_p": 0}, "top_p must be a number in (0, 1], got 0"),
     ({"model": "names", "temperature": None, "seed": -1}, "seed must be an integer in [0, 2^63), got -1"),

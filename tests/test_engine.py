@@ -125,7 +125,7 @@ def test_prompts_the_vocabulary_cannot_encode(gens):
     assert out.startswith("moe_szyslak: <unk>")
 
 
-@pytest.mark.parametrize("kwargs", [dict(num=0), dict(max_tokens=0), dict(max_tokens=10**9), dict(seed=-1),
+@pytest.mark.parametrize("kwargs", [dict(num=0), dict(max_tokens=-1), dict(max_tokens=0, echo=False), dict(max_tokens=10**9), dict(seed=-1),
                                     dict(temperature=-0.5), dict(top_p=0), dict(stop=[""]), dict(num=2.5),
                                     dict(top_k=-1), dict(top_k=1e20), dict(top_k=10**20), dict(progress_bar=1)])
 def test_bad_parameters_raise_one_line_errors(gens, kwargs):
@@ -153,7 +153,8 @@ def test_cli_generate_json_score_json_and_info(artifacts, capsys, tmp_path):
     (["generate", "{art}", "--temperature", "-1"], "temperature"),
     (["generate", "{art}", "--top-p", "2"], "top-p"),
     (["generate", "{art}", "--top-k", "-1"], "--top-k must be an integer in [0, 1000000]"),
-    (["generate", "{art}", "--max-tokens", "0"], "max-tokens"),
+    (["generate", "{art}", "--max-tokens", "0", "--no-echo"], "--max-tokens 0 writes nothing"),
+    (["generate", "{art}", "--max-tokens", "-2"], "--max-tokens must be an integer in [0, 100000]"),
     (["generate", "{art}", "--stream", "--num", "3"], "--stream"),
     (["generate", "/nonexistent/model"], "not found"),
     (["generate", "no-such-shipped-model"], "no model folder or shipped model"),

@@ -117,7 +117,7 @@ def test_a_graph_that_does_not_match_its_hash_is_refused(tmp_path, capsys, graph
     (dict(top_p=1.5), r"top_p must be a number in \(0, 1\]"),
     (dict(top_k=-3), r"top_k must be an integer in \[0, 1000000\]"),
     (dict(num=0), "num"),
-    (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=-1), "max_tokens"),
     (dict(min_p=0.1), "does not apply min_p"),
     (dict(repetition_penalty=1.3), "does not apply repetition_penalty"),
     (dict(stop=["a"]), "does not apply stop"),

@@ -151,3 +151,135 @@ def test_logprobs_object_has_openai_shape():
     assert json.loads(json.dumps(out)) == out
     choice = openai.types.CompletionChoice(text="emma\n", index=0, finish_reason="stop", logprobs=out)
     assert choice.logprobs.text_offset == [3, 5, 7]
+
+
+# -- what the clients built on the OpenAI API call (issue: lm-eval, llm, LangChain, LiteLLM) -------------------
+def _root(served) -> str:
+    return served[0].removesuffix("/v1")
+
+
+def _json(url: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("prefix", ["", "/v1"])
+def test_tokenizer_endpoints_in_vllms_shapes(served, prefix):
+    names, moe = _names(served)
+    gen = served[1][names]
+    info = _json(f"{_root(served)}{prefix}/tokenizer_info")  # no model named: the default, the first served
+    assert info["eos_token"] == "<eos>" and info["bos_token"] == "<eos>" and info["tokenizer_class"] == "lstmgen-char"
+    out = _json(f"{_root(served)}{prefix}/tokenize", {"prompt": "Ma<eos>", "add_special_tokens": False})
+    assert out["tokens"] == [*gen.tokenizer.encode("ma"), gen.tokenizer.eos_id] and out["count"] == 3
+    with_start = _json(f"{_root(served)}{prefix}/tokenize", {"prompt": "ma", "return_token_strs": True})
+    assert with_start["tokens"][0] == gen.manifest.start_ids[0] and with_start["token_strs"][1:] == ["m", "a"]
+    assert _json(f"{_root(served)}{prefix}/detokenize", {"tokens": out["tokens"]})["prompt"] == "ma<eos>"
+    moe_info = _json(f"{_root(served)}{prefix}/tokenizer_info?model={moe}")
+    assert moe_info["eos_token"] is None and moe_info["bos_token"] == "\n" and "moe_szyslak:" in moe_info["chat_template"]
+
+
+def test_token_id_prompts_read_as_their_text(client, served):
+    names, _ = _names(served)
+    gen = served[1][names]
+    ids = gen.tokenizer.encode("ma")
+    by_ids = client.completions.create(model=names, prompt=ids, max_tokens=8, seed=4, n=2)
+    by_text = client.completions.create(model=names, prompt="ma", max_tokens=8, seed=4, n=2)
+    assert [c.text for c in by_ids.choices] == [c.text for c in by_text.choices]
+    several = client.completions.create(model=names, prompt=[ids, gen.tokenizer.encode("jo")], max_tokens=8, seed=4)
+    assert [c.text for c in several.choices] == [by_text.choices[0].text, client.completions.create(
+        model=names, prompt="jo", max_tokens=8, seed=4).choices[0].text]
+    with pytest.raises(openai.BadRequestError, match=r"integers in \[0, 26\]"):
+        client.completions.create(model=names, prompt=[5, 999], max_tokens=2)
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt_as_lm_eval_reads_it(client, served):
+    """lm-eval sends context+continuation as ids with echo; it sums token_logprobs[ctxlen:-1] (the last is the
+    generated one; with max_tokens 0 there is none). The sum is minus what `score` says of the continuation."""
+    _, moe = _names(served)
+    gen = served[1][moe]
+    context, continuation = gen.tokenizer.encode("moe_szyslak: hey"), gen.tokenizer.encode(" homer.")
+    out = client.completions.create(model=moe, prompt=context + continuation, max_tokens=0, echo=True, logprobs=1)
+    lp = out.choices[0].logprobs
+    assert out.usage.completion_tokens == 0 and len(lp.tokens) == out.usage.prompt_tokens == len(context + continuation)
+    start = gen.tokenizer.decode(gen.manifest.start_ids)
+    expected = gen.score(start + "moe_szyslak: hey homer.").nats - gen.score(start + "moe_szyslak: hey").nats
+    assert -sum(lp.token_logprobs[len(context):]) == pytest.approx(expected, abs=1e-4)
+    one = client.completions.create(model=moe, prompt=context + continuation, max_tokens=1, echo=True, logprobs=1)
+    assert one.choices[0].logprobs.token_logprobs[:-1] == pytest.approx(lp.token_logprobs, abs=1e-9)
+    assert len(one.choices[0].logprobs.tokens) == one.usage.prompt_tokens + one.usage.completion_tokens
+
+
+def test_a_prompt_bringing_its_start_token_lists_it_unpredicted(client, served):
+    names, _ = _names(served)
+    gen = served[1][names]
+    eos = gen.tokenizer.eos_id
+    out = client.completions.create(model=names, prompt=[eos, *gen.tokenizer.encode("emma")], max_tokens=0, echo=True,
+                                    logprobs=0)
+    lp = out.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == 5
+    assert -sum(lp.token_logprobs[1:]) == pytest.approx(gen.score("emma").nats - (-gen.generate(
+        prompt="emma", max_tokens=1, logprobs=0, seed=1)[0].logprobs[-1].logprob), abs=1e-4)
+
+
+def test_streamed_logprobs_come_in_openais_chunk_shape(client, served):
+    _, moe = _names(served)
+    args = dict(model=moe, prompt="moe_szyslak:", max_tokens=15, seed=8, logprobs=2, stop=["homer"])
+    whole = client.completions.create(**args).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **args) if c.choices]
+    tokens = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+    values = [v for c in chunks if c.logprobs for v in c.logprobs.token_logprobs]
+    assert "".join(c.text for c in chunks) == whole.text
+    assert tokens == whole.logprobs.tokens and values == pytest.approx(whole.logprobs.token_logprobs, abs=1e-9)
+    offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset]
+    assert offsets == whole.logprobs.text_offset
+
+
+def test_logit_bias_by_token_id_and_openais_penalties(client, served):
+    names, _ = _names(served)
+    gen = served[1][names]
+    a = gen.tokenizer.index["a"]
+    plain = client.completions.create(model=names, prompt="m", max_tokens=10, seed=3, n=4, logit_bias={})
+    banned = client.completions.create(model=names, prompt="m", max_tokens=10, seed=3, n=4, logit_bias={str(a): -100})
+    assert any("a" in c.text for c in plain.choices) and not any("a" in c.text for c in banned.choices)
+    penalised = client.completions.create(model=names, prompt="m", max_tokens=10, seed=3, n=4, frequency_penalty=1.5,
+                                          presence_penalty=0.5)
+    assert [c.text for c in penalised.choices] == [s.text for s in gen.generate(
+        4, "m", max_tokens=10, seed=3, frequency_penalty=1.5, presence_penalty=0.5, echo=False)]
+
+
+def test_chat_completions_through_the_models_chat_template(client, served):
+    _, moe = _names(served)
+    gen = served[1][moe]
+    messages = [{"role": "user", "content": "hey moe, a beer."}]
+    out = client.chat.completions.create(model=moe, messages=messages, n=2, seed=5, max_tokens=30)
+    expected = gen.chat(messages, num=2, seed=5, max_tokens=30)
+    assert [c.message.content for c in out.choices] == expected and out.choices[0].message.role == "assistant"
+    assert out.usage.prompt_tokens == len(gen.tokenizer.encode(gen.chat_prompt(messages)[0]))
+    stream = client.chat.completions.create(model=moe, messages=messages, seed=5, max_tokens=30, stream=True,
+                                            logprobs=True, top_logprobs=2)
+    parts = list(stream)
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == expected[0]
+    assert parts[-1].choices[0].finish_reason in ("stop", "length")
+    assert any(p.choices[0].logprobs and p.choices[0].logprobs.content for p in parts if p.choices)
+    bart = client.chat.completions.create(model=moe, messages=[{"role": "user", "name": "bart_simpson", "content": "hi"}],
+                                          seed=1, max_tokens=10, extra_body={"speakers": {"assistant": "homer_simpson:"}})
+    assert bart.choices[0].message.content == gen.chat([{"role": "user", "name": "bart_simpson", "content": "hi"}],
+                                                       seed=1, max_tokens=10, speakers={"assistant": "homer_simpson:"})[0]
+    with pytest.raises(openai.BadRequestError, match="not a speaker this model knows"):
+        client.chat.completions.create(model=moe, messages=[{"role": "user", "name": "nobody_here", "content": "hi"}])
+
+
+def test_unknown_v1_paths_answer_in_openais_shape(served):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{served[0]}/embeddings", data=b"{}", headers={"Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    with e.value:
+        body = json.loads(e.value.read())
+    assert e.value.code == 404 and body["error"]["type"] == "invalid_request_error" and "no such endpoint" in body["error"]["message"]

@@ -80,7 +80,7 @@ def test_one_range_one_message(values, message):
 
 
 def test_caps_lower_the_range_and_tiny_temperatures_are_greedy():
-    with pytest.raises(OptionError, match=r"max_tokens must be an integer in \[1, 50\], got 51"):
+    with pytest.raises(OptionError, match=r"max_tokens must be an integer in \[0, 50\], got 51"):
         check_options({"max_tokens": 51}, caps={"max_tokens": 50})
     assert check_options({"temperature": 1e-320})["temperature"] == 0.0
 

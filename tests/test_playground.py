@@ -281,3 +281,88 @@ def test_inspect_leaves_out_what_the_vocabulary_lacks_as_score_does(server):
     status, raw, _ = call(server, "/v1/inspect", {"model": "names", "text": "z#"})
     out = json.loads(raw)
     assert status == 200 and out["oov"] == 1 and out["pieces"] == ["", "z", "\n"]
+
+
+# -- the interactive view ------------------------------------------------------------------------------------------
+def start_interactive(driver, model: str, settings: dict[str, str], in_browser: bool = False) -> list:
+    """Switch to the Interactive view, start from the prompt, and return the choice buttons."""
+    from selenium.webdriver.support.ui import Select
+
+    driver.find_element("css selector", "input[name=view][value=interactive]").click()
+    Select(driver.find_element("id", "model")).select_by_value(model)
+    if in_browser != driver.find_element("id", "in_browser").is_selected():
+        driver.find_element("id", "in_browser").click()
+    for field, value in settings.items():
+        fill(driver, field, value)
+    driver.find_element("id", "int_start").click()
+    wait_for(driver, "interactive")
+    return driver.find_elements("css selector", "#choices button")
+
+
+def press(driver, element) -> None:
+    driver.execute_script("document.body.dataset.interactive = ''")
+    element.click()
+    wait_for(driver, "interactive")
+
+
+def shown_choices(buttons) -> list[str]:
+    return [b.get_attribute("textContent") for b in buttons]
+
+
+def as_buttons(top) -> list[str]:
+    return [("↵" if t.token == "\n" else "␣" if t.token == " " else t.token) + f"{100 * t.probability:.1f}%" for t in top]
+
+
+@needs_chromium
+def test_interactive_view_on_the_server_offers_next_tokens_and_samples(server, tmp_path):
+    gen = server.models.generators["names"]
+    driver = browser()
+    try:
+        open_playground(driver, server)
+        buttons = start_interactive(driver, "names", {"prompt": "Ma", "seed": "3", "temperature": "1", "choices_n": "5"})
+        session = gen.session(prompt="Ma", seed=3, temperature=1.0)
+        top = session.top(5)
+        assert shown_choices(buttons) == as_buttons(top)  # /v1/next: a session's top, as the page shows it
+        press(driver, buttons[1])
+        text = "ma" + top[1].text
+        assert driver.find_element("id", "int-text").get_attribute("textContent") == text
+        press(driver, driver.find_element("id", "sample_20"))
+        [sample] = gen.generate(prompt=text, max_tokens=20, echo=False, seed=3, temperature=1.0)
+        ended = " (end of record)" if sample.finish_reason == "end_of_record" else ""
+        assert driver.find_element("id", "int-text").get_attribute("textContent") == text + sample + ended
+        assert driver.save_screenshot(str(tmp_path / "interactive.png"))
+    finally:
+        driver.quit()
+
+
+@needs_chromium
+@needs_ort_web
+def test_interactive_view_in_the_browser_writes_pythons_session_text(server):
+    gen = server.models.generators["moe"]
+    calls = server_calls(server, ("/v1/next", "/v1/generate", "/v1/completions"))
+    driver = browser()
+    try:
+        open_playground(driver, server)
+        buttons = start_interactive(driver, "moe", {"prompt": "Moe_Szyslak: hey", "seed": "5", "top_k": "40",
+                                                    "choices_n": "6"}, in_browser=True)
+        session = gen.session(prompt="Moe_Szyslak: hey", seed=5, top_k=40)
+        top = session.top(6)
+        assert [b.get_attribute("title").split(":")[0] for b in buttons] == [f"id {t.id}" for t in top]
+        press(driver, buttons[2])
+        session.append(top[2])
+        press(driver, driver.find_element("id", "sample_20"))
+        press(driver, driver.find_element("id", "sample_1"))
+        for _ in range(21):
+            session.sample()
+        assert driver.find_element("id", "int-text").get_attribute("textContent") == session.text
+        assert "in this browser" in driver.find_element("id", "status").text
+    finally:
+        driver.quit()
+    assert server_calls(server, ("/v1/next", "/v1/generate", "/v1/completions")) == calls  # the page did it all
+
+
+def server_calls(server, paths) -> float:
+    """Requests to these paths so far, from /metrics."""
+    _, raw, _ = call(server, "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in raw.decode().splitlines()
+               if line.startswith("lstmgen_http_requests_total{") and any(f'"{p}"' in line for p in paths))

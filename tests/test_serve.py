@@ -131,9 +131,8 @@ def test_score_endpoint(server):
 @pytest.mark.parametrize("body, status, match", [
     ({"model": "names", "temperature": -1}, 400, "temperature"),
     ({"model": "names", "colour": "red"}, 400, "unknown field"),
-    ({"model": "names", "max_tokens": MAX_TOKENS + 1}, 400, f"max_tokens must be an integer in [1, {MAX_TOKENS}]"),
+    ({"model": "names", "max_tokens": MAX_TOKENS + 1}, 400, f"max_tokens must be an integer in [0, {MAX_TOKENS}]"),
     ({"model": "nope"}, 404, "no model named"),
-    ({"temperature": 1.0}, 400, "say which model"),
     ({"model": "names", "num": 0}, 400, "num"),
     ({"model": "names", "stream": True, "num": 3}, 400, "one sample"),
 ])
@@ -366,10 +365,18 @@ def test_metrics_count_requests_tokens_and_batch(generators):
 
 def test_access_log_has_latency_and_tokens(generators):
     lines = []
-    with running(generators, access_log=lines.append) as srv:
-        assert _post(srv, "/v1/generate", {"model": "moe", "max_tokens": 5, "seed": 2})[0] == 200
-    assert len(lines) == 1
-    assert '"POST /v1/generate" 200 ' in lines[0] and " ms 5 tokens" in lines[0]
+    with running(generators, access_log=lines.append, api_key="k") as srv:
+        auth = {"Authorization": "Bearer k"}
+        assert _post(srv, "/v1/generate", {"model": "moe", "max_tokens": 5, "seed": 2}, headers=auth)[0] == 200
+        assert _post(srv, "/v1/generate", {"model": "moe", "top_k": -1}, headers=auth)[0] == 400
+        assert _post(srv, "/v1/generate", {"model": "moe"})[0] == 401
+        assert _post(srv, "/v1/completions", {"model": "nope"}, headers=auth)[0] == 404
+    assert len(lines) == 4
+    assert '"POST /v1/generate" 200 ' in lines[0] and lines[0].endswith(" ms 5 tokens")
+    # every 4xx says why, in the same one line the client got
+    assert lines[1].endswith("0 tokens: top_k must be an integer in [0, 1000000], got -1")
+    assert lines[2].endswith("missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+    assert '"POST /v1/completions" 404' in lines[3] and "no model named 'nope'" in lines[3]
 
 
 def _free_port() -> int:
@@ -434,3 +441,10 @@ def test_serve_without_the_serve_extra_says_what_to_install():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["lstmgen: error: `lstmgen serve` needs uvicorn, which is not installed:"
                                                " pip install 'lstmgen[serve]'"]
+
+
+def test_a_request_naming_no_model_gets_the_default_model(generators):
+    with running(generators) as first, running(generators, default_model="moe") as chosen:
+        status, out = _post(first, "/v1/generate", {"num": 2, "seed": 1})
+        assert status == 200 and out["model"] == "names" and out["samples"] == generators["names"].generate(2, seed=1)
+        assert _post(chosen, "/v1/generate", {"seed": 1, "max_tokens": 5})[1]["model"] == "moe"

@@ -3,7 +3,7 @@
 Needs the `serve` extra; the engine's core never imports this package. One module per role:
 
     app.py            the route table and the app built from it
-    native.py         /v1/generate, /v1/score, /v1/health, /metrics
+    native.py         /v1/generate, /v1/next, /v1/score, /v1/health, /metrics
     openai_compat.py  /v1/completions, /v1/models (OpenAI's shapes)
     playground.py     the page's needs: /v1/inspect and the files of "run in my browser"
     schemas.py        declared request and response bodies (pydantic); openapi.py writes /openapi.json

@@ -24,10 +24,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from ..errors import LstmgenError
-from ..options import JS, OPENAI, OptionError, on_surface
-from . import native, openai_compat
+from ..options import JS, OPENAI, SESSION_OPTIONS, OptionError, on_surface
+from . import native, openai_chat, openai_compat
 from . import playground as pg
 from . import schemas as s
+from . import tokenize as tk
 from .http import NATIVE_ERRORS, OPENAI_ERRORS, HttpError, error_response
 from .openapi import openapi_document
 from .operations import Gate, Metrics
@@ -49,6 +50,7 @@ class RouteSpec:
     errors: str = NATIVE_ERRORS
     streams: bool = False
     documented: bool = True  # listed in /openapi.json (the read-only code files are not an API)
+    query: tuple[str, ...] = ()  # optional query parameters it reads
 
     @property
     def template(self) -> str:
@@ -76,13 +78,28 @@ ROUTES: tuple[RouteSpec, ...] = (
               errors=OPENAI_ERRORS),
     RouteSpec("POST", "/v1/completions", openai_compat.completions, "OpenAI-compatible completions, streamed or not",
               s.Completion, request="completion", errors=OPENAI_ERRORS, streams=True),
+    RouteSpec("POST", "/v1/chat/completions", openai_chat.chat_completions, "OpenAI-compatible chat: the model's chat"
+              " template (lstmgen.chat) makes the conversation a prompt", s.ChatCompletion, request="chat",
+              errors=OPENAI_ERRORS, streams=True),
     RouteSpec("POST", "/v1/generate", native.generate, "samples of one or several prompts; with `stream`, one"
               " sample as Server-Sent Events", s.GenerateResponse, request="generate", streams=True),
+    RouteSpec("POST", "/v1/next", native.next_tokens, "the likeliest next tokens after a text, with the chance"
+              " generation writes each (autocomplete; read through the prefix-state cache)", s.NextResponse,
+              request="next"),
     RouteSpec("POST", "/v1/score", native.score, "negative log-likelihood of a text (`lstmgen score`)",
               s.ScoreResponse, request="score"),
     RouteSpec("POST", "/v1/inspect", pg.inspect_endpoint, "surprisal and the cells that track the text's features"
               " (the playground's inspect view), at most --max-inspect-tokens tokens, two at a time",
               s.InspectResponse, request="inspect"),
+    *(RouteSpec(method, prefix + path, handler, summary, response, request=body, query=query)
+      for prefix in ("", "/v1")
+      for method, path, handler, summary, response, body, query in (
+          ("GET", "/tokenizer_info", tk.tokenizer_info, "the tokenizer's configuration (vLLM's shape), of `model` or"
+           " the default model", s.TokenizerInfo, None, ("model",)),
+          ("POST", "/tokenize", tk.tokenize_endpoint, "a text or conversation as token ids (vLLM's shape)",
+           s.TokenizeResponse, "tokenize", ()),
+          ("POST", "/detokenize", tk.detokenize_endpoint, "token ids as text (vLLM's shape)", s.DetokenizeResponse,
+           "detokenize", ()))),
     RouteSpec("GET", "/metrics", native.metrics, "Prometheus text format", "text/plain"),
     RouteSpec("GET", "/js/ort/{file}", pg.ort_file, "onnxruntime-web's files for the in-browser generator",
               "application/octet-stream", auth=False, documented=False),
@@ -118,24 +135,30 @@ def error_shape(request: Request) -> str:
 
 
 # -- errors: one line, in the shape the route speaks ----------------------------------------------------
+def answer_error(request: Request, status: int, message: str, retry_after: int | None = None,
+                 param: str | None = None) -> Response:
+    """An error in the route's shape; its one line also goes to the access log (request.state.reason)."""
+    request.state.reason = message
+    return error_response(error_shape(request), status, message, retry_after, param)
+
+
 async def on_http_error(request: Request, e: HttpError) -> Response:
-    return error_response(error_shape(request), e.status, str(e), e.retry_after, e.param)
+    return answer_error(request, e.status, str(e), e.retry_after, e.param)
 
 
 async def on_bad_input(request: Request, e: LstmgenError) -> Response:
-    shape = error_shape(request)
     if isinstance(e, OptionError):  # worded with the field as this route's callers write it (OpenAI's n for num)
-        field = (e.option.openai_name or e.param) if shape == OPENAI_ERRORS else e.param
-        return error_response(shape, 400, e.spelled(field), param=field)
-    return error_response(shape, 400, str(e))
+        field = (e.option.openai_name or e.param) if error_shape(request) == OPENAI_ERRORS else e.param
+        return answer_error(request, 400, e.spelled(field), param=field)
+    return answer_error(request, 400, str(e))
 
 
 async def not_found(request: Request, e) -> Response:
-    return error_response(error_shape(request), 404, f"no such endpoint: {request.method} {request.url.path}")
+    return answer_error(request, 404, f"no such endpoint: {request.method} {request.url.path}")
 
 
 async def not_allowed(request: Request, e) -> Response:
-    return error_response(error_shape(request), 405, f"{request.method} is not allowed on {request.url.path}")
+    return answer_error(request, 405, f"{request.method} is not allowed on {request.url.path}")
 
 
 # -- the app ----------------------------------------------------------------------------------------------
@@ -165,7 +188,7 @@ def playground_page(browser_runtime_missing: str | None) -> str:
     "run in my browser" is off here, why (both fixed for a server's life)."""
     fields = [{"name": o.name, "js": o.js_name, "kind": o.kind, "low": o.low, "high": o.high, "help": o.help,
                "describe": o.describe(), "default": None if o.manifest else o.default, "browser": JS in o.runtimes,
-               "recordsOnly": o.records_only, "compiled": o.js_instead is not None}
+               "session": o.name in SESSION_OPTIONS, "recordsOnly": o.records_only, "compiled": o.js_instead is not None}
               for o in on_surface(OPENAI) if o.kind in ("int", "float", "text") and o.name not in ("num", "logprobs")]
     data = json.dumps(fields).replace("</", "<\\/")  # never closes the script element early
     page = PLAYGROUND.replace("</head>", f'<script type="application/json" id="options">{data}</script>\n</head>', 1)

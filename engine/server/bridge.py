@@ -35,8 +35,8 @@ class LoopEvent(threading.Event):
 class JobRun:
     """One request's job on a scheduler, seen from asyncio.
 
-    Events go to `queue` as `(tag, row, text)` for a piece of text and `(tag, None, None)` when the job
-    has ended; several runs may share one queue (a request with several prompts). `finished` is a
+    Events go to `queue` as `(tag, row, text, logprobs)` for a piece of text (logprobs: the entries of
+    its tokens when asked for, else None) and `(tag, None, None, None)` when the job has ended; several runs may share one queue (a request with several prompts). `finished` is a
     future that resolves when the job has ended.
     """
 
@@ -48,8 +48,8 @@ class JobRun:
         self.finished: asyncio.Future = loop.create_future()
         on_piece = None
         if stream:
-            def on_piece(row: int, text: str) -> None:
-                loop.call_soon_threadsafe(self.queue.put_nowait, (tag, int(row), text))
+            def on_piece(row: int, text: str, logprobs) -> None:
+                loop.call_soon_threadsafe(self.queue.put_nowait, (tag, int(row), text, logprobs))
         if job is None:
             job = scheduler.job(on_piece=on_piece, **job_args)  # checks the arguments: LstmgenError
         else:  # built by Scheduler.jobs (several prompts, each with its own rows)
@@ -61,7 +61,7 @@ class JobRun:
     def end(self) -> None:
         if not self.finished.done():
             self.finished.set_result(None)
-        self.queue.put_nowait((self.tag, None, None))
+        self.queue.put_nowait((self.tag, None, None, None))
 
     def cancel(self) -> None:
         """The client went away: the job's rows leave the batch at the next step."""

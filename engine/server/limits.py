@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from ..errors import LstmgenError
 
 
-def _limit(default, flag: str, help: str, *, kind=int):
-    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind})
+def _limit(default, flag: str, help: str, *, kind=int, zero_is_off: bool = False):
+    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind, "zero_is_off": zero_is_off})
 
 
 @dataclass
@@ -31,12 +31,16 @@ class Limits:
                                    " between requests", kind=float)
     max_inspect_tokens: int = _limit(20_000, "--max-inspect-tokens", "tokens of one /v1/inspect text (its states are"
                                      " held in memory)")
+    prefix_cache_bytes: int = _limit(64 << 20, "--prefix-cache-bytes", "bytes of model states kept after reading"
+                                     " prompts, for every served model together (an LRU): a prompt read before, or one"
+                                     " that begins with one, is not read again; 0 = off", zero_is_off=True)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise LstmgenError(f"{f.metadata['flag']} must be a number > 0, got {value!r}")
+            off = f.metadata["zero_is_off"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if off else value > 0):
+                raise LstmgenError(f"{f.metadata['flag']} must be a number {'>= 0 (0 = off)' if off else '> 0'}, got {value!r}")
 
     @property
     def caps(self) -> dict[str, int]:

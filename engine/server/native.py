@@ -1,9 +1,10 @@
-"""The native endpoints of `lstmgen serve`: generate (whole or streamed), score, health and metrics.
+"""The native endpoints of `lstmgen serve`: generate (whole or streamed), next, score, health and metrics.
 
 Bodies are checked by their declared models (lstmgen.server.schemas); generation options go to
 the model's scheduler as they are, where lstmgen.options' table checks them once more against the
 artifact (its vocabulary, its records). What the response says of a sample (why it ended, how many
-tokens it read and wrote) is what the decode loop recorded, never re-derived from its text.
+tokens it read and wrote) is what the decode loop recorded, never re-derived from its text. Every
+prompt, text to score and text of /v1/next is read through the model's prefix-state cache.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def generate_stream(request: Request, models: Models, name: str, args: dict) -> 
 
     async def events():
         while True:
-            _, row, text = await run.queue.get()
+            _, row, text, _ = await run.queue.get()
             if row is None:
                 break
             yield sse({"text": text})
@@ -83,12 +84,32 @@ def generate_stream(request: Request, models: Models, name: str, args: dict) -> 
     return EventStream(events(), on_close)
 
 
+async def next_tokens(request: Request) -> JSONResponse:
+    """The likeliest next tokens after a text, with the chance generation with the given options writes
+    each: a fresh lstmgen Session's `top` (stateless for the client; the prefix cache remembers)."""
+    models: Models = request.app.state.models
+    body = await read_body(request, request.app.state.schemas.next)
+    name = models.pick(body.model)
+    gen, cache = models.generators[name], models.caches[name]
+    options = given(body, "model", "text", "top")
+
+    def work() -> dict:  # a prefill of up to --max-body characters: off the event loop
+        session = gen.session(prompt=body.text or None, cache=cache, seed=0, **options)
+        top = [{"token": t.token, "id": t.id, "text": t.text, "probability": t.probability}
+               for t in session.top(body.top or 5)]
+        return {"model": name, "text": session.text, "prompt_tokens": len(session.token_ids),
+                "cached_tokens": session.cached_tokens, "top": top}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
 async def score(request: Request) -> JSONResponse:
     models: Models = request.app.state.models
     body = await read_body(request, request.app.state.schemas.score)
-    gen = models.generators[models.pick(body.model)]
+    name = models.pick(body.model)
     segments = body.segments or body.streams or 1
-    result = await run_in_threadpool(lambda: gen.score(body.text, records=body.records, segments=segments))
+    result = await run_in_threadpool(lambda: models.generators[name].score(
+        body.text, records=body.records, segments=segments, cache=models.caches[name]))
     return JSONResponse(result.to_dict())
 
 

@@ -7,6 +7,11 @@ so choice `i * n + j` is `Generator.generate(num=n, prompt=prompts[i], seed=seed
 Extra sampling fields are the rest of lstmgen.options' OpenAI surface (top_k, min_p, ...).
 `max_tokens` defaults to the model's own default (its manifest), not OpenAI's 16.
 
+A prompt may be token ids (`[1, 2, 3]`, or a list of such lists), as lm-evaluation-harness and
+LiteLLM send them; `max_tokens: 0` with `echo` scores the prompt and writes nothing (the way
+log-likelihood evaluations call completions). Streams carry logprobs chunk by chunk in OpenAI's
+shape (each chunk lists the tokens its text came from).
+
 Every figure comes from the decode loop's facts (lstmgen.decoding.Sample): `finish_reason` is
 "stop" for an end of record or a stop string and "length" for max_tokens; `usage.prompt_tokens`
 counts each prompt once, as the model read it; with `echo` the text starts with the prompt as the
@@ -25,7 +30,6 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__
 from ..decoding import FinishReason, Sample
-from ..errors import LstmgenError
 from ..sampling import new_seed
 from ..tokenizer import Detokenizer
 from .bridge import JobRun, finish_or_disconnect
@@ -46,14 +50,12 @@ class Completion:
     def __init__(self, models: Models, body) -> None:
         self.name = models.pick(body.model)
         self.gen = models.generators[self.name]
-        self.prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt or [None])
+        self.prompts = prompt_list(body.prompt)
         self.n = body.n or 1
         self.echo = bool(body.echo)
         self.stream = bool(body.stream)
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.logprobs = body.logprobs
-        if self.stream and self.logprobs is not None:
-            raise LstmgenError("logprobs is given for whole completions only: leave out stream, or logprobs")
         options = given(body, *NOT_OPTIONS)
         options["num"] = options.pop("n", 1)
         options.setdefault("seed", new_seed())
@@ -66,15 +68,22 @@ class Completion:
         return [JobRun(scheduler, queue, i, stream=queue is not None, prompt=p or None, **self.job_args)
                 for i, p in enumerate(self.prompts)]
 
+    def written_pieces(self, prompt_ids) -> Detokenizer:
+        """A detokenizer at the start of a choice's text: after the prompt when it is not echoed (a word's
+        spacing depends on what came before)."""
+        detok = Detokenizer(self.gen.tokenizer)
+        if not self.echo:
+            for i in prompt_ids:
+                detok.piece(i)
+        return detok
+
     def choice_logprobs(self, sample: Sample) -> dict:
         """OpenAI's `logprobs` of one choice: a token per listed entry, as written in the choice's text.
 
         The loop lists the prompt's tokens (with echo) and every written token; a record's end marker
-        writes no text and is listed as an empty token, so the tokens join to the text."""
-        detok = Detokenizer(self.gen.tokenizer)
-        if not self.echo:
-            for i in sample.prompt_ids:  # word spacing after the prompt depends on what came before
-                detok.piece(i)
+        writes no text and is listed as an empty token, so the tokens join to the text and
+        usage.prompt_tokens + usage.completion_tokens is the number of tokens listed."""
+        detok = self.written_pieces(sample.prompt_ids)
         return logprobs_object([(detok.piece(t.id), t.logprob, dict(t.top)) for t in sample.logprobs])
 
     def choice(self, index: int, text: str, finish_reason: str | None, logprobs=None) -> dict:
@@ -86,6 +95,15 @@ class Completion:
         if usage is not None:
             out["usage"] = usage
         return out
+
+
+def prompt_list(prompt) -> list:
+    """OpenAI's prompt forms: a text, texts, token ids, or lists of token ids -> one entry per prompt."""
+    if prompt is None or isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]  # one prompt of token ids
+    return list(prompt)
 
 
 def usage(runs: list[JobRun], samples: list[Sample]) -> dict:
@@ -141,13 +159,35 @@ def stream_completion(request: Request, models: Models, req: Completion, schedul
     return EventStream(stream_events(request, req, runs, queue), on_close)
 
 
+class ChunkLogprobs:
+    """Streamed logprobs: each chunk lists the tokens its text came from (text that might still begin a
+    stop string waits, and its tokens with it), offsets counted as in the whole choice's text."""
+
+    def __init__(self, req: Completion, runs: list[JobRun]) -> None:
+        self.req = req
+        self.detoks = {(i, j): req.written_pieces(run.job.request.prompt_ids) for i, run in enumerate(runs)
+                       for j in range(req.n)}
+        self.offsets = dict.fromkeys(self.detoks, 0)
+
+    def of(self, i: int, row: int, text: str, entries) -> dict | None:
+        if entries is None:
+            return None
+        detok = self.detoks[i, row]
+        tokens = [(detok.piece(t.id), t.logprob, dict(t.top)) for t in entries]
+        out = logprobs_object(tokens, self.offsets[i, row])
+        self.offsets[i, row] += sum(len(piece) for piece, _, _ in tokens)  # as the whole answer counts them
+        return out
+
+
 async def stream_events(request: Request, req: Completion, runs: list[JobRun], queue: asyncio.Queue):
     """Chunks as the rows write them (the prompt as read first, with echo), then each choice's end."""
     running, samples = len(runs), []
+    chunk_logprobs = ChunkLogprobs(req, runs)
     while running:
-        i, row, text = await queue.get()
+        i, row, text, entries = await queue.get()
         if row is not None:
-            yield sse(req.envelope([req.choice(i * req.n + row, text, None)]))
+            logprobs = chunk_logprobs.of(i, row, text, entries)
+            yield sse(req.envelope([req.choice(i * req.n + row, text, None, logprobs)]))
             continue
         running -= 1
         try:

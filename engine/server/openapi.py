@@ -17,6 +17,8 @@ from .playground import ARTIFACT_FILES
 from .schemas import NativeError, OpenAIError, Schemas
 
 REF = "#/components/schemas/{model}"
+SSE_EVENT = {"type": "object", "description": "one Server-Sent Event", "required": ["data"],
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 ERROR_STATUSES = {"400": "bad input: one line naming the field", "404": "no such model or path",
                   "413": "body over --max-body", "503": "over --max-requests requests at once; retry"}
 
@@ -49,9 +51,15 @@ def _operation(r, schemas: Schemas, components: dict, with_key: bool) -> dict:
     if params:
         op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": _path_schema(p, schemas)}
                             for p in params]
+    op.setdefault("parameters", []).extend({"name": q, "in": "query", "required": False, "schema": _path_schema(q, schemas)}
+                                           for q in r.query)
+    if not op["parameters"]:
+        del op["parameters"]
     if r.request is not None:
-        body = _schema_ref(getattr(schemas, r.request), components)
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        model = getattr(schemas, r.request)
+        # A body whose fields are all optional may be left out (read as {}); one with a required field may not.
+        required = any(f.is_required() for f in model.model_fields.values())
+        op["requestBody"] = {"required": required, "content": {"application/json": {"schema": _schema_ref(model, components)}}}
     error = _schema_ref(OpenAIError if r.errors == OPENAI_ERRORS else NativeError, components)
     for status, why in ERROR_STATUSES.items():
         op["responses"][status] = {"description": why, "content": {"application/json": {"schema": error}}}
@@ -71,8 +79,8 @@ def _ok(r, components: dict) -> dict:
     if isinstance(r.response, str):  # media types, not a JSON body this server declares
         return {"description": "OK", "content": {media: {} for media in r.response.split()}}
     content = {"application/json": {"schema": _schema_ref(r.response, components)}}
-    if r.streams:
-        content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-Sent Events"}}
+    if r.streams:  # each event: `data` a JSON chunk (or OpenAI's closing [DONE]), `event` its name when it has one
+        content["text/event-stream"] = {"schema": SSE_EVENT}
     return {"description": "OK", "content": content}
 
 

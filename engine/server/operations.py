@@ -30,6 +30,7 @@ class Metrics:
                                  ["path"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("lstmgen_generated_tokens", "Tokens generated, by model", ["model"], registry=self.registry)
         self.registry.register(LiveCollector(models, connections))
+        self.registry.register(CacheCollector(models))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -55,6 +56,35 @@ class LiveCollector:
         yield GaugeMetricFamily("lstmgen_open_streams", "Streaming responses in progress", value=self.models.open_streams)
         yield GaugeMetricFamily("lstmgen_running_requests", "Requests being answered", value=self.models.running_requests)
         yield GaugeMetricFamily("lstmgen_open_connections", "Open client connections", value=self.connections())
+
+
+class CacheCollector:
+    """The prefix-state cache, read at scrape time: reads served from it (wholly or in part) and not, the
+    tokens it spared the model, and what it holds (bytes, entries) against its bound, by model."""
+
+    def __init__(self, models: Models) -> None:
+        self.models = models
+
+    def collect(self):
+        cache = self.models.prefix_cache
+        if cache is None:
+            return
+        labels = ["model"]
+        hits = CounterMetricFamily("lstmgen_prefix_cache_hits", "Reads that started from a cached state", labels=labels)
+        misses = CounterMetricFamily("lstmgen_prefix_cache_misses", "Reads that found no cached prefix", labels=labels)
+        reused = CounterMetricFamily("lstmgen_prefix_cache_reused_tokens", "Tokens read from the cache, not the model",
+                                     labels=labels)
+        size = GaugeMetricFamily("lstmgen_prefix_cache_bytes", "Bytes of states the cache holds", labels=labels)
+        entries = GaugeMetricFamily("lstmgen_prefix_cache_entries", "States the cache holds", labels=labels)
+        for name, view in cache.views.items():
+            hits.add_metric([name], view.hits)
+            misses.add_metric([name], view.misses)
+            reused.add_metric([name], view.reused_tokens)
+            size.add_metric([name], cache.nbytes(name))
+            entries.add_metric([name], cache.entries(name))
+        yield from (hits, misses, reused, size, entries)
+        yield GaugeMetricFamily("lstmgen_prefix_cache_max_bytes", "The cache's bound (--prefix-cache-bytes)",
+                                value=cache.max_bytes)
 
 
 class Gate:
@@ -90,6 +120,7 @@ class Gate:
         try:
             refusal = self.refusal(scope)
             if refusal is not None:
+                scope.setdefault("state", {})["reason"] = refusal.reason
                 await refusal(scope, receive, send_and_note)
                 return
             self.models.running_requests += 1
@@ -106,10 +137,10 @@ class Gate:
         if self.expected is not None and (route is None or route.auth) and scope["method"] != "OPTIONS":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                return error_response(shape, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+                return refused(shape, 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
         if self.models.running_requests >= self.models.limits.max_requests and (route is None or route.auth):
-            return error_response(shape, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
-                                  retry_after=1)
+            return refused(shape, 503, f"over {self.models.limits.max_requests} requests at once; retry in a second",
+                           retry_after=1)
         return None
 
     def record(self, scope, status: int, seconds: float) -> None:
@@ -119,6 +150,14 @@ class Gate:
         self.metrics.latency.labels(label).observe(seconds)
         if self.access_log is not None:
             client = scope.get("client") or ("-", 0)
-            tokens = scope.get("state", {}).get("tokens", 0)
+            state = scope.get("state", {})
+            reason = f": {state['reason']}" if status >= 400 and state.get("reason") else ""
             self.access_log(f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status}'
-                            f' {seconds * 1000:.1f} ms {tokens} tokens')
+                            f' {seconds * 1000:.1f} ms {state.get("tokens", 0)} tokens{reason}')
+
+
+def refused(shape: str, status: int, message: str, retry_after: int | None = None):
+    """The gate's own error answer, carrying its reason for the access log."""
+    response = error_response(shape, status, message, retry_after)
+    response.reason = message
+    return response

@@ -4,7 +4,7 @@ switch (the JavaScript generator of js/, onnxruntime-web's files, and each serve
 
     POST /v1/inspect               {"model", "text", "top", "cells"} -> pieces, surprisal, top cells per
                                    feature and the activations of those cells (and of "cells") per token
-    GET  /js/{file}                js/lstmgen.mjs and js/web.mjs              (no API key needed: code only)
+    GET  /js/{file}                js/lstmgen.mjs, session.mjs, web.mjs       (no API key needed: code only)
     GET  /js/ort/{file}            onnxruntime-web's .mjs and .wasm files     (no API key needed: code only)
     GET  /artifacts/{model}/{file} manifest.json, generate-web.onnx, model.onnx of a served model
     POST /v1/pattern               {"model", "regex", "min_length", "max_length", "ban", "allow_unk"} -> the
@@ -32,7 +32,7 @@ from .served import Models
 
 JS_DIR = Path(__file__).resolve().parents[2] / "js"  # the repository's js/ beside engine/ (absent from a wheel)
 ORT_DIST = JS_DIR / "node_modules" / "onnxruntime-web" / "dist"
-JS_FILES = ("lstmgen.mjs", "options.mjs", "web.mjs")
+JS_FILES = ("lstmgen.mjs", "options.mjs", "session.mjs", "web.mjs")
 ARTIFACT_FILES = (MANIFEST_FILE, GENERATE_WEB_FILE, MODEL_FILE)
 MEDIA_TYPES = {".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
                ".onnx": "application/octet-stream"}

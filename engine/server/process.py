@@ -86,7 +86,7 @@ class Server:
 
 def make_server(generators: dict[str, Generator], host: str = "127.0.0.1", port: int = 8088, limits: Limits | None = None,
                 *, api_key: str | None = None, cors_origins: list[str] = (),
-                access_log: Callable[[str], None] | None = None) -> Server:
+                access_log: Callable[[str], None] | None = None, default_model: str | None = None) -> Server:
     """Bind the socket now (so that a taken port is an error here) and build the server."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
@@ -99,7 +99,7 @@ def make_server(generators: dict[str, Generator], host: str = "127.0.0.1", port:
         sock.close()
         raise
     sock.listen(2048)  # connections made before uvicorn has started wait in the backlog
-    return Server(Models(generators, limits or Limits()), sock, api_key=api_key, cors_origins=cors_origins,
+    return Server(Models(generators, limits or Limits(), default_model), sock, api_key=api_key, cors_origins=cors_origins,
                   access_log=access_log)
 
 

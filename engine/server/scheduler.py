@@ -22,11 +22,12 @@ __all__ = ["Job", "Scheduler"]
 class Scheduler:
     """The decode loop of one model, shared by every request for it."""
 
-    def __init__(self, gen: Generator, max_batch: int = 256) -> None:
+    def __init__(self, gen: Generator, max_batch: int = 256, cache=None) -> None:
         self.gen = gen
         self.max_batch = max_batch
         self.pending: queue.Queue[Job | None] = queue.Queue()
-        self.loop = DecodeLoop(gen.backend, gen.tokenizer)
+        self.cache = cache  # the model's lstmgen.prefix_cache view: every job's prompt is read through it
+        self.loop = DecodeLoop(gen.backend, gen.tokenizer, cache)
         self.rows_in_flight = 0
         self.steps = 0
         self._stop = threading.Event()
@@ -38,7 +39,7 @@ class Scheduler:
         """Jobs for a request, checked like Generator.generate (same checks, same messages); one per prompt.
 
         Takes Generator.generate's arguments (prompts, logprobs, echo, bias, ban, novel included, not
-        progress) and `on_piece(row, text)` to stream. At most max_batch samples per job.
+        progress) and `on_piece(row, text, logprobs)` to stream. At most max_batch samples per job.
         """
         # block_rows = num: a novel job's later rounds reuse the rows admitted for it, at most max_batch
         caps = {"num": self.max_batch, **kwargs.pop("caps", {})}

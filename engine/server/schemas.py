@@ -19,15 +19,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from ..decoding import FinishReason
-from ..options import BY_NAME, NATIVE, OPENAI, Option, on_surface
+from ..options import BY_NAME, NATIVE, OPENAI, SESSION_OPTIONS, Option, on_surface
 from .limits import Limits
 
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
 TokenIdKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 MAX_PROMPTS = 256  # prompts in one request
 MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
 MAX_CHOSEN_CELLS = 8
+MAX_NEXT_TOP = 100  # /v1/next: next tokens listed at most
 PATTERN_FIELDS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
 
 
@@ -89,6 +91,63 @@ class InspectRequest(BaseModel):
         None, max_length=MAX_CHOSEN_CELLS, description="cells to report too, [c|h]LAYER:UNIT (e.g. c1:37)")
 
 
+class ChatMessage(BaseModel):
+    model_config = STRICT
+    role: Literal["system", "user", "assistant"]
+    content: Union[str, list["ContentPart"]] = Field(description="text, or OpenAI's content parts (text only)")
+    name: Optional[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_ .-]{1,64}:?$")]] = Field(
+        None, description="the speaker: on a script model, the speaker tag this message is written under")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_message(self) -> dict:
+        return {"role": self.role, "content": self.text(), **({"name": self.name} if self.name else {})}
+
+
+class ContentPart(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+    text: str
+
+
+class TokenizeRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = None
+    prompt: Optional[str] = Field(None, description="the text to tokenize")
+    messages: Optional[Annotated[list[ChatMessage], Field(min_length=1)]] = Field(
+        None, description="a conversation, tokenized as the model's chat template writes it")
+    add_special_tokens: Optional[bool] = Field(None, description="put the model's start tokens first (default true)")
+    add_generation_prompt: Optional[bool] = Field(None, description="accepted for vLLM's clients; a conversation"
+                                                  " always ends with the opening of the reply")
+    return_token_strs: Optional[bool] = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+    model: Optional[str] = None
+    tokens: list[TokenId]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: Optional[list[str]] = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tokenizer_class: str
+    eos_token: Optional[str]
+    bos_token: Optional[str]
+    chat_template: str
+
+
 class StreamOptions(BaseModel):
     model_config = STRICT
     include_usage: Optional[bool] = None
@@ -108,14 +167,41 @@ class Schemas:
             **_option_fields(NATIVE, caps))
         self.completion = create_model(
             "CompletionRequest", __config__=STRICT, model=_model_field(served),
-            prompt=(Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)], None],
-                    Field(None, description="a text or a list of texts")),
+            prompt=(Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)],
+                          Annotated[list[TokenId], Field(min_length=1)],
+                          Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)],
+                          None],
+                    Field(None, description="a text, a list of texts, token ids, or a list of lists of token ids")),
             stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
             user=(Optional[str], Field(None, description="ignored")),
             suffix=(Optional[Literal[""]], Field(None, description="not supported: null or left out")),
             best_of=(Optional[Literal[1]], Field(None, description="not supported: 1 or left out")),
             **_option_fields(OPENAI, caps, rename=True))
+        chat_options = {k: v for k, v in _option_fields(OPENAI, caps, rename=True).items() if k not in ("echo", "logprobs")}
+        self.chat = create_model(
+            "ChatCompletionRequest", __config__=STRICT, model=_model_field(served),
+            messages=(Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_PROMPTS)], Field(
+                description="the conversation; the model's chat template (lstmgen.chat) makes it a prompt")),
+            stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
+            user=(Optional[str], Field(None, description="ignored")),
+            logprobs=(Optional[bool], Field(None, description="each reply token's log-probability")),
+            top_logprobs=(Optional[int], Field(None, ge=0, le=int(BY_NAME["logprobs"].high),
+                                               description="alternatives listed per token (with logprobs)")),
+            max_completion_tokens=option_field(BY_NAME["max_tokens"], caps.get("max_tokens")),
+            speakers=(Optional[dict[Literal["system", "user", "assistant"], NonEmptyText]], Field(
+                None, description="script models: the speaker tag of each role, e.g. {\"user\": \"bart_simpson:\"}")),
+            **chat_options)
         model = _model_field(served)
+        self.next = create_model(
+            "NextRequest", __config__=STRICT, model=_model_field(served),
+            text=(Optional[str], Field(None, description="the text so far (a records model: a record's beginning);"
+                                       " empty or left out: the model's first token")),
+            top=(Optional[int], Field(None, ge=1, le=MAX_NEXT_TOP, description="how many of the likeliest next"
+                                      " tokens to list (default 5)")),
+            **{o.name: option_field(o, caps.get(o.name)) for o in on_surface(NATIVE)
+               if o.name in SESSION_OPTIONS and o.name != "seed"})
+        self.tokenize = create_model("TokenizeRequest", __base__=TokenizeRequest, model=model)
+        self.detokenize = create_model("DetokenizeRequest", __base__=DetokenizeRequest, model=model)
         self.pattern = create_model("PatternRequest", __config__=STRICT, model=_model_field(served),
                                     **{name: option_field(BY_NAME[name]) for name in PATTERN_FIELDS})
         self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
@@ -244,6 +330,21 @@ class GenerateResponse(BaseModel):
     usage: Usage
 
 
+class NextTokenOut(BaseModel):
+    token: str = Field(description="the vocabulary entry (<eos>: the record ends here)")
+    id: int
+    text: str = Field(description="what appending it writes after the text (a word model's space included)")
+    probability: float = Field(description="the chance that generation with these options writes it next")
+
+
+class NextResponse(BaseModel):
+    model: str
+    text: str = Field(description="the text as the model read it (case folded, words re-spaced)")
+    prompt_tokens: int = Field(description="the text's tokens")
+    cached_tokens: int = Field(description="tokens read from the prefix-state cache instead of the model")
+    top: list[NextTokenOut] = Field(description="likeliest first; only tokens generation can write")
+
+
 class ScoreResponse(BaseModel):
     nats: float
     tokens: int
@@ -269,6 +370,39 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: Optional[CompletionLogprobs]
     finish_reason: Optional[Literal["stop", "length"]]
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: Optional[float]
+    bytes: list[int]
+    top_logprobs: list[dict[str, Union[str, float, list[int]]]]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
+class ChatReply(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatReply
+    logprobs: Optional[ChatLogprobs]
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
 
 
 class Completion(BaseModel):
@@ -301,4 +435,4 @@ class InspectResponse(BaseModel):
 
 
 RESPONSES = (NativeError, OpenAIError, Health, ModelList, ModelObject, GenerateResponse, ScoreResponse, Completion,
-             InspectResponse)
+             InspectResponse, NextResponse)

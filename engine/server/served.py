@@ -1,10 +1,12 @@
-"""The served models: each one's Generator and its scheduler (one shared step loop), picking a model by
-name, and the server-wide counts of open streams and running requests."""
+"""The served models: each one's Generator, its scheduler (one shared step loop) and its part of the
+prefix-state cache, picking a model by name, and the server-wide counts of open streams and running
+requests."""
 
 from __future__ import annotations
 
 from ..errors import LstmgenError
 from ..generator import Generator
+from ..prefix_cache import PrefixCache
 from .http import HttpError
 from .limits import Limits
 from .scheduler import Scheduler
@@ -13,18 +15,25 @@ from .scheduler import Scheduler
 class Models:
     """The served models, one scheduler (one shared step loop) each, and the server-wide counters."""
 
-    def __init__(self, models: dict[str, Generator], limits: Limits) -> None:
+    def __init__(self, models: dict[str, Generator], limits: Limits, default: str | None = None) -> None:
+        if default is not None and default not in models:
+            raise LstmgenError(f"--default-model {default!r} is not served (serving: {', '.join(models)})")
         self.generators = models
         self.limits = limits
-        self.schedulers = {name: Scheduler(g, limits.max_batch) for name, g in models.items()}
+        self.default = default or next(iter(models))  # a request that names no model gets this one
+        # One LRU for every model; each model reads its prompts through its own view of it (None: off).
+        self.prefix_cache = PrefixCache(limits.prefix_cache_bytes) if limits.prefix_cache_bytes else None
+        self.caches = {name: self.prefix_cache.view(name, g.backend) if self.prefix_cache else None
+                       for name, g in models.items()}
+        self.schedulers = {name: Scheduler(g, limits.max_batch, self.caches[name]) for name, g in models.items()}
         self.open_streams = 0
         self.running_requests = 0
 
     def pick(self, name: str | None) -> str:
+        """The served model a request names; none named: the default model (the first served, or
+        --default-model), as clients that send no model (lm-evaluation-harness's gguf type) expect."""
         if name is None:
-            if len(self.generators) == 1:
-                return next(iter(self.generators))
-            raise LstmgenError(f"say which model: one of {', '.join(self.generators)}")
+            return self.default
         if name not in self.generators:
             raise HttpError(404, f"no model named {name!r} here (serving: {', '.join(self.generators)})", param="model")
         return name
