@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a trained run to an ONNX artifact (needs the 'train' extra)", add_help=False)
     sub.add_parser("bench", help="measure tokens/s of the engine against PyTorch", add_help=False)
 
-    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_info_and_list):
+    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_compile_pattern,
+                _add_info_and_list):
         add(sub)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 # The options of `lstmgen generate`, in --help order; their flags and help come from lstmgen.options.
 GENERATE_FLAGS = ("num", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                   "repetition_window", "frequency_penalty", "presence_penalty", "seed", "stop", "bias", "ban",
-                  "echo", "logprobs", "allow_unk")
+                  "echo", "logprobs", "allow_unk", "regex", "min_length", "max_length")
 
 
 def _add_generate(sub) -> None:
@@ -131,6 +132,24 @@ def _add_add_graph(sub) -> None:
     a.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+PATTERN_FLAGS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
+
+
+def _add_compile_pattern(sub) -> None:
+    """`lstmgen compile-pattern`: a pattern's tables for generate.onnx callers (js/, other runtimes)."""
+    from .options import add_cli_flags
+
+    c = sub.add_parser("compile-pattern", help="compile --regex / --min-length / --max-length into the tables"
+                       " generate.onnx takes (for the JavaScript module and other runtimes)",
+                       description="Write a pattern compiled over a model's vocabulary as JSON (lstmgen.patterns):"
+                                   " pass it as `pattern` to js/lstmgen.mjs's generate. It depends on the bans"
+                                   " (--ban, --allow-unk): give the same ones to generate.")
+    c.add_argument("model", help="artifact folder or shipped model name")
+    add_cli_flags(c, PATTERN_FLAGS)
+    c.add_argument("--out", default="-", help="file to write (default: standard output)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def _add_info_and_list(sub) -> None:
     """`lstmgen info` and `lstmgen list`: what an artifact is, which models ship."""
     i = sub.add_parser("info", help="describe an artifact (with no MODEL: list the shipped models)")
@@ -167,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return module.main(argv)
         args = _parser().parse_args(argv)
         commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
-                    "inspect": cmd_inspect, "add-graph": cmd_add_graph}
+                    "inspect": cmd_inspect, "add-graph": cmd_add_graph, "compile-pattern": cmd_compile_pattern}
         return commands[args.command](args)
     except LstmgenError as e:
         if debug:
@@ -203,6 +222,11 @@ def cmd_generate(args) -> int:
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
     if args.prompt and gen.tokenizer.fold(args.prompt) != args.prompt:
         print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
+    if args.regex is not None and gen.tokenizer.folds_case:
+        print("lstmgen: note: this model's vocabulary is lower case; the pattern is matched ignoring case", file=sys.stderr)
+    hint = gen.prompt_hint(args.prompt)
+    if hint:
+        print(f"lstmgen: hint: {hint}", file=sys.stderr)
     options = {name: getattr(args, name) for name in GENERATE_FLAGS}
     options["bias"] = _parse_bias(args.bias) or None
     options["num"] = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
@@ -219,6 +243,7 @@ def cmd_generate(args) -> int:
         out = gen.generate(prompt=args.prompt, prompts=prompts, progress=bar.update, **options)
     groups = out if prompts is not None else [out]
     _warn_if_few_novel(groups, options)
+    _warn_if_cut(groups, options, gen)
     if args.json:
         _print_json(gen, groups, prompts, options)
     else:
@@ -244,15 +269,29 @@ def _warn_if_few_novel(groups: list[list], options: dict) -> None:
               " (raise --temperature, or add --allow-known)", file=sys.stderr)
 
 
+def _warn_if_cut(groups: list[list], options: dict, gen) -> None:
+    """A pattern the model finds unlikely can run into --max-tokens: say so rather than print cut samples silently."""
+    cut = [s for g in groups for s in g if s.pattern_accepted is False]
+    if cut:
+        limit = gen.settings(max_tokens=options["max_tokens"])["max_tokens"]
+        print(f"lstmgen: warning: {len(cut)} of {sum(len(g) for g in groups)} samples were cut at --max-tokens {limit}"
+              " before they matched the pattern (the model finds it unlikely; raise --max-tokens or --temperature)",
+              file=sys.stderr)
+
+
 def _print_json(gen, groups: list[list], prompts: list[str] | None, options: dict) -> None:
     """One JSON object: 'samples' (one list per prompt with --prompt-file; objects with --logprobs) and
-    'finish_reasons' beside them (why each sample ended: end_of_record, stop_string, length)."""
+    'finish_reasons' beside them (why each sample ended: end_of_record, stop_string, length, pattern_end);
+    with a pattern, 'pattern_accepted' too (false: cut before it matched)."""
     detailed = options["logprobs"] is not None
     samples = [[s.to_dict() if detailed else s.text for s in g] for g in groups]
     reasons = [[s.finish_reason for s in g] for g in groups]
     one = prompts is None
     body = {"samples": samples[0], "finish_reasons": reasons[0]} if one else {
         "prompts": prompts, "samples": samples, "finish_reasons": reasons}
+    if any(options.get(name) is not None for name in ("regex", "min_length", "max_length")):
+        accepted = [[s.pattern_accepted for s in g] for g in groups]
+        body["pattern_accepted"] = accepted[0] if one else accepted
     from .options import SAMPLING_OPTIONS
 
     settings = {**gen.sampling(**{o.name: options[o.name] for o in SAMPLING_OPTIONS}).__dict__,
@@ -399,6 +438,28 @@ def cmd_add_graph(args) -> int:
         folder = resolve_model(name)
         add_generation_graph(folder)
         print(f"wrote {folder / 'generate.onnx'}")
+    return 0
+
+
+def cmd_compile_pattern(args) -> int:
+    from .generator import Generator
+
+    gen = Generator.load(args.model, device="cpu")
+    pattern = gen.pattern(**{name: getattr(args, name) for name in PATTERN_FLAGS})
+    if pattern is None:
+        raise LstmgenError("give a pattern: --regex, --min-length or --max-length")
+    text = json.dumps(pattern.to_dict(gen.manifest.name or gen.folder.name), separators=(",", ":"))
+    if args.out == "-":
+        print(text)
+        return 0
+    try:
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
+    except OSError as e:
+        raise LstmgenError(f"cannot write {args.out} ({e.strerror}); check the path") from None
+    print(f"wrote {args.out}: {pattern.states} states", file=sys.stderr)
     return 0
 
 

@@ -8,11 +8,15 @@ cancelled), so rows of many jobs can share one batch. Row r draws its random num
 (seed, r) alone, so a row writes the same text alone, in a batch, or beside other requests.
 
 The loop owns the end conditions, each row's text (detokenizer, stop strings, the hold-back of text
-that may still become a stop string while streaming) and each row's log-probabilities.
+that may still become a stop string while streaming) and each row's log-probabilities. A request's
+pattern (lstmgen.patterns) lives in its RowSampler (each row's automaton state, the mask); the loop
+records what it means for a row: `pattern_end` (running text the pattern lets go no further),
+`pattern_accepted`, and each token's `constrained_logprob`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
@@ -21,6 +25,7 @@ import numpy as np
 
 from .errors import LstmgenError
 from .manifest import record_hash
+from .patterns import TokenAutomaton
 from .sampling import RowSampler, SamplingParams
 from .scoring import log_softmax
 from .tokenizer import Detokenizer, Tokenizer
@@ -59,20 +64,31 @@ class Request:
     logprobs: int | None = None  # None = off; N = each token's log-probability and the N best alternatives
     echo: bool = True  # the text starts with the prompt
     first_row: int = 0  # the job's rows are first_row, first_row + 1, ... (their random streams)
+    pattern: TokenAutomaton | None = None  # regex / length bounds, compiled (lstmgen.patterns)
+    pattern_start: int = 0  # the automaton's state after the prompt
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One token of a sample under the model's own distribution (temperature 1, nothing filtered)."""
+    """One token of a sample under the model's own distribution (temperature 1, nothing filtered).
+
+    With a pattern, `constrained_logprob` is the token's log-probability under the distribution the
+    pattern leaves: the model's, restricted to the tokens the pattern allowed at that position and
+    renormalised (still temperature 1, before bias, penalties, top-k and top-p). `logprob` stays the
+    model's own, so the sum of a sample's `logprob`s is minus its `score`."""
 
     token: str  # the vocabulary entry
     id: int
     logprob: float | None  # None: nothing predicted this token (a prompt's own start token, see Generator.jobs)
     top: list[tuple[str, float]]  # the N most likely tokens at this position, most likely first
+    constrained_logprob: float | None = None
 
     def to_dict(self) -> dict:
-        return {"token": self.token, "id": self.id, "logprob": self.logprob,
-                "top": [{"token": t, "logprob": lp} for t, lp in self.top]}
+        out = {"token": self.token, "id": self.id, "logprob": self.logprob,
+               "top": [{"token": t, "logprob": lp} for t, lp in self.top]}
+        if self.constrained_logprob is not None:
+            out["constrained_logprob"] = self.constrained_logprob
+        return out
 
 
 class FinishReason:
@@ -80,9 +96,10 @@ class FinishReason:
 
     END_OF_RECORD = "end_of_record"  # a records model wrote its end marker
     STOP_STRING = "stop_string"  # one of the request's stop strings appeared (the text ends before it)
-    LENGTH = "length"  # max_tokens tokens were written
+    LENGTH = "length"  # max_tokens tokens were written: the sample was cut there
     CANCELLED = "cancelled"  # the caller went away, or the request failed
-    ALL = (END_OF_RECORD, STOP_STRING, LENGTH, CANCELLED)
+    PATTERN_END = "pattern_end"  # running text: the pattern matched and allows nothing more
+    ALL = (END_OF_RECORD, STOP_STRING, LENGTH, CANCELLED, PATTERN_END)
 
 
 class Sample(str):
@@ -93,18 +110,23 @@ class Sample(str):
     included, a token that completed a stop string included though its text was cut; finish_reason:
     a FinishReason. logprobs (when asked for) lists the prompt's tokens when echoed, then one entry
     per written token, so their sum is minus the `score` nats of the text the model read.
+    pattern_accepted (with a pattern, else None): whether the pattern accepted what was written
+    where the sample ended; False only for a sample cut at max_tokens (or by a stop string) before
+    it could match.
     """
 
     prompt_ids: tuple[int, ...]
     token_ids: tuple[int, ...]
     finish_reason: str
     logprobs: list[TokenLogprob] | None
+    pattern_accepted: bool | None
 
     def __new__(cls, text: str, prompt_ids=(), token_ids=(), finish_reason: str = FinishReason.LENGTH,
-                logprobs: list[TokenLogprob] | None = None) -> "Sample":
+                logprobs: list[TokenLogprob] | None = None, pattern_accepted: bool | None = None) -> "Sample":
         self = super().__new__(cls, text)
         self.prompt_ids, self.token_ids = tuple(prompt_ids), tuple(token_ids)
         self.finish_reason, self.logprobs = finish_reason, logprobs
+        self.pattern_accepted = pattern_accepted
         return self
 
     @property
@@ -122,6 +144,8 @@ class Sample(str):
     def to_dict(self) -> dict:
         out: dict = {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
                      "completion_tokens": self.completion_tokens}
+        if self.pattern_accepted is not None:
+            out["pattern_accepted"] = self.pattern_accepted
         if self.logprobs is not None:
             out["logprobs"] = [t.to_dict() for t in self.logprobs]
             out["total_logprob"] = sum(t.logprob for t in self.logprobs if t.logprob is not None)
@@ -196,7 +220,8 @@ class Job:
     that text came from (None unless the request asked for logprobs); setting `cancelled` ends the
     job's rows at the next step. A request for `max_tokens=0` (echo: its prompt scored) runs no step.
     With `known` (sorted record hashes) the job keeps only records that are neither in that list nor
-    repeated, trying more rows in rounds until it has `num` of them.
+    repeated (nor, with a pattern, cut before it matched), trying more rows in rounds until it has
+    `num` of them.
     """
 
     def __init__(self, request: Request, context: Sequence[int], tokenizer: Tokenizer, *,
@@ -278,8 +303,8 @@ class Job:
             if self._accepted >= self.num:
                 break
             key = block.novelty_key(sample)
-            if not key or key in self._seen or is_listed(self.known, key):
-                continue
+            if not key or key in self._seen or is_listed(self.known, key) or sample.pattern_accepted is False:
+                continue  # known, repeated, or cut at max_tokens before its pattern matched: not a new record
             self._seen.add(key)
             self._samples.append(sample)
             self._count(1)
@@ -298,15 +323,16 @@ class RowBlock:
     """
 
     # Why a row ended, coded per row as FinishReason's index (numpy arrays hold small ints, not strings).
-    LENGTH, END_OF_RECORD, STOP_STRING, CANCELLED = (FinishReason.ALL.index(r) for r in (
-        FinishReason.LENGTH, FinishReason.END_OF_RECORD, FinishReason.STOP_STRING, FinishReason.CANCELLED))
+    LENGTH, END_OF_RECORD, STOP_STRING, CANCELLED, PATTERN_END = (FinishReason.ALL.index(r) for r in (
+        FinishReason.LENGTH, FinishReason.END_OF_RECORD, FinishReason.STOP_STRING, FinishReason.CANCELLED,
+        FinishReason.PATTERN_END))
 
     def __init__(self, job: Job, rows: range, eos: int | None) -> None:
         r = job.request
         self.job = job
         self.rows = rows
         self.eos = eos
-        self.sampler = RowSampler(r.params, r.seed, rows, job.context, r.banned, r.bias)
+        self.sampler = RowSampler(r.params, r.seed, rows, job.context, r.banned, r.bias, r.pattern, r.pattern_start)
         self.live_rows = np.arange(len(rows))  # positions (in rows) of the rows still generating
         self.reasons = np.full(len(rows), self.LENGTH, dtype=np.int8)
         self.steps = 0
@@ -339,6 +365,7 @@ class RowBlock:
         if job.cancelled:
             return self._end_all()
         model_logprobs = log_softmax(logits) if self.logprobs is not None else None  # before bias and bans
+        allowed = self.sampler.allowed(live) if model_logprobs is not None else None  # the pattern's, at this step
         try:
             tokens = self.sampler.sample(logits, live)
         except LstmgenError as e:
@@ -348,7 +375,7 @@ class RowBlock:
         self.trace.append((live, tokens))
         ended = self._ended(live, tokens)
         if model_logprobs is not None:
-            self._record_logprobs(live, tokens, model_logprobs)
+            self._record_logprobs(live, tokens, model_logprobs, allowed)
         if self.texts is not None:
             self._write_texts(live, tokens, ended)
         if not ended.any():
@@ -359,17 +386,32 @@ class RowBlock:
     def _ended(self, live: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Which live rows end with this step's tokens; records why (an end marker wins over the length)."""
         at_end = tokens == self.eos if self.eos is not None else np.zeros(len(live), dtype=bool)
+        pattern_end = self.sampler.pattern_ended(live)  # running text whose pattern allows nothing more
         if self.steps >= self.job.request.max_tokens:
             self.reasons[live] = self.LENGTH
+            if pattern_end is not None:
+                self.reasons[live[pattern_end]] = self.PATTERN_END
             self.reasons[live[at_end]] = self.END_OF_RECORD
             return np.ones(len(live), dtype=bool)
         self.reasons[live[at_end]] = self.END_OF_RECORD
-        return at_end
+        if pattern_end is None:
+            return at_end
+        self.reasons[live[pattern_end]] = self.PATTERN_END
+        return at_end | pattern_end
 
-    def _record_logprobs(self, live: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray) -> None:
+    def _record_logprobs(self, live: np.ndarray, tokens: np.ndarray, logprobs: np.ndarray,
+                         allowed: np.ndarray | None) -> None:
         n_top = self.job.request.logprobs
+        constrained = None
+        if allowed is not None:  # the model's distribution restricted to what the pattern allowed, renormalised
+            kept = np.where(allowed, logprobs, -np.inf)
+            top = kept.max(axis=1, keepdims=True)
+            constrained = kept - (top + np.log(np.exp(kept - top).sum(axis=1, keepdims=True)))
         for k, (r, tok) in enumerate(zip(live, tokens)):
-            self.logprobs[r].append(_token_logprob(self.job.tokenizer, logprobs[k], int(tok), n_top))
+            entry = _token_logprob(self.job.tokenizer, logprobs[k], int(tok), n_top)
+            if constrained is not None:
+                entry = dataclasses.replace(entry, constrained_logprob=float(constrained[k, tok]))
+            self.logprobs[r].append(entry)
 
     def _write_texts(self, live: np.ndarray, tokens: np.ndarray, ended: np.ndarray) -> None:
         for k, (r, tok) in enumerate(zip(live, tokens)):
@@ -414,8 +456,10 @@ class RowBlock:
             prompt_len = len(decode(r.prompt_ids))
             texts = [decode([*r.prompt_ids, *ids])[0 if r.echo else prompt_len:] for ids in written]
         lps = self.logprobs if self.logprobs is not None else [None] * len(texts)
-        return [Sample(text, r.prompt_ids, ids, FinishReason.ALL[reason], lp)
-                for text, ids, reason, lp in zip(texts, written, self.reasons, lps)]
+        accepted = self.sampler.pattern_accepted()
+        accepted = [None] * len(texts) if accepted is None else accepted.tolist()
+        return [Sample(text, r.prompt_ids, ids, FinishReason.ALL[reason], lp, ok)
+                for text, ids, reason, lp, ok in zip(texts, written, self.reasons, lps, accepted)]
 
     def novelty_key(self, sample: Sample) -> str:
         """What makes a record new: its whole text (with the prompt), stripped."""

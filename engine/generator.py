@@ -20,14 +20,17 @@ from .chat import ROLES, ChatTemplate, Message
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, Sample, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
-from .options import (MANIFEST_OPTIONS, PYTHON, SAMPLING_OPTIONS, SESSION_OPTIONS, OptionError, check_options,
-                      on_surface, option, takes_options)
+from .options import (MANIFEST_OPTIONS, PATTERN_OPTIONS, PYTHON, SAMPLING_OPTIONS, SESSION_OPTIONS, OptionError,
+                      check_options, on_surface, option, takes_options)
+from .patterns import TokenAutomaton, compile_pattern
 from .sampling import SamplingParams, new_seed
 from .scoring import Score, ScoredText, read_for_scoring, score_text, surprisal
 from .session import Session
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "names"  # what `lstmgen generate` uses with no model argument
+RARE_START = 1e-3  # a records model that gives a prompt's first token less than this hardly ever starts a record so
+CASE_RATIO = 10  # ... and one that starts records 10 times more often with its other case wants that case
 PROMPT_ROW_STRIDE = 2**32  # prompt i of a call samples rows i * stride, i * stride + 1, ...
 
 
@@ -115,6 +118,37 @@ class Generator:
             raise LstmgenError("the prompt contains the end-of-record token text; remove it")
         return ids
 
+    def prompt_hint(self, prompt: str | None) -> str | None:
+        """One line when a records model (nearly) never begins a record as the prompt does, e.g. a lower-case
+        letter where every record is capitalised; None when the prompt is an ordinary beginning."""
+        if not self.records or not prompt:
+            return None
+        try:
+            ids = self.encode_prompt(prompt)
+        except LstmgenError:
+            return None  # the generation itself will say what is wrong with it
+        if not ids:
+            return None
+        p = self._first_token_probabilities()
+        first = self.tokenizer.tokens[ids[0]]
+        swapped = self.tokenizer.index.get(first.swapcase())
+        if swapped is not None and swapped != ids[0] and p[swapped] >= CASE_RATIO * max(p[ids[0]], RARE_START):
+            case = "a capital letter" if first.swapcase().isupper() else "a lower-case letter"
+            better = first.swapcase() + self.tokenizer.decode(ids)[len(first):]
+            return f"this model's records begin with {case}, hardly ever {first!r}: try the prompt {better!r}"
+        if p[ids[0]] < RARE_START:
+            return (f"this model's records almost never begin with {first!r} (probability {p[ids[0]]:.1g}); expect"
+                    " samples unlike them")
+        return None
+
+    def _first_token_probabilities(self) -> np.ndarray:
+        if getattr(self, "_first_probs", None) is None:
+            logits, _ = self.backend.prefill(np.asarray([self.manifest.start_ids], dtype=np.int64))
+            z = logits[0, -1].astype(np.float64)
+            e = np.exp(z - z.max())
+            self._first_probs = e / e.sum()
+        return self._first_probs
+
     def check_prompt_ids(self, ids) -> list[int]:
         """A prompt given as token ids (OpenAI clients send them), checked against the vocabulary. It may
         begin with the model's start tokens (a client's "beginning of sequence"); an end of record
@@ -173,19 +207,31 @@ class Generator:
             out[int(key)] = out.get(int(key), 0.0) + value
         return out
 
+    def pattern(self, *, regex: str | None = None, min_length: int | None = None, max_length: int | None = None,
+                allow_unk: bool = False, ban: Sequence[str] = ()) -> TokenAutomaton | None:
+        """The automaton of a pattern and length bounds over this model's vocabulary (lstmgen.patterns; cached),
+        with the banned tokens left out; None when none is given. Raises one line when it cannot match."""
+        given = check_options({"regex": regex, "min_length": min_length, "max_length": max_length})
+        if not given:
+            return None
+        return compile_pattern(self.tokenizer, **given, records=self.records, banned=self.banned_ids(allow_unk, ban))
+
     def request(self, given: dict, prompt_ids: list[int], first_row: int) -> Request:
         """One prompt's checked Request from checked options (`given`, as check_options returns them)."""
         d = self.manifest.defaults
         if given.get("max_tokens") == 0 and not given.get("echo", True):
             raise OptionError(option("max_tokens"), "{name} 0 writes nothing: it scores the prompt, which needs echo"
                               " (with logprobs); or ask for at least 1 token")
-        return Request(num=given.get("num", 1), prompt_ids=prompt_ids,
-                       max_tokens=given.get("max_tokens", d.max_tokens),
+        max_tokens = given.get("max_tokens", d.max_tokens)
+        banned = self.banned_ids(given.get("allow_unk", False), given.get("ban", ()))
+        pattern = self.pattern(**{k: given[k] for k in PATTERN_OPTIONS if k in given},
+                               allow_unk=given.get("allow_unk", False), ban=given.get("ban", ()))
+        return Request(num=given.get("num", 1), prompt_ids=prompt_ids, max_tokens=max_tokens,
                        params=self.sampling(**{o.name: given.get(o.name) for o in SAMPLING_OPTIONS}),
                        seed=given["seed"] if "seed" in given else new_seed(), stop=given.get("stop", []),
-                       banned=self.banned_ids(given.get("allow_unk", False), given.get("ban", ())),
-                       bias=self.bias_ids(given.get("bias"), given.get("logit_bias")), logprobs=given.get("logprobs"),
-                       echo=given.get("echo", True), first_row=first_row)
+                       banned=banned, bias=self.bias_ids(given.get("bias"), given.get("logit_bias")),
+                       logprobs=given.get("logprobs"), echo=given.get("echo", True), first_row=first_row,
+                       pattern=pattern, pattern_start=pattern.start(prompt_ids, max_tokens) if pattern else 0)
 
     def jobs(self, *, prompt: str | None = None, prompts: Sequence[str] | None = None,
              on_piece: Callable[[int, str], None] | None = None, on_sample: Callable[[int], None] | None = None,

@@ -19,7 +19,10 @@ from .errors import LstmgenError
 from .generator import Generator
 from .manifest import GENERATE_FILE
 from .options import GRAPH, SAMPLING_OPTIONS, refuse_unapplied
+from .patterns import TokenAutomaton
 from .sampling import SamplingParams
+
+PATTERN_INPUTS = ("pattern_next", "pattern_start")  # lstmgen.graphs.generation's; an older generate.onnx lacks them
 
 
 class GraphGenerator:
@@ -45,20 +48,32 @@ class GraphGenerator:
         refuse_unapplied(options, GRAPH, GENERATE_FILE)
         [job] = self.generator.jobs(num=num, prompt=prompt, **options)  # the engine's own checks and defaults
         r = job.request
-        tokens, lengths = self.run_ids(r.prompt_ids, r.num, r.max_tokens, r.seed, r.params, r.banned)
+        tokens, lengths = self.run_ids(r.prompt_ids, r.num, r.max_tokens, r.seed, r.params, r.banned, r.pattern,
+                                       r.pattern_start)
         decode = self.generator.tokenizer.decode
         skip = 0 if r.echo else len(decode(r.prompt_ids))
         return [decode([*r.prompt_ids, *tokens[i, : lengths[i]]])[skip:] for i in range(r.num)]
 
     def run_ids(self, prompt_ids: list[int], num: int, max_tokens: int, seed: int, params: SamplingParams,
-                banned: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's raw outputs: tokens [num, max_tokens] (-1 past each row's end) and lengths [num]."""
+                banned: list[int], pattern: TokenAutomaton | None = None,
+                pattern_start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's raw outputs: tokens [num, max_tokens] (-1 past each row's end) and lengths [num].
+
+        pattern: a compiled pattern (lstmgen.patterns), fed as the graph's pattern_next and pattern_start."""
         # The artifact's own defaults may set what the graph cannot apply: refused as if asked for.
         refuse_unapplied({o.name: getattr(params, o.name) for o in SAMPLING_OPTIONS}, GRAPH, GENERATE_FILE)
         feeds = {"prompt_ids": np.asarray(prompt_ids, np.int64), "num": np.array(num, np.int64),
                  "max_tokens": np.array(max_tokens, np.int64), "seed": np.array(seed, np.int64),
                  "temperature": np.array(params.temperature, np.float64), "top_k": np.array(params.top_k, np.int64),
                  "top_p": np.array(params.top_p, np.float64), "banned_ids": np.asarray(banned, np.int64)}
+        if set(PATTERN_INPUTS) <= {i.name for i in self.session.get_inputs()}:
+            # No pattern: one state that allows every token (the graph then skips the mask).
+            table = pattern.next if pattern is not None else np.zeros((1, self.generator.tokenizer.vocab_size), np.int32)
+            feeds["pattern_next"] = table
+            feeds["pattern_start"] = np.array(pattern_start, np.int64)
+        elif pattern is not None:
+            raise LstmgenError(f"{self.generator.folder / GENERATE_FILE} was built before patterns (regex, min_length,"
+                               f" max_length); rebuild it with `lstmgen add-graph {self.generator.folder}`")
         tokens, lengths = self.session.run(["tokens", "lengths"], feeds)
         return tokens, lengths
 

@@ -79,6 +79,8 @@ class Option:
     flag: str | None = None  # the CLI flag, when not --name-with-dashes
     short: str | None = None  # a one-letter CLI alias
     metavar: str | None = None
+    records_only: bool = False  # acts on records models only (a running-text model refuses it)
+    js_instead: str | None = None  # how js/ takes it instead, when not as itself (a pattern's compiled tables)
 
     # -- how callers spell it -------------------------------------------------------------------------
     @property
@@ -185,6 +187,20 @@ class _Texts:
         return list(items)
 
 
+class _Text:
+    """One non-empty text of at most `high` characters."""
+
+    @staticmethod
+    def describe(o: Option, high) -> str:
+        return f"a non-empty text of at most {high:g} characters"
+
+    @staticmethod
+    def check(o: Option, v, high):
+        if not isinstance(v, str) or not v or len(v) > high:
+            raise o.bad(v, high)
+        return v
+
+
 class _Map:
     """{key: number in [low, high]}; `keys` says what a key is (token text, or a token id as text or int)."""
 
@@ -207,7 +223,7 @@ def _token_id_key(k) -> bool:
     return _is_int(k) and k >= 0 or isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 9
 
 
-KINDS = {"int": _Number(integer=True), "float": _Number(integer=False), "bool": _Bool(), "texts": _Texts(),
+KINDS = {"int": _Number(integer=True), "float": _Number(integer=False), "bool": _Bool(), "texts": _Texts(), "text": _Text(),
          "text_map": _Map("token text", lambda k: isinstance(k, str) and k != ""),
          "id_map": _Map("token ids", _token_id_key)}
 
@@ -253,9 +269,21 @@ OPTIONS: tuple[Option, ...] = (
            metavar="TOKEN=VALUE"),
     Option("logit_bias", "id_map", None, "added to the logits of tokens given by id (OpenAI's logit_bias); {} = none",
            low=-100, high=100, off=None, surfaces=frozenset({PYTHON, NATIVE, OPENAI}), runtimes=STEPWISE),
-    Option("novel", "bool", False, "records models: only items not in the training corpus, none repeated", off=False,
+    Option("novel", "bool", False, "records models: only items not in the training corpus, none repeated (nor cut"
+           " before a pattern matched)", off=False,
            surfaces=frozenset({PYTHON, CLI, NATIVE})),
+    # Constraints (lstmgen.patterns): one automaton over the vocabulary masks what may be written next.
+    Option("regex", "text", None, "every sample matches this regular expression in full (records: the whole record;"
+           " running text: what follows the prompt)", high=1000, off=None, runtimes=EVERY_RUNTIME,
+           metavar="PATTERN", js_instead="pattern"),
+    Option("min_length", "int", None, "records models: at least this many characters per record (never cut to fit)",
+           low=1, high=10_000, off=None, runtimes=EVERY_RUNTIME, records_only=True, metavar="N",
+           js_instead="pattern"),
+    Option("max_length", "int", None, "records models: at most this many characters per record (never cut to fit)",
+           low=1, high=10_000, off=None, runtimes=EVERY_RUNTIME, records_only=True, metavar="N",
+           js_instead="pattern"),
 )
+PATTERN_OPTIONS = ("regex", "min_length", "max_length")  # compiled together into one automaton
 BY_NAME = {o.name: o for o in OPTIONS}
 SAMPLING_OPTIONS = tuple(o for o in OPTIONS if o.sampling)
 MANIFEST_OPTIONS = tuple(o for o in OPTIONS if o.manifest)
@@ -323,6 +351,7 @@ class UnknownOption(LstmgenError, TypeError):
 
 # -- Python signatures ---------------------------------------------------------------------------------------
 _PY_TYPES = {"int": "int | None", "float": "float | None", "bool": "bool | None", "texts": "Sequence[str]",
+             "text": "str | None",
              "text_map": "dict[str, float] | None", "id_map": "dict[int, float] | None"}
 
 
@@ -353,8 +382,8 @@ def add_cli_flags(parser: argparse.ArgumentParser, names: Iterable[str], default
         default = defaults.get(name) or ("the model's" if o.manifest else _cli_default(o))
         flags = [o.cli_flag, *([o.short] if o.short else [])]
         shown = f"{o.help} (default: {default})"
-        if o.kind in ("int", "float"):
-            parser.add_argument(*flags, dest=name, type=int if o.kind == "int" else float, default=None,
+        if o.kind in ("int", "float", "text"):
+            parser.add_argument(*flags, dest=name, type={"int": int, "float": float, "text": str}[o.kind], default=None,
                                 metavar=o.metavar, help=shown)
         elif o.kind in ("texts", "text_map"):  # a map is given as TOKEN=VALUE items, parsed by the command
             parser.add_argument(*flags, dest=name, action="append", default=[], metavar=o.metavar,
@@ -388,7 +417,7 @@ def js_table() -> list[dict]:
                      "off": None if o.off is ALWAYS else (list(o.off) if isinstance(o.off, tuple) else o.off),
                      "always": o.off is ALWAYS, "js_applies": JS in o.runtimes, "session": o.name in SESSION_OPTIONS,
                      "sessionApplies": JS_SESSION in o.runtimes, "dependsOn": o.depends_on,
-                     "describe": o.describe()})
+                     "jsInstead": o.js_instead, "recordsOnly": o.records_only, "describe": o.describe()})
     return rows
 
 

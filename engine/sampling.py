@@ -98,15 +98,19 @@ class RowRandom:
 
 class RowSampler:
     """The sampling state of one request's rows: random streams, logit bias, banned ids, repetition history,
-    counts of written tokens (frequency and presence penalties).
+    counts of written tokens (frequency and presence penalties), and each row's state in the request's
+    pattern automaton (lstmgen.patterns), if it has one.
 
     The decode loop (lstmgen.decoding) samples every row through this, so a request gets the same
     tokens whether it runs alone or shares a batch with others.
     """
 
     def __init__(self, params: SamplingParams, seed: int, rows: range | list[int], context: Sequence[int],
-                 banned: Sequence[int] = (), bias: dict[int, float] | None = None) -> None:
+                 banned: Sequence[int] = (), bias: dict[int, float] | None = None, pattern=None,
+                 pattern_start: int = 0) -> None:
         self.params = params
+        self.pattern = pattern  # a TokenAutomaton: tokens it does not allow are masked before sampling
+        self.pattern_states = np.full(len(rows), pattern_start, dtype=np.int64) if pattern is not None else None
         self.rng = RowRandom(seed, rows)
         self.banned = list(banned)
         self.bias_ids = np.array(list(bias or {}), dtype=np.int64)
@@ -133,14 +137,32 @@ class RowSampler:
             self._penalise_written(logits, active)
         if self.banned:
             logits[:, self.banned] = -np.inf
+        if self.pattern is not None:  # masked, so temperature, top-k and top-p act on what the pattern allows
+            _mask_blocked(logits, self.pattern.blocked, self.pattern_states, active)
         history = None if self.history is None else self.history[active]
         tokens = sample_rows(logits, u, self.params, history)
+        if self.pattern is not None:
+            _advance_states(self.pattern.next, self.pattern_states, active, tokens)
         if self.history is not None:
             self.history[active, :-1] = self.history[active, 1:]
             self.history[active, -1] = tokens
         if self.counts is not None:
             self.counts[active, tokens] += 1
         return tokens
+
+    def allowed(self, active: np.ndarray) -> np.ndarray | None:
+        """bool [len(active), vocab]: what the pattern allows each active row to write next (None: no pattern)."""
+        return None if self.pattern is None else self.pattern.allowed[self.pattern_states[active]]
+
+    def pattern_ended(self, active: np.ndarray) -> np.ndarray | None:
+        """Which active rows are in a state that allows nothing more (running text ends there); None: no pattern."""
+        if self.pattern is None or not self.pattern.ends_early:  # records end at their end marker, never here
+            return None
+        return self.pattern.terminal[self.pattern_states[active]]
+
+    def pattern_accepted(self) -> np.ndarray | None:
+        """Per row: whether the pattern accepts what the row has written so far (None: no pattern)."""
+        return None if self.pattern is None else self.pattern.accepting[self.pattern_states]
 
     def probabilities(self, logits: np.ndarray, active: np.ndarray) -> np.ndarray:
         """[len(active), vocab] float64: the chance that `sample` draws each token now (nothing advances).
@@ -154,6 +176,8 @@ class RowSampler:
             self._penalise_written(x, active)
         if self.banned:
             x[:, self.banned] = -np.inf
+        if self.pattern is not None:
+            _mask_blocked(x, self.pattern.blocked, self.pattern_states, active)
         history = None if self.history is None else self.history[active]
         return distribution_rows(x, self.params, history)
 
@@ -174,6 +198,27 @@ class RowSampler:
         written = self.counts[active]
         p = self.params
         logits -= (written * p.frequency_penalty + (written > 0) * p.presence_penalty).astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _mask_blocked(logits, blocked, states, active):
+    """logits[k, j] = -inf where the pattern state of row active[k] does not allow token j (in place).
+
+    One compiled loop instead of NumPy's gather, negate and masked copy: at batch 1 each NumPy call
+    costs about as much as the whole row's work."""
+    for k in range(active.shape[0]):
+        row = blocked[states[active[k]]]
+        for j in range(logits.shape[1]):
+            if row[j]:
+                logits[k, j] = -np.inf
+
+
+@njit(cache=True, nogil=True)
+def _advance_states(next_table, states, active, tokens):
+    """Each active row's pattern state after its token (in place)."""
+    for k in range(active.shape[0]):
+        r = active[k]
+        states[r] = next_table[states[r], tokens[k]]
 
 
 def new_seed() -> int:

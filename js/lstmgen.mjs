@@ -160,7 +160,7 @@ function isFiniteNumber(x) {
 // The options' kinds, ranges and help come from Python's table (lstmgen.options), written out as
 // options.mjs; a call is checked with the same rules and words, naming options as JS callers write them.
 const BY_JS_NAME = new Map(OPTIONS.map((o) => [o.js, o]));
-const NOT_OPTIONS = new Set(["prompt"]);
+const NOT_OPTIONS = new Set(["prompt", "pattern"]);
 
 function inRange(o, x) {
   const above = o.lowOpen ? x > o.low : x >= o.low;
@@ -196,7 +196,7 @@ function shown(v) {
 // step-by-step Session's (model.onnx and session.mjs's sampler), which takes only what decides each
 // next token (the table's session options), as Python's Session does.
 const RUNTIMES = {
-  generate: { applies: (o) => o.js_applies, where: GENERATE_FILE, takes: () => true, extra: new Set(["prompt"]) },
+  generate: { applies: (o) => o.js_applies, where: GENERATE_FILE, takes: () => true, extra: new Set(["prompt", "pattern"]) },
   session: { applies: (o) => o.sessionApplies, where: "a JavaScript session", takes: (o) => o.session,
              extra: new Set(["prompt", "state", "row"]) },
 };
@@ -219,6 +219,11 @@ export function checkOptions(opts, defaults, runtime = "generate") {
     if (v === undefined || v === null) {
       out[o.name] = o.manifest ? defaults[o.name] : o.off ?? undefined;
       continue;
+    }
+    if (o.jsInstead) {
+      throw new LstmgenError(`${o.js} is compiled in Python: write the tables with \`lstmgen compile-pattern MODEL`
+        + ` --${o.name.replaceAll("_", "-")} ...\` (or POST /v1/pattern to \`lstmgen serve\`) and pass them as`
+        + ` ${o.jsInstead}`);
     }
     if (!rt.applies(o)) {
       const isOff = Array.isArray(o.off) ? Array.isArray(v) && v.length === 0 : v === o.off;
@@ -249,6 +254,53 @@ export function checkSeed(seed) {
 
 export function randomSeed() {
   return BigInt(globalThis.crypto.getRandomValues(new Uint32Array(1))[0]);
+}
+
+/**
+ * A compiled pattern (regex, min/max length) as `lstmgen compile-pattern` writes it (engine/patterns.py's
+ * TokenAutomaton.to_dict): `next` is the state after each token, -1 where the pattern does not allow it.
+ */
+export class Pattern {
+  constructor(spec) {
+    if (!spec || spec.format !== "lstmgen-pattern" || spec.version !== 1) {
+      throw new LstmgenError("pattern must be what `lstmgen compile-pattern` writes (format lstmgen-pattern, version 1)");
+    }
+    this.spec = spec;
+    this.states = spec.states;
+    this.vocabSize = spec.vocab_size;
+    this.next = new Int32Array(spec.states * spec.vocab_size).fill(-1);
+    const t = spec.transitions;
+    for (let i = 0; i < t.length; i += 3) this.next[t[i] * this.vocabSize + t[i + 1]] = t[i + 2];
+  }
+
+  /** The state rows start in after the prompt (as engine/patterns.py's TokenAutomaton.start). */
+  start(promptIds, maxTokens) {
+    const s = this.spec;
+    let state;
+    if (s.records) {
+      state = s.start_by_mode[0];
+      for (const id of promptIds) state = state >= 0 ? this.next[state * this.vocabSize + id] : -1;
+      if (state < 0) throw new LstmgenError("the prompt cannot begin a record that matches the pattern; change the prompt or the pattern");
+    } else {
+      let mode = 0;
+      for (const id of promptIds) mode = s.mode_next[mode][id];
+      state = s.start_by_mode[mode];
+      if (state < 0) {
+        throw new LstmgenError("the pattern cannot match what this model writes after this prompt (a word model writes a"
+          + " space before its next word: begin the pattern with one)");
+      }
+    }
+    if (s.min_tokens[state] > maxTokens) {
+      throw new LstmgenError(`maxTokens is ${maxTokens}, but the shortest sample that matches the pattern takes`
+        + ` ${s.min_tokens[state]} tokens; raise maxTokens`);
+    }
+    return state;
+  }
+}
+
+/** sha256 of the vocabulary as compact JSON: what a pattern file is tied to (engine/patterns.py's vocabulary_digest). */
+async function vocabularyDigest(tokens) {
+  return sha256Hex(new TextEncoder().encode(JSON.stringify(tokens)));
 }
 
 /**
@@ -288,6 +340,38 @@ export class Generator {
     const ids = new Set(allowUnk || unk === null ? [] : [unk]);
     for (const text of ban) ids.add(this.tokenId(text));
     return [...ids].sort((a, b) => a - b);
+  }
+
+  /** The pattern's feeds: none for a graph built before patterns, the all-allowing automaton when there is no pattern. */
+  async patternFeedsOf(pattern, promptIds, maxTokens, banned) {
+    if (!this.graph.inputNames.includes("pattern_next")) {
+      if (!pattern) return {};
+      throw new LstmgenError("this generate.onnx was built before patterns (regex, min_length, max_length); rebuild it"
+        + " with `lstmgen add-graph FOLDER`");
+    }
+    if (pattern) return this.patternFeeds(pattern, promptIds, maxTokens, banned);
+    const V = this.tokenizer.tokens.length;
+    return { pattern_next: new this.ort.Tensor("int32", new Int32Array(V), [1, V]),
+             pattern_start: new this.ort.Tensor("int64", BigInt64Array.from([0n]), []) };
+  }
+
+  /** The feeds of a compiled pattern (`pattern`: a Pattern or the parsed JSON of `lstmgen compile-pattern`). */
+  async patternFeeds(pattern, promptIds, maxTokens, banned) {
+    const p = pattern instanceof Pattern ? pattern : new Pattern(pattern);
+    this.digest ??= await vocabularyDigest(this.tokenizer.tokens);
+    if (p.spec.vocab_sha256 !== this.digest || p.vocabSize !== this.tokenizer.tokens.length) {
+      throw new LstmgenError("pattern was compiled for another vocabulary; compile it for this model with `lstmgen compile-pattern`");
+    }
+    if (p.spec.records !== Boolean(this.records)) throw new LstmgenError("pattern was compiled for another kind of model (records or running text)");
+    if (JSON.stringify(p.spec.banned) !== JSON.stringify(banned)) {
+      throw new LstmgenError(`pattern was compiled with banned tokens [${p.spec.banned}] but this call bans [${banned}];`
+        + " compile it with the same --ban and --allow-unk");
+    }
+    const T = this.ort.Tensor;
+    return {
+      pattern_next: new T("int32", p.next, [p.states, p.vocabSize]),
+      pattern_start: new T("int64", BigInt64Array.from([BigInt(p.start(promptIds, maxTokens))]), []),
+    };
   }
 
   /** The id of one vocabulary token given as text (Generator.token_id). */
@@ -347,7 +431,8 @@ export class Generator {
   /**
    * `num` samples, each the prompt (as the model read it) followed by what the model wrote. Options are
    * Python's table in camelCase (options.mjs): num, prompt, maxTokens, seed (number or BigInt; random if
-   * left out), temperature, topK, topP, echo, allowUnk, ban; the others are Python-engine only.
+   * left out), temperature, topK, topP, echo, allowUnk, ban; the others are Python-engine only. `pattern`:
+   * a compiled regex / length bounds (`lstmgen compile-pattern`'s JSON, or a Pattern made from it).
    */
   async generate(opts = {}) {
     const o = checkOptions(opts, this.manifest.defaults);
@@ -356,12 +441,14 @@ export class Generator {
     const seed = o.seed === undefined ? randomSeed() : checkSeed(o.seed);
     const promptIds = this.encodePrompt(opts.prompt);
     const banned = this.bannedIds(o.allow_unk, o.ban ?? []);
+    const patternFeeds = await this.patternFeedsOf(opts.pattern, promptIds, maxTokens, banned);
     const T = this.ort.Tensor;
     const int64 = (values, dims) => new T("int64", BigInt64Array.from(values, BigInt), dims);
     const feeds = {
       prompt_ids: int64(promptIds, [promptIds.length]), num: int64([num], []), max_tokens: int64([maxTokens], []),
       seed: new T("int64", BigInt64Array.from([seed]), []), temperature: new T("float64", Float64Array.from([o.temperature]), []),
       top_k: int64([o.top_k], []), top_p: new T("float64", Float64Array.from([o.top_p]), []), banned_ids: int64(banned, [banned.length]),
+      ...patternFeeds,
     };
     const out = await this.graph.run(feeds);
     const tokens = out.tokens.data;

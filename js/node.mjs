@@ -4,9 +4,21 @@ import path from "node:path";
 
 import * as ort from "onnxruntime-node";
 
-import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact, checkModel } from "./lstmgen.mjs";
+import { GENERATE_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact, checkModel } from "./lstmgen.mjs";
 
-export { Generator, LstmgenError };
+export { Generator, LstmgenError, Pattern };
+
+/** A pattern file written by `lstmgen compile-pattern` (pass it to generate as `pattern`). */
+export async function loadPattern(file) {
+  const bytes = await readOrNull(file);
+  if (bytes === null) throw new LstmgenError(`pattern file not found: ${file} (write it with \`lstmgen compile-pattern\`)`);
+  try {
+    return new Pattern(JSON.parse(bytes.toString("utf-8")));
+  } catch (e) {
+    if (e instanceof LstmgenError) throw e;
+    throw new LstmgenError(`${file} is not valid JSON (${e.message}); write it with \`lstmgen compile-pattern\``);
+  }
+}
 
 async function readOrNull(file) {
   try {

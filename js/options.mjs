@@ -19,6 +19,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [0, 100]"
  },
  {
@@ -37,6 +39,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 1000000]"
  },
  {
@@ -55,6 +59,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in (0, 1]"
  },
  {
@@ -73,6 +79,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [0, 1)"
  },
  {
@@ -91,6 +99,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [1, 10]"
  },
  {
@@ -109,6 +119,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": "repetition_penalty",
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [1, 4096]"
  },
  {
@@ -127,6 +139,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [-2, 2]"
  },
  {
@@ -145,6 +159,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a number in [-2, 2]"
  },
  {
@@ -163,6 +179,8 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [1, 100000]"
  },
  {
@@ -181,6 +199,8 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 100000]"
  },
  {
@@ -199,6 +219,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 2^63)"
  },
  {
@@ -217,6 +239,8 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a text or a list of texts, none empty, at most 16"
  },
  {
@@ -235,6 +259,8 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
  },
  {
@@ -253,6 +279,8 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an integer in [0, 20]"
  },
  {
@@ -271,6 +299,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
  },
  {
@@ -289,6 +319,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "a text or a list of texts, none empty, at most 10000"
  },
  {
@@ -307,6 +339,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an object mapping token text to a number in [-100, 100]"
  },
  {
@@ -325,6 +359,8 @@ export const OPTIONS = [
   "session": true,
   "sessionApplies": true,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "an object mapping token ids to a number in [-100, 100]"
  },
  {
@@ -343,6 +379,68 @@ export const OPTIONS = [
   "session": false,
   "sessionApplies": false,
   "dependsOn": null,
+  "jsInstead": null,
+  "recordsOnly": false,
   "describe": "true or false"
+ },
+ {
+  "name": "regex",
+  "js": "regex",
+  "kind": "text",
+  "low": null,
+  "high": 1000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "sampling": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": false,
+  "describe": "a non-empty text of at most 1000 characters"
+ },
+ {
+  "name": "min_length",
+  "js": "minLength",
+  "kind": "int",
+  "low": 1,
+  "high": 10000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "sampling": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": true,
+  "describe": "an integer in [1, 10000]"
+ },
+ {
+  "name": "max_length",
+  "js": "maxLength",
+  "kind": "int",
+  "low": 1,
+  "high": 10000,
+  "lowOpen": false,
+  "highOpen": false,
+  "manifest": false,
+  "sampling": false,
+  "off": null,
+  "always": false,
+  "js_applies": true,
+  "session": false,
+  "sessionApplies": false,
+  "dependsOn": null,
+  "jsInstead": "pattern",
+  "recordsOnly": true,
+  "describe": "an integer in [1, 10000]"
  }
 ];

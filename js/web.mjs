@@ -1,8 +1,8 @@
 // Browser (or any fetch-capable) loader: an artifact folder at a URL -> a Generator on onnxruntime-web.
 // The runtime is passed in, so the page decides where onnxruntime-web and its .wasm files come from.
-import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, checkArtifact, checkModel } from "./lstmgen.mjs";
+import { GENERATE_WEB_FILE, Generator, LstmgenError, MANIFEST_FILE, MODEL_FILE, Pattern, checkArtifact, checkModel } from "./lstmgen.mjs";
 
-export { Generator, LstmgenError };
+export { Generator, LstmgenError, Pattern };
 
 async function fetchBytes(url, init) {
   const response = await fetch(url, init);
@@ -38,4 +38,16 @@ export async function load(ort, folderUrl, init = {}) {
     return ort.InferenceSession.create(modelBytes, { executionProviders: ["wasm"] });
   };
   return new Generator(ort, session, manifest, openModel);
+}
+
+/** A compiled pattern (what `lstmgen compile-pattern` writes, or POST /v1/pattern answers) at a URL. */
+export async function fetchPattern(url, init = {}) {
+  const bytes = await fetchBytes(url, init);
+  if (bytes === null) throw new LstmgenError(`no pattern file at ${url} (write it with \`lstmgen compile-pattern\`)`);
+  try {
+    return new Pattern(JSON.parse(new TextDecoder().decode(bytes)));
+  } catch (e) {
+    if (e instanceof LstmgenError) throw e;
+    throw new LstmgenError(`${url} is not valid JSON (${e.message}); write it with \`lstmgen compile-pattern\``);
+  }
 }

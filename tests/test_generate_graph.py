@@ -135,7 +135,10 @@ def test_plain_onnxruntime_runs_both_layouts_with_no_lstmgen_code(model):
     # generate-web.onnx (the layout ONNX Runtime Web loads) is the same computation as generate.onnx.
     feeds = {"prompt_ids": np.array([1], np.int64), "num": np.array(16, np.int64), "max_tokens": np.array(12, np.int64),
              "seed": np.array(2**40 + 3, np.int64), "temperature": np.array(0.7), "top_k": np.array(0, np.int64),
-             "top_p": np.array(1.0), "banned_ids": np.zeros(0, np.int64)}
+             "top_p": np.array(1.0), "banned_ids": np.zeros(0, np.int64),
+             # no pattern: one state that allows every token (lstmgen.graphs.generation's docstring)
+             "pattern_next": np.zeros((1, Generator.load(model).tokenizer.vocab_size), np.int32),
+             "pattern_start": np.array(0, np.int64)}
     outputs = [ort.InferenceSession(str(EXPORTED / model / name), providers=["CPUExecutionProvider"]).run(None, feeds)
                for name in (GENERATE_FILE, GENERATE_WEB_FILE)]
     (tokens, lengths), (web_tokens, web_lengths) = outputs

@@ -143,7 +143,7 @@ def test_run_in_my_browser_writes_pythons_text(server):
 def test_the_page_has_a_field_per_option_of_the_table(server):
     status, raw, _ = call(server, "/")
     fields = json.loads(re.search(rb'<script type="application/json" id="options">(.*?)</script>', raw).group(1))
-    expected = [o.name for o in on_surface(OPENAI) if o.kind in ("int", "float") and o.name not in ("num", "logprobs")]
+    expected = [o.name for o in on_surface(OPENAI) if o.kind in ("int", "float", "text") and o.name not in ("num", "logprobs")]
     assert status == 200 and [f["name"] for f in fields] == expected
     assert {f["name"]: f["browser"] for f in fields}["min_p"] is False
 

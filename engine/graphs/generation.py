@@ -17,9 +17,20 @@ Inputs (scalars are 0-d tensors):
     top_k      int64        0 = off
     top_p      double       1 = off
     banned_ids int64 [K]    ids never sampled (word models: <unk>), possibly empty
+    pattern_next  int32 [S, V]  a pattern's automaton (lstmgen.patterns): the state after token v in state
+                            s, -1 = v not allowed; no pattern: zeros [1, V] (one state that allows every token)
+    pattern_start int64     the rows' state after the prompt (no pattern: 0)
 Outputs:
     tokens     int64 [num, max_tokens]   each row's sampled ids, <eos> excluded, padded with -1
     lengths    int64 [num]               real tokens per row
+
+A pattern (`_pattern_settings`, `_mask_by_pattern`, `_advance_pattern`: the only code that knows of
+it) masks the tokens its rows' states do not allow before sampling, carries each row's state through
+the Loop, and ends a row whose new state allows nothing (running text; a record ends at <eos>,
+which the table allows only where the pattern accepts). Without a pattern the caller feeds the
+all-allowing automaton above and the mask is skipped (an If on `pattern_on`); the other inputs keep
+their meaning. (They are plain inputs, not initializers with defaults: onnxruntime-node and -web
+cannot feed an initializer.)
 
 Sampling follows lstmgen.sampling's kernel step by step (scale by 1/temperature in float64, top-k
 then top-p on the sorted distribution, invert the cumulative sum at the row's uniform; in id order
@@ -213,6 +224,48 @@ def _advance(step, weights: list, own_weights: bool, consts: dict, m: Manifest, 
             for g, name, init in ((run, "advance", branch_weights), (hold, "hold", []))]
 
 
+# -- patterns (lstmgen.patterns): a mask before sampling, each row's automaton state carried through the Loop --
+PATTERN_INPUTS = ("pattern_next", "pattern_start")  # a graph built before patterns has neither
+
+
+def _pattern_settings(g: _Nodes, m: Manifest) -> dict:
+    """Outer-scope values of the pattern: whether there is one, the table flattened, the states that allow nothing."""
+    table = "pattern_next"
+    return {"pattern_on": g.op("Greater", [g.op("ReduceMax", [g.op("Abs", [table])], keepdims=0), g.const(0, np.int32)]),
+            "pattern_flat": g.op("Cast", [g.op("Reshape", [table, g.const([-1], np.int64)])], to=_onnx().TensorProto.INT64),
+            "pattern_terminal": g.op("Less", [g.op("ReduceMax", [table, g.const([1], np.int64)], keepdims=0),
+                                              g.const(0, np.int32)])}
+
+
+def _pattern_inputs(m: Manifest) -> list:
+    """The graph inputs of a pattern: its table and the rows' start state."""
+    onnx = _onnx()
+    h, T = onnx.helper, onnx.TensorProto
+    return [h.make_tensor_value_info("pattern_next", T.INT32, ["pattern_states", m.dims.vocab_size]),
+            h.make_tensor_value_info("pattern_start", T.INT64, [])]
+
+
+def _mask_by_pattern(g: _Nodes, consts: dict, s: dict, logits: str, states: str, vocab: int) -> str:
+    """Logits with the tokens each row's state does not allow at -inf (skipped when there is no pattern)."""
+    onnx = _onnx()
+    h, T = onnx.helper, onnx.TensorProto
+    on = _Nodes("pattern_mask/", consts)
+    allowed = on.op("Greater", [on.op("Gather", ["pattern_next", states], axis=0), on.const(-1, np.int32)])
+    masked = on.op("Where", [allowed, logits, on.const(-np.inf, np.float32)])
+    off = _Nodes("pattern_none/", consts)
+    same = off.op("Identity", [logits])
+    out = lambda x: h.make_tensor_value_info(x, T.FLOAT, ["batch", vocab])  # noqa: E731
+    return g.op("If", [s["pattern_on"]], then_branch=h.make_graph(on.nodes, "pattern_mask", [], [out(masked)]),
+                else_branch=h.make_graph(off.nodes, "pattern_none", [], [out(same)]))
+
+
+def _advance_pattern(g: _Nodes, s: dict, states: str, tok: str, is_eos: str, vocab: int) -> tuple[str, str]:
+    """(each row's state after its token, which rows end: <eos>, or a state that allows nothing more)."""
+    at = g.op("Add", [g.op("Mul", [states, g.const(vocab, np.int64)]), tok])
+    after = g.op("Gather", [s["pattern_flat"], at], axis=0)
+    return after, g.op("Or", [is_eos, g.op("Gather", [s["pattern_terminal"], after], axis=0)])
+
+
 def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest, s: dict):
     """One decode step: sample each running row, write its token, drop rows that wrote <eos>, step the rest.
 
@@ -229,26 +282,28 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
     u = g.op("Mul", [g.op("Cast", [_fmix32(g, g.op("BitwiseXor", [keys, counter]))], to=T.DOUBLE),
                      g.const(rng.UNIFORM_SCALE, np.float64)])
     logits = g.op("Where", [s["banned"], g.const(-np.inf, np.float32), "step/logits"])
+    logits = _mask_by_pattern(g, consts, s, logits, "step/states", d.vocab_size)
     tok = _sampler(g, consts, logits, u, s)
     is_eos = g.op("Equal", [tok, g.const(s["eos"], np.int64)])
+    states, ended = _advance_pattern(g, s, "step/states", tok, is_eos, d.vocab_size)
     column = g.op("Expand", [g.op("Reshape", ["step/iter", g.const([1, 1], np.int64)]),
                              g.op("Concat", [g.op("Shape", ["step/rows"]), axis1], axis=0)])
     where = g.op("Concat", [g.op("Unsqueeze", ["step/rows", axis1]), column], axis=1)  # [batch, 2]: (row, step)
     written = g.op("ScatterND", ["step/out", where, g.op("Where", [is_eos, g.const(PAD, np.int64), tok])])
-    keep = g.op("Squeeze", [g.op("NonZero", [g.op("Not", [is_eos])]), axis0])
+    keep = g.op("Squeeze", [g.op("NonZero", [g.op("Not", [ended])]), axis0])
     kept = [g.op("Gather", [x, keep], axis=ax) for x, ax in (("step/rows", 0), (tok, 0), ("step/h", 1), ("step/c", 1),
-                                                             ("step/logits", 0))]
-    rows, tok_kept, h_kept, c_kept, logits_kept = kept
+                                                             ("step/logits", 0), (states, 0))]
+    rows, tok_kept, h_kept, c_kept, logits_kept, states_kept = kept
     more = g.op("And", [g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)]),
                         g.op("Less", [g.op("Add", ["step/iter", g.const(1, np.int64)]), "max_tokens"])])
     advance, hold = _advance(step, weights, own_weights, consts, m, tok_kept, h_kept, c_kept, logits_kept)
     next_logits, h1, c1 = g.op("If", [more], n_out=3, then_branch=advance, else_branch=hold)
     g.nodes += [h.make_node("Identity", [x], [f"step/{name}_out"])
                 for x, name in ((more, "cond"), (h1, "h"), (c1, "c"), (next_logits, "logits"), (rows, "rows"),
-                                (written, "out"))]
+                                (written, "out"), (states_kept, "states"))]
     state = [("h", T.FLOAT, [d.num_layers, "batch", d.hidden_size]), ("c", T.FLOAT, [d.num_layers, "batch", d.hidden_size]),
              ("logits", T.FLOAT, ["batch", d.vocab_size]), ("rows", T.INT64, ["batch"]),
-             ("out", T.INT64, ["num", "max_tokens"])]
+             ("out", T.INT64, ["num", "max_tokens"]), ("states", T.INT64, ["batch"])]
     inputs = [h.make_tensor_value_info("step/iter", T.INT64, []), h.make_tensor_value_info("step/cond", T.BOOL, [])]
     inputs += [h.make_tensor_value_info(f"step/{n}", t, shape) for n, t, shape in state]
     outputs = [h.make_tensor_value_info("step/cond_out", T.BOOL, [])]
@@ -275,6 +330,7 @@ def _settings(g: _Nodes, m: Manifest) -> dict:
         "banned": g.op("Greater", [hits, g.const(0, np.int64)]),
         "keys": _row_keys(g, "seed", "num"),
         "eos": -1 if tokenizer_eos is None else int(tokenizer_eos),  # -1: running text never stops early
+        **_pattern_settings(g, m),
     }
 
 
@@ -328,14 +384,15 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None, f
     body = _loop_body(step, weights, not for_web, consts, m, s)
     g.nodes.append(h.make_node(
         "Loop", ["max_tokens", g.const(True, np.bool_), g.op("Expand", [h1, state_shape]), g.op("Expand", [c1, state_shape]),
-                 g.op("Expand", [last, rows_v]), rows0, out0],
-        ["main/h_end", "main/c_end", "main/logits_end", "main/rows_end", "tokens"], body=body))
+                 g.op("Expand", [last, rows_v]), rows0, out0, g.op("Expand", ["pattern_start", num1])],
+        ["main/h_end", "main/c_end", "main/logits_end", "main/rows_end", "tokens", "main/states_end"], body=body))
     g.nodes.append(h.make_node("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", ["tokens", g.const(0, np.int64)])],
                                                   to=T.INT64), g.const([1], np.int64)], ["lengths"], keepdims=0))
     scalar = lambda name, t: h.make_tensor_value_info(name, t, [])  # noqa: E731
     inputs = [h.make_tensor_value_info("prompt_ids", T.INT64, ["prompt"]), scalar("num", T.INT64),
               scalar("max_tokens", T.INT64), scalar("seed", T.INT64), scalar("temperature", T.DOUBLE),
               scalar("top_k", T.INT64), scalar("top_p", T.DOUBLE), h.make_tensor_value_info("banned_ids", T.INT64, ["banned"])]
+    inputs += _pattern_inputs(m)
     outputs = [h.make_tensor_value_info("tokens", T.INT64, ["num", "max_tokens"]),
                h.make_tensor_value_info("lengths", T.INT64, ["num"])]
     initializers = weights + [onnx.numpy_helper.from_array(a, name) for name, a in consts.values()]

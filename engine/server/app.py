@@ -107,6 +107,9 @@ ROUTES: tuple[RouteSpec, ...] = (
               auth=False, documented=False),
     RouteSpec("GET", "/artifacts/{model}/{file}", pg.artifact_file, "a served model's manifest.json,"
               " generate-web.onnx or model.onnx, for the in-browser generator", "application/json application/octet-stream"),
+    RouteSpec("POST", "/v1/pattern", pg.pattern_endpoint, "a regex and length bounds compiled over a model's"
+              " vocabulary (`lstmgen compile-pattern`'s JSON), for the in-browser generator's `pattern`",
+              "application/json", request="pattern"),
 )
 
 
@@ -185,8 +188,8 @@ def playground_page(browser_runtime_missing: str | None) -> str:
     "run in my browser" is off here, why (both fixed for a server's life)."""
     fields = [{"name": o.name, "js": o.js_name, "kind": o.kind, "low": o.low, "high": o.high, "help": o.help,
                "describe": o.describe(), "default": None if o.manifest else o.default, "browser": JS in o.runtimes,
-               "session": o.name in SESSION_OPTIONS}
-              for o in on_surface(OPENAI) if o.kind in ("int", "float") and o.name not in ("num", "logprobs")]
+               "session": o.name in SESSION_OPTIONS, "recordsOnly": o.records_only, "compiled": o.js_instead is not None}
+              for o in on_surface(OPENAI) if o.kind in ("int", "float", "text") and o.name not in ("num", "logprobs")]
     data = json.dumps(fields).replace("</", "<\\/")  # never closes the script element early
     page = PLAYGROUND.replace("</head>", f'<script type="application/json" id="options">{data}</script>\n</head>', 1)
     if browser_runtime_missing is None:

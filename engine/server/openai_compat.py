@@ -40,7 +40,7 @@ from .served import Models
 CREATED = int(time.time())  # the models' "created": when this server started
 FINGERPRINT = f"lstmgen-{__version__}"
 OPENAI_FINISH = {FinishReason.END_OF_RECORD: "stop", FinishReason.STOP_STRING: "stop", FinishReason.LENGTH: "length",
-                 FinishReason.CANCELLED: "length"}
+                 FinishReason.CANCELLED: "length", FinishReason.PATTERN_END: "stop"}
 NOT_OPTIONS = ("model", "prompt", "stream", "stream_options", "user", "suffix", "best_of")
 
 

@@ -7,6 +7,9 @@ switch (the JavaScript generator of js/, onnxruntime-web's files, and each serve
     GET  /js/{file}                js/lstmgen.mjs, session.mjs, web.mjs       (no API key needed: code only)
     GET  /js/ort/{file}            onnxruntime-web's .mjs and .wasm files     (no API key needed: code only)
     GET  /artifacts/{model}/{file} manifest.json, generate-web.onnx, model.onnx of a served model
+    POST /v1/pattern               {"model", "regex", "min_length", "max_length", "ban", "allow_unk"} -> the
+                                   pattern compiled over the model's vocabulary, as `lstmgen compile-pattern`
+                                   writes it (js/lstmgen.mjs's `pattern`)
 
 The JavaScript files exist only in a checkout of the repository with `npm ci --prefix js` done; a wheel
 has none, and then the page shows the switch disabled with `browser_runtime_missing()`'s reason.
@@ -23,7 +26,8 @@ from starlette.responses import FileResponse, JSONResponse
 
 from ..inspection import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
 from ..manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
-from .http import HttpError, read_body
+from ..errors import LstmgenError
+from .http import HttpError, given, read_body
 from .served import Models
 
 JS_DIR = Path(__file__).resolve().parents[2] / "js"  # the repository's js/ beside engine/ (absent from a wheel)
@@ -69,6 +73,20 @@ def inspection_json(ins: Inspection, top: int, chosen: list) -> dict:
         "features": features,
         "activations": {spec: [round(v, 3) for v in ins.state(c.kind, c.layer, c.unit).tolist()] for spec, c in shown.items()},
     }
+
+
+# -- compiled patterns for "run in my browser" ------------------------------------------------------------
+async def pattern_endpoint(request: Request) -> JSONResponse:
+    """A regex / length bounds compiled over a served model's vocabulary (lstmgen.patterns), for the browser."""
+    models: Models = request.app.state.models
+    body = await read_body(request, request.app.state.schemas.pattern)
+    name = models.pick(body.model)
+    gen = models.generators[name]
+    options = given(body, "model")
+    pattern = await run_in_threadpool(lambda: gen.pattern(**options))  # cached; milliseconds, more for word models
+    if pattern is None:
+        raise LstmgenError("give a pattern: regex, min_length or max_length")
+    return JSONResponse(pattern.to_dict(name))
 
 
 # -- files for "run in my browser" ----------------------------------------------------------------------

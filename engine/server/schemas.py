@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
+from ..decoding import FinishReason
 from ..options import BY_NAME, NATIVE, OPENAI, SESSION_OPTIONS, Option, on_surface
 from .limits import Limits
 
@@ -29,6 +30,7 @@ MAX_PROMPTS = 256  # prompts in one request
 MAX_TOP_CELLS = 5  # /v1/inspect: cells per feature (each sends a value per token)
 MAX_CHOSEN_CELLS = 8
 MAX_NEXT_TOP = 100  # /v1/next: next tokens listed at most
+PATTERN_FIELDS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
 
 
 # -- one field per option ------------------------------------------------------------------------------
@@ -50,6 +52,8 @@ def option_field(o: Option, high=None) -> tuple[Any, Any]:
         return Optional[bool], Field(None, description=doc)
     if o.kind == "texts":
         return Union[NonEmptyText, Annotated[list[NonEmptyText], Field(max_length=int(high))], None], Field(None, description=doc)
+    if o.kind == "text":
+        return Optional[Annotated[str, StringConstraints(min_length=1, max_length=int(high))]], Field(None, description=doc)
     value = Annotated[float, Field(ge=o.low, le=high)]
     key = NonEmptyText if o.kind == "text_map" else TokenIdKey
     return Optional[dict[key, value]], Field(None, description=doc)
@@ -198,6 +202,8 @@ class Schemas:
                if o.name in SESSION_OPTIONS and o.name != "seed"})
         self.tokenize = create_model("TokenizeRequest", __base__=TokenizeRequest, model=model)
         self.detokenize = create_model("DetokenizeRequest", __base__=DetokenizeRequest, model=model)
+        self.pattern = create_model("PatternRequest", __config__=STRICT, model=_model_field(served),
+                                    **{name: option_field(BY_NAME[name]) for name in PATTERN_FIELDS})
         self.score = create_model("ScoreRequest", __base__=ScoreRequest, model=model)
         self.inspect = create_model("InspectRequest", __base__=InspectRequest, model=model)
         self.served = served
@@ -289,15 +295,22 @@ class TopToken(BaseModel):
 class TokenLogprobOut(BaseModel):
     token: str
     id: int
-    logprob: float
+    logprob: float = Field(description="under the model's own distribution (temperature 1, nothing filtered)")
     top: list[TopToken]
+    constrained_logprob: Optional[float] = Field(None, description="with a pattern: under the model's distribution"
+                                                 " restricted to the tokens the pattern allowed, renormalised")
+
+
+FinishReasonOut = Literal[FinishReason.ALL]
 
 
 class SampleOut(BaseModel):
     text: str
-    finish_reason: Literal["end_of_record", "stop_string", "length", "cancelled"]
+    finish_reason: FinishReasonOut
     prompt_tokens: int
     completion_tokens: int
+    pattern_accepted: Optional[bool] = Field(None, description="with a pattern: whether it accepted what was written"
+                                             " (false: cut at max_tokens before it matched)")
     logprobs: Optional[list[TokenLogprobOut]] = None
     total_logprob: Optional[float] = None
 
@@ -306,9 +319,6 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(description="the prompts' tokens as the model read them, each prompt counted once")
     completion_tokens: int = Field(description="tokens the model wrote, a record's end marker included")
     total_tokens: int
-
-
-FinishReasonOut = Literal["end_of_record", "stop_string", "length", "cancelled"]
 
 
 class GenerateResponse(BaseModel):
