@@ -288,9 +288,10 @@ BY_NAME = {o.name: o for o in OPTIONS}
 SAMPLING_OPTIONS = tuple(o for o in OPTIONS if o.sampling)
 MANIFEST_OPTIONS = tuple(o for o in OPTIONS if o.manifest)
 # Step-by-step generation (lstmgen.session.Session, POST /v1/next, js/'s Session) takes what decides each
-# next token, not what shapes a whole generation (num, max_tokens, stop, echo, logprobs, novel).
+# next token, not what shapes a whole generation (num, max_tokens, stop, echo, logprobs, novel); a
+# pattern decides which tokens may come next, so it is a session's too.
 SESSION_OPTIONS = tuple(o.name for o in OPTIONS if o.sampling or o.name in ("seed", "allow_unk", "ban", "bias",
-                                                                             "logit_bias"))
+                                                                             "logit_bias", *PATTERN_OPTIONS))
 
 
 def option(name: str) -> Option:

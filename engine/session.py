@@ -18,7 +18,8 @@ The saved state is this format (its one owner; js/lstmgen.mjs reads and writes t
     arrays             each as the header lists it, little-endian, one after another: h, c (float32
                        [layers, hidden]), logits (float32 [vocab]), ids (int32: every token read, the
                        start tokens first), history (int32 [window], with the repetition penalty),
-                       counts (int32 [vocab], once a frequency or presence penalty has counted)
+                       counts (int32 [vocab], once a frequency or presence penalty has counted),
+                       pattern_state (int32 [1], version 2: with a pattern, whose options are in settings)
     sha256             32 bytes, of everything before it
 
 No pickle: a state may come from anywhere, so loading checks every part of it and refuses a damaged
@@ -37,13 +38,14 @@ from typing import Sequence
 import numpy as np
 
 from .errors import LstmgenError
-from .options import MAX_SEED, SESSION_OPTIONS, check_options
+from .options import MAX_SEED, PATTERN_OPTIONS, SESSION_OPTIONS, check_options
+from .patterns import compile_pattern
 from .sampling import RowSampler, SamplingParams
 from .tokenizer import Detokenizer
 
 MAGIC = b"lstmgen-session\n"
 FORMAT_NAME = "lstmgen-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a session may keep to a pattern (settings.pattern, array pattern_state); 1 is still read
 MAX_HEADER = 1 << 20  # bytes: a header is a few hundred; a bigger one is not a session state
 ACTIVE = np.zeros(1, dtype=np.int64)  # a session is one row, at position 0 of its RowSampler
 ARRAY_DTYPES = {"float32": "<f4", "int32": "<i4"}
@@ -96,6 +98,7 @@ class Session:
         self._start = text_from  # the text leaves out the start tokens the engine put before the prompt
         self._detok = Detokenizer(gen.tokenizer)
         self._parts = [self._detok.piece(i) for i in self.ids[self._start:]]
+        self.pattern_options: dict = {}  # regex, min_length, max_length: what the sampler's automaton was compiled from
 
     # -- making one ---------------------------------------------------------------------------------
     @classmethod
@@ -118,9 +121,11 @@ class Session:
         else:
             all_logits, state = gen.backend.prefill(np.asarray([context], dtype=np.int64))
             logits = all_logits[0, -1].copy()
-        sampler = RowSampler(request.params, request.seed, [int(row)], context, request.banned, request.bias)
+        sampler = RowSampler(request.params, request.seed, [int(row)], context, request.banned, request.bias,
+                             request.pattern, request.pattern_start)
         session = cls(gen, sampler, context, state, logits, seed=request.seed, row=int(row),
                       text_from=len(context) - len(prompt_ids))
+        session.pattern_options = {k: given[k] for k in PATTERN_OPTIONS if k in given}
         session.cached_tokens = max(0, cached - len(gen.manifest.start_ids))
         return session
 
@@ -162,6 +167,7 @@ class Session:
             raise LstmgenError(f"append takes text or one of top()'s choices, got {type(text).__name__}")
         if not ids:
             return
+        self._follow_pattern(ids)
         if ids == [self.gen.tokenizer.eos_id]:  # a chosen end marker ends the record, as a sampled one does
             self._take(ids[0])
             self.ended = True
@@ -179,12 +185,27 @@ class Session:
         self._check_open()
         token = int(self.sampler.sample(self.logits[None, :].copy(), ACTIVE)[0])
         piece = self._take(token)
-        if token == self.gen.tokenizer.eos_id:
+        ended_pattern = self.sampler.pattern_ended(ACTIVE)  # running text: the pattern allows nothing more
+        if token == self.gen.tokenizer.eos_id or (ended_pattern is not None and bool(ended_pattern[0])):
             self.ended = True
             return piece
         logits, self.state = self.gen.backend.step(np.array([token], dtype=np.int64), self.state)
         self.logits = logits[0]  # in the backend's step buffers, which this session alone holds
         return piece
+
+    def _follow_pattern(self, ids: list[int]) -> None:
+        """Appended text must keep to the session's pattern: walk it, and refuse it whole where it breaks."""
+        pattern = self.sampler.pattern
+        if pattern is None:
+            return
+        state = int(self.sampler.pattern_states[0])
+        for k, i in enumerate(ids):
+            state = int(pattern.next[state, i])
+            if state < 0:
+                text = self.gen.tokenizer.decode(ids[: k + 1])
+                raise LstmgenError(f"the session's pattern does not allow {text!r} here (it fails at its last token);"
+                                   " append text the pattern allows, or start a session without it")
+        self.sampler.pattern_states[0] = state
 
     def _take(self, token: int) -> str:
         self.ids.append(token)
@@ -194,7 +215,8 @@ class Session:
 
     def _check_open(self) -> None:
         if self.ended:
-            raise LstmgenError("this session's record has ended (the model wrote its end marker); start a new session")
+            raise LstmgenError("this session has ended (the model wrote a record's end marker, or the pattern allows"
+                               " nothing more); start a new session")
 
     def __repr__(self) -> str:
         shown = self.text if len(self.text) <= 40 else "..." + self.text[-37:]
@@ -210,11 +232,15 @@ class Session:
         if self.sampler.counts is not None:
             arrays["counts"] = self.sampler.counts[0]
         s = self.sampler
-        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model_sha256": self.gen.manifest.model_sha256,
+        if s.pattern is not None:  # version 2: a pattern and its state (a reader of version 1 must refuse it)
+            arrays["pattern_state"] = np.asarray(s.pattern_states[:1])
+        header = {"format": FORMAT_NAME, "version": 2 if s.pattern is not None else 1,
+                  "model_sha256": self.gen.manifest.model_sha256,
                   "seed": str(self.seed), "row": str(self.row), "step": s.rng.step, "ended": self.ended,
                   "text_from": self._start,
                   "settings": {"params": asdict(s.params), "banned": [int(i) for i in s.banned],
-                               "bias": {str(int(i)): float(v) for i, v in zip(s.bias_ids, s.bias_values)}},
+                               "bias": {str(int(i)): float(v) for i, v in zip(s.bias_ids, s.bias_values)},
+                               **({"pattern": self.pattern_options} if s.pattern is not None else {})},
                   "arrays": [[name, "float32" if a.dtype.kind == "f" else "int32", list(a.shape)]
                              for name, a in arrays.items()]}
         head = json.dumps(header, separators=(",", ":")).encode()
@@ -245,7 +271,7 @@ class Session:
                 or not _is_int(text_from) or not 0 <= text_from <= len(arrays["ids"]):
             raise ValueError("settings, seed, row, step or text_from out of range")
         expect = {"h": (d.num_layers, d.hidden_size), "c": (d.num_layers, d.hidden_size), "logits": (V,),
-                  "counts": (V,), "history": (params.repetition_window,)}
+                  "counts": (V,), "history": (params.repetition_window,), "pattern_state": (1,)}
         for name, a in arrays.items():
             if name not in expect and name != "ids" or name in expect and a.shape != expect[name]:
                 raise ValueError(f"array {name} of shape {a.shape}")
@@ -255,15 +281,33 @@ class Session:
             raise ValueError("token ids outside the vocabulary, or not after the start tokens")
         if ("history" in arrays) != (params.repetition_penalty != 1.0):
             raise ValueError("the repetition window does not match the settings")
-        sampler = RowSampler(params, seed, [row], [], banned, bias)
+        pattern, pattern_state = _saved_pattern(gen, settings, arrays, banned)
+        sampler = RowSampler(params, seed, [row], [], banned, bias, pattern, pattern_state)
         if "history" in arrays:
             sampler.history = arrays["history"].astype(np.int64)[None, :].copy()
         if "counts" in arrays:
             sampler.counts = arrays["counts"].astype(np.int32)[None, :].copy()
         sampler.rng.seek(step)
         state = (arrays["h"][:, None, :].copy(), arrays["c"][:, None, :].copy())
-        return cls(gen, sampler, ids.tolist(), state, arrays["logits"].copy(), seed=seed, row=row,
-                   text_from=text_from, ended=header["ended"])
+        session = cls(gen, sampler, ids.tolist(), state, arrays["logits"].copy(), seed=seed, row=row,
+                      text_from=text_from, ended=header["ended"])
+        session.pattern_options = settings.get("pattern", {}) if pattern is not None else {}
+        return session
+
+
+def _saved_pattern(gen, settings: dict, arrays: dict[str, np.ndarray], banned: list[int]):
+    """The automaton a saved session kept to (compiled again from its pattern options) and its state."""
+    options = settings.get("pattern")
+    if options is None and "pattern_state" not in arrays:
+        return None, 0
+    if not isinstance(options, dict) or "pattern_state" not in arrays or set(options) - set(PATTERN_OPTIONS):
+        raise ValueError("the pattern and its state go together")
+    given = check_options(options)
+    pattern = compile_pattern(gen.tokenizer, **given, records=gen.records, banned=banned)
+    state = int(arrays["pattern_state"][0])
+    if not 0 <= state < pattern.states:
+        raise ValueError("the pattern's state is outside its automaton")
+    return pattern, state
 
 
 def read_state(blob: bytes, model_sha256: str) -> tuple[dict, dict[str, np.ndarray]]:

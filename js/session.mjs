@@ -14,7 +14,7 @@ import { OPTIONS } from "./options.mjs";
 
 const MAGIC = new TextEncoder().encode("lstmgen-session\n");
 const FORMAT_NAME = "lstmgen-session";
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2; // as engine/session.py: 2 adds a pattern, which this session refuses (it applies none)
 const MAX_HEADER = 1 << 20;
 const SAMPLING = OPTIONS.filter((o) => o.sampling).map((o) => o.name); // SamplingParams' fields, in order
 const GROUPS = 16; // the kernel's top-k groups: they decide how it sums (see candidates)
@@ -269,6 +269,10 @@ export async function readState(blob, modelSha256) {
   if (header.version > FORMAT_VERSION) {
     throw new LstmgenError(`the session state has format version ${header.version}, newer than this lstmgen reads (${FORMAT_VERSION}); upgrade lstmgen`);
   }
+  if (header.settings && header.settings.pattern) {
+    throw new LstmgenError("the session state keeps to a pattern (regex or lengths), which the JavaScript session does"
+      + " not apply; continue it in Python");
+  }
   if (header.model_sha256 !== modelSha256) {
     throw new LstmgenError(`the session state was saved from another model (model.onnx sha256 ${String(header.model_sha256).slice(0, 12)}...,`
       + ` this one's is ${modelSha256.slice(0, 12)}...); load it with the artifact it was saved from`);
@@ -396,7 +400,10 @@ export class Session {
   }
 
   checkOpen() {
-    if (this.ended) throw new LstmgenError("this session's record has ended (the model wrote its end marker); start a new session");
+    if (this.ended) {
+      throw new LstmgenError("this session has ended (the model wrote a record's end marker, or the pattern allows"
+        + " nothing more); start a new session");
+    }
   }
 
   /** The whole state as bytes (Uint8Array), in engine/session.py's format. */

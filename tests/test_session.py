@@ -135,7 +135,7 @@ def test_appending_a_choice_and_ending_a_record(gens):
     session.append(end)
     assert session.ended and session.text == "emma" and session.token_ids[-1] == eos
     for call in (session.sample, lambda: session.append("x"), session.top):
-        with pytest.raises(LstmgenError, match="record has ended"):
+        with pytest.raises(LstmgenError, match="this session has ended .the model wrote a record.s end marker"):
             call()
     with pytest.raises(LstmgenError, match="one line"):
         gen.session(prompt="em").append("ma\njo")
@@ -218,7 +218,7 @@ def flipped(blob: bytes) -> bytes:
     (lambda blob: blob[:-100], "the session state is damaged"),
     (lambda blob: b"PK\x03\x04" + blob[4:], "this is not an lstmgen session state"),
     (lambda blob: blob.decode("latin-1"), "a session state is bytes (what Session.save returned), got str"),
-    (lambda blob: resealed(blob, lambda h: h.update(version=2)), "format version 2, newer than this lstmgen reads (1)"),
+    (lambda blob: resealed(blob, lambda h: h.update(version=3)), "format version 3, newer than this lstmgen reads (2)"),
     (lambda blob: resealed(blob, lambda h: h.update(model_sha256="ab" * 32)), "saved from another model"),
     (lambda blob: resealed(blob, lambda h: h["arrays"][0].__setitem__(2, [3, 3])), "arrays are not valid"),
     (lambda blob: resealed(blob, lambda h: h["settings"]["params"].update(top_k=-4)), "top_k must be an integer"),
@@ -252,3 +252,35 @@ def test_a_prompt_of_token_ids_is_read_as_generate_reads_it(gens):
         expected = gen.generate(prompt=prompt, max_tokens=30, seed=6)[0]
         session = gen.session(prompt=prompt, seed=6)
         assert sampled(session, 30) == expected and session.token_ids[-30:] == list(expected.token_ids)
+
+
+# -- patterns (lstmgen.patterns) keep to a session too ---------------------------------------------------
+@pytest.mark.parametrize("model, prompt, pattern", [("names", "ma", dict(regex="[a-z]{2,6}(na|ta)")),
+                                                    ("names", None, dict(min_length=4, max_length=6)),
+                                                    ("moe", "moe_szyslak:", dict(regex=" [a-z ]{3,30}[.!?]"))])
+def test_a_session_with_a_pattern_writes_what_generate_writes(gens, model, prompt, pattern):
+    gen = gens[model]
+    session = gen.session(prompt=prompt, seed=11, **pattern)
+    for _ in range(40):
+        if session.ended:
+            break
+        session.sample()
+    [expected] = gen.generate(prompt=prompt, num=1, max_tokens=40, seed=11, **pattern)
+    assert session.ended and session.text == expected
+    assert all(t.probability > 0 for t in gen.session(prompt=prompt, seed=11, **pattern).top(50))
+
+
+def test_a_restored_session_keeps_to_its_pattern(gens):
+    gen = gens["names"]
+    session = gen.session(prompt="j", seed=4, regex="[a-z]{3,8}y")
+    session.sample()
+    blob = session.save()
+    restored = gen.session(state=blob)
+    assert restored.pattern_options == {"regex": "[a-z]{3,8}y"}
+    while not session.ended:
+        assert session.sample() == restored.sample()
+    assert restored.ended and restored.text.endswith("y")
+    with pytest.raises(LstmgenError, match="the session's pattern does not allow"):
+        gen.session(prompt="j", seed=4, regex="[a-z]{3,8}y").append("y" * 10)  # longer than 9 letters
+    with pytest.raises(LstmgenError, match="the session's pattern does not allow 'jx'"):
+        gen.session(seed=4, regex="j[aeiou][a-z]*").append("jx")
