@@ -13,8 +13,13 @@ from .errors import LstmgenError
 from .manifest import MODEL_FILE, Manifest
 
 
-def session_options(threads: int | None):
-    """The engine's ONNX Runtime options (the bench's breakdown varies them one at a time)."""
+def session_options(threads: int | None, spinning: bool = True):
+    """The engine's ONNX Runtime options (the bench's breakdown varies them one at a time).
+
+    spinning=False makes ONNX Runtime's idle worker threads sleep at once instead of spinning for the
+    next parallel section: slower on an idle machine (each section wakes a thread), but a spinning
+    thread on a machine whose cores are all busy holds up the others (bench/README.md, the breakdown).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -23,15 +28,17 @@ def session_options(threads: int | None):
     opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
-def open_session(path: Path, threads: int | None, providers: list[str], fix: str):
+def open_session(path: Path, threads: int | None, providers: list[str], fix: str, spinning: bool = True):
     """An ONNX Runtime session with the engine's options; a file ORT rejects is one line saying `fix`."""
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
     except Exception as e:  # ORT reports malformed graphs with its own exception types
         raise LstmgenError(f"{path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:200]}); {fix}") from None
 
@@ -39,7 +46,8 @@ def open_session(path: Path, threads: int | None, providers: list[str], fix: str
 class OrtBackend:
     """ONNX Runtime session for one artifact, with its step buffers bound once per batch size."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True) -> None:
         import onnxruntime as ort
 
         self.manifest = manifest
@@ -53,7 +61,7 @@ class OrtBackend:
             raise LstmgenError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.device = device
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.session = open_session(folder / MODEL_FILE, threads, providers, "re-export the model")
+        self.session = open_session(folder / MODEL_FILE, threads, providers, "re-export the model", spinning)
         self._check_graph(folder)
         d = manifest.dims
         self.state_shape = (d.num_layers, d.hidden_size)

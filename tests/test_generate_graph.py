@@ -184,7 +184,8 @@ def test_preselected_top_k_is_the_kernels_top_k_ties_included(vocab):
     g.nodes += [helper.make_node("Identity", [vals], ["vals"]), helper.make_node("Identity", [ids], ["ids"])]
     graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", vocab]),
                                              helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
-                              [helper.make_tensor_value_info(n, t, None) for n, t in (("vals", TensorProto.FLOAT), ("ids", TensorProto.INT64))],
+                              [helper.make_tensor_value_info("vals", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("ids", TensorProto.INT64, None)],
                               [numpy_helper.from_array(a, n) for n, a in consts.values()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", gen.OPSET)])
     model.ir_version = 8

@@ -311,7 +311,6 @@ def _own_copies(weights: list, names: dict[str, str]) -> list:
 def _settings(g: _Nodes, m: Manifest) -> dict:
     """Per-call values the loop reads from the outer scope: flags, 1/T, k, the banned ids and their -inf
     for every row, the uniforms of every step and row, the PAD row."""
-    T = _onnx().TensorProto
     V = m.dims.vocab_size
     greedy = g.op("Equal", ["temperature", g.const(0.0, np.float64)])
     k_valid = g.op("And", [g.op("Greater", ["top_k", g.const(0, np.int64)]), g.op("Less", ["top_k", g.const(V, np.int64)])])

@@ -3,11 +3,13 @@
 Written directly with onnx.helper rather than traced by torch.onnx: the model is small and fixed
 (Gather -> one ONNX `LSTM` op per layer -> MatMul + Add), so writing it keeps the `LSTM` op (which
 ONNX Runtime runs fastest and quantizes to int8) and named inputs with dynamic batch and time axes,
-whatever torch.onnx's exporter of the day emits. The state goes in and out per layer (format 2), each
-tensor straight into and out of its layer's LSTM op: a step runs 2L + 5 nodes and nothing else.
-`per_layer_state` rewrites a format-1 graph (stacked state) that way without touching its weights. It takes PyTorch-layout numpy weights (state_dict
+whatever torch.onnx's exporter of the day emits. It takes PyTorch-layout numpy weights (state_dict
 names), so the exporter and the bench's random-weight models share it. Needs the `onnx` package
 (the `train` or `bench` extra), never torch.
+
+The state goes in and out per layer (format 2), each tensor straight into and out of its layer's LSTM
+op: a step runs 2L + 5 nodes and nothing else. `per_layer_state` rewrites a format-1 graph (stacked
+state, sliced and concatenated around the layers) that way without touching its weights.
 """
 
 from __future__ import annotations
