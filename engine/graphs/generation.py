@@ -101,13 +101,14 @@ def _row_keys(g: _Nodes, seed: str, num: str) -> str:
     return _fmix32(g, g.op("BitwiseXor", [seed_key, rows]))
 
 
-def _uniform_table(g: _Nodes, keys: str, max_tokens: str) -> str:
-    """lstmgen.rng.uniforms of every step and row: float64 [max_tokens, num], hashed once before the loop
-    (as big as the tokens output; an iteration then reads its row of it instead of hashing)."""
+def _uniform_table(g: _Nodes, keys: str, first_step: str, end_step: str) -> str:
+    """lstmgen.rng.uniforms of steps first_step .. end_step - 1 and every row: float64 [steps, num, 1], hashed
+    before the loop (the loop's table is as big as the tokens output), so that a step reads its slice of
+    it instead of hashing (the trailing 1 is the sampler's column shape)."""
     T = _onnx().TensorProto
-    steps = g.op("Cast", [g.op("Range", [g.const(0, np.int64), max_tokens, g.const(1, np.int64)])], to=T.UINT32)
-    mixed = g.op("BitwiseXor", [g.op("Unsqueeze", [steps, g.const([1], np.int64)]),
-                                g.op("Unsqueeze", [keys, g.const([0], np.int64)])])
+    steps = g.op("Cast", [g.op("Range", [first_step, end_step, g.const(1, np.int64)])], to=T.UINT32)
+    mixed = g.op("BitwiseXor", [g.op("Unsqueeze", [steps, g.const([1, 2], np.int64)]),
+                                g.op("Unsqueeze", [keys, g.const([0, 2], np.int64)])])
     return g.op("Mul", [g.op("Cast", [_fmix32(g, mixed)], to=T.DOUBLE), g.const(rng.UNIFORM_SCALE, np.float64)])
 
 
@@ -192,21 +193,22 @@ def _full_distribution(prefix: str, consts: dict, logits: str, u: str, s: dict) 
     return g, g.op("Squeeze", [g.op("Min", [first_above, last_nonzero]), g.const([1], np.int64)])
 
 
-def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: int) -> tuple[_Nodes, str]:
+def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool) -> tuple[_Nodes, str]:
     """top-k (greedy: top-1), then top-p of what top-k kept, on the distribution sorted by probability.
 
-    logits [R, V] with R = 1 (the prompt's, shared by every row) or the batch; u [B, 1]."""
+    logits [R, V]: R = 1 when shared (the prompt's logits, every row's), else the batch; u [B, 1]."""
     g = _Nodes(prefix + "filtered/", consts)
     axis = g.const([1], np.int64)
     vals, ids = _top_k(g, logits, s["k"], vocab)
     top = g.op("Slice", [vals, g.const([0], np.int64), g.const([1], np.int64), axis])
     cum = g.op("CumSum", [_scaled_probs(g, vals, top, s["inv_t"]), g.const(1, np.int64)])
     limit = g.op("Mul", [s["top_p"], _last_column(g, cum)])
-    kept = g.op("Min", [g.op("Add", [_count(g, g.op("Less", [cum, limit])), g.const(1, np.int64)]), s["k"]])
-    last = g.op("Sub", [kept, g.const(1, np.int64)])
+    # kept: the candidates until their mass reaches the limit, the one crossing it included, at most k
+    last = g.op("Min", [_count(g, g.op("Less", [cum, limit])), s["last_k"]])  # the last kept one's place
     target = g.op("Mul", [u, g.op("GatherElements", [cum, last], axis=1)])
     pick = g.op("Min", [_count(g, g.op("LessOrEqual", [cum, target])), last])  # [B, 1]
-    ids = g.op("Expand", [ids, g.op("Shape", [pick])])  # [R, k] -> [B, k] (R = 1: every row's candidates)
+    if shared:
+        ids = g.op("Expand", [ids, g.op("Shape", [pick])])  # [1, k] -> [B, k]: every row's candidates
     return g, g.op("Squeeze", [g.op("GatherElements", [ids, pick], axis=1), axis])
 
 
@@ -216,12 +218,12 @@ def _branch(name: str, g: _Nodes, out: str):
     return h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(out, _onnx().TensorProto.INT64, ["batch"])])
 
 
-def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict, vocab: int) -> str:
-    """The next token of each row [B] from logits [R, V] and the rows' uniforms u [B]: the filtered or the
-    unfiltered distribution, chosen once per call by the settings (one If node per step)."""
-    u = g.op("Unsqueeze", [u, g.const([1], np.int64)])
+def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool = False) -> str:
+    """The next token of each row [B] from logits [R, V] and the rows' uniforms u [B, 1]: the filtered or the
+    unfiltered distribution, chosen once per call by the settings (one If node per step). shared: R = 1, the
+    prompt's logits for every row."""
     fg, full_tok = _full_distribution(g.prefix, consts, logits, u, s)
-    kg, filtered_tok = _filtered(g.prefix, consts, logits, u, s, vocab)
+    kg, filtered_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared)
     return g.op("If", [s["filtered"]], then_branch=_branch("filtered", kg, filtered_tok),
                 else_branch=_branch("full", fg, full_tok))
 
@@ -275,7 +277,7 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
     outs = _embed_step(g, step, names, bound)
     logits = g.op("Squeeze", [outs[m.io.logits], g.const([1], np.int64)])  # [B, 1, V] -> [B, V]
     logits = _ban(g, logits, s, g.op("Shape", ["loop/tok"]) if records else None)
-    uniforms = g.op("Gather", [s["uniforms"], g.op("Add", ["loop/iter", g.const(1, np.int64)])])  # [num]
+    uniforms = g.op("Gather", [s["uniforms"], "loop/iter"])  # [num, 1]: iteration i draws step i + 1's
     tok = _sampler(g, consts, logits, g.op("Gather", [uniforms, "loop/rows"]) if records else uniforms, s,
                    m.dims.vocab_size)
     carried = [tok] + [outs[name_out] for _, name_out, _ in states]
@@ -314,17 +316,20 @@ def _settings(g: _Nodes, m: Manifest) -> dict:
     V = m.dims.vocab_size
     greedy = g.op("Equal", ["temperature", g.const(0.0, np.float64)])
     k_valid = g.op("And", [g.op("Greater", ["top_k", g.const(0, np.int64)]), g.op("Less", ["top_k", g.const(V, np.int64)])])
-    k = g.op("Where", [greedy, g.const(1, np.int64), g.op("Where", [k_valid, "top_k", g.const(V, np.int64)])])
+    k = g.op("Reshape", [g.op("Where", [greedy, g.const(1, np.int64), g.op("Where", [k_valid, "top_k", g.const(V, np.int64)])]),
+                         g.const([1], np.int64)])
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
     ban_shape = g.op("Concat", [num1, g.op("Shape", ["banned_ids"])], axis=0)  # [num, K]
+    keys = _row_keys(g, "seed", "num")
     tokenizer_eos = m.tokenizer.get("eos_id")
     return {
         "filtered": g.op("Or", [greedy, g.op("Or", [k_valid, g.op("Less", ["top_p", g.const(1.0, np.float64)])])]),
         "inv_t": g.op("Where", [greedy, g.const(1.0, np.float64), g.op("Div", [g.const(1.0, np.float64), "temperature"])]),
-        "k": g.op("Reshape", [k, g.const([1], np.int64)]), "top_p": "top_p",
+        "k": k, "last_k": g.op("Sub", [k, g.const(1, np.int64)]), "top_p": "top_p",
         "ban_ids": g.op("Expand", ["banned_ids", ban_shape]),
         "ban_values": g.op("ConstantOfShape", [ban_shape], value=_onnx().numpy_helper.from_array(np.array([-np.inf], np.float32))),
-        "uniforms": _uniform_table(g, _row_keys(g, "seed", "num"), "max_tokens"),
+        "uniforms0": _uniform_table(g, keys, g.const(0, np.int64), g.const(1, np.int64)),  # [1, num, 1]: step 0
+        "uniforms": _uniform_table(g, keys, g.const(1, np.int64), "max_tokens"),  # steps 1 .. max_tokens - 1
         "pad_row": g.op("ConstantOfShape", [num1], value=_onnx().numpy_helper.from_array(np.array([PAD], np.int64))),
         "eos": -1 if tokenizer_eos is None else int(tokenizer_eos),  # -1: running text never stops early
     }
@@ -341,7 +346,7 @@ def _first_tokens(g: _Nodes, consts: dict, step, weights: list, m: Manifest, s: 
                                       for name_in, _, shape in states}
     outs = _embed_step(g, step, {w.name: w.name for w in weights}, bound)
     last = _ban(g, g.op("Gather", [outs[m.io.logits], g.const(-1, np.int64)], axis=1), s, g.const([1], np.int64))  # [1, V]
-    tok = _sampler(g, consts, last, g.op("Gather", [s["uniforms"], g.const(0, np.int64)]), s, d.vocab_size)
+    tok = _sampler(g, consts, last, g.op("Gather", [s["uniforms0"], g.const(0, np.int64)]), s, d.vocab_size, shared=True)
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
     carried = [tok] + [g.op("Expand", [outs[name_out], g.op("Concat", [g.const([shape[0]], np.int64), num1,
                                                                         g.const([d.hidden_size], np.int64)], axis=0)])
