@@ -170,7 +170,7 @@ def test_one_token_rows_that_end_at_once_and_bans_as_the_engine():
     assert not any(c in s[2:] for s in banned for c in "re")
 
 
-@pytest.mark.parametrize("vocab", [3000, 3007])  # 3007: a ragged last block
+@pytest.mark.parametrize("vocab", [3000, 3001])  # 3000: blocks of 15 ids; 3001 (a prime): blocks of 16 and a ragged tail
 def test_preselected_top_k_is_the_kernels_top_k_ties_included(vocab):
     # Large vocabularies take the k best tokens from the best k blocks of BLOCK ids; the order must be the
     # kernel's (higher logit first, lower id first among equals), ties across blocks included.
@@ -180,7 +180,7 @@ def test_preselected_top_k_is_the_kernels_top_k_ties_included(vocab):
 
     consts: dict = {}
     g = gen._Nodes("t/", consts)
-    vals, ids = gen._top_k(g, "x", "k", vocab)
+    vals, ids = gen._top_k(g, "x", {"k": "k", **gen._preselect_settings(g, "k", vocab)}, vocab)
     g.nodes += [helper.make_node("Identity", [vals], ["vals"]), helper.make_node("Identity", [ids], ["ids"])]
     graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", vocab]),
                                              helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
@@ -193,10 +193,12 @@ def test_preselected_top_k_is_the_kernels_top_k_ties_included(vocab):
     rng = np.random.default_rng(vocab)
     x = np.round(rng.standard_normal((6, vocab)) * 2, 1).astype(np.float32)  # one decimal: many exact ties
     x[1] = 0.5  # a row of equals
-    x[2, ::gen.BLOCK] = 9.0  # every block's maximum ties
+    block = gen._block_size(vocab)
+    assert (vocab % block == 0) == (vocab == 3000)
+    x[2, ::block] = 9.0  # every block's maximum ties
     x[3, -3:] = 9.0  # the best tokens in the ragged tail (or the last block)
     assert vocab >= gen.PRESELECT_MIN_VOCAB
-    for k in (1, 5, 40, vocab // gen.BLOCK + 3, vocab):
+    for k in (1, 5, 40, vocab // block + 3, vocab):
         got_vals, got_ids = session.run(None, {"x": x, "k": np.array([k], np.int64)})
         want = np.array([np.lexsort((np.arange(vocab), -row))[:k] for row in x])
         assert np.array_equal(got_ids, want), k

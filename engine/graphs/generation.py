@@ -141,33 +141,50 @@ def _count(g: _Nodes, mask: str) -> str:
     return g.op("ReduceSum", [ones, g.const([1], np.int64)], keepdims=1)
 
 
-def _top_k(g: _Nodes, logits: str, k: str, vocab: int) -> tuple[str, str]:
+def _block_size(vocab: int) -> int:
+    """BLOCK, or the divisor of the vocabulary nearest to it (8 to 32), so that no ragged block is left over."""
+    for size in sorted(range(8, 33), key=lambda b: (abs(b - BLOCK), b)):
+        if vocab % size == 0:
+            return size
+    return BLOCK
+
+
+def _top_k(g: _Nodes, logits: str, s: dict, vocab: int) -> tuple[str, str]:
     """The k best logits of each row [R, k], best first and the lower id first among equals (as the
     kernel's order of preference), and their ids.
 
-    A large vocabulary first keeps the k blocks of BLOCK consecutive ids with the best maxima: every
-    one of the k best tokens lies in one of them (a block left out has k blocks at least as good, each
-    holding a token that beats all of its tokens), so TopK sorts k x BLOCK candidates, not the whole row.
+    A large vocabulary first keeps the k blocks of consecutive ids with the best maxima: every one of
+    the k best tokens lies in one of them (a block left out has k blocks at least as good, each holding
+    a token that beats all of its tokens), so TopK sorts k x block candidates, not the whole row.
     """
+    k = s["k"]
     if vocab < PRESELECT_MIN_VOCAB:
         return g.op("TopK", [logits, k], n_out=2, axis=1, largest=1, sorted=1)
-    axis1, blocks = g.const([1], np.int64), vocab // BLOCK
-    block_max = g.op("Squeeze", [g.op("MaxPool", [g.op("Unsqueeze", [logits, axis1])], kernel_shape=[BLOCK],
-                                      strides=[BLOCK]), axis1])  # [R, blocks]; a ragged tail is left out
-    kb = g.op("Min", [k, g.const([blocks], np.int64)])
-    _, best = g.op("TopK", [block_max, kb], n_out=2, axis=1, largest=1, sorted=1)
+    axis1, size = g.const([1], np.int64), _block_size(vocab)
+    block_max = g.op("Squeeze", [g.op("MaxPool", [g.op("Unsqueeze", [logits, axis1])], kernel_shape=[size],
+                                      strides=[size]), axis1])  # [R, blocks]; a ragged tail is left out
+    _, best = g.op("TopK", [block_max, s["k_blocks"]], n_out=2, axis=1, largest=1, sorted=1)
     # In ascending order, the candidates' positions follow their ids: TopK below then breaks ties by id.
-    ordered, _ = g.op("TopK", [best, kb], n_out=2, axis=1, largest=0, sorted=1)
-    first_ids = g.op("Unsqueeze", [g.op("Mul", [ordered, g.const(BLOCK, np.int64)]), g.const([2], np.int64)])
-    cands = g.op("Reshape", [g.op("Add", [first_ids, g.const(np.arange(BLOCK)[None, None], np.int64)]),
-                             g.const([0, -1], np.int64)])  # [R, kb * BLOCK]
-    if vocab > blocks * BLOCK:  # the tail's ids are the highest: appended, the order still follows the ids
-        tail = g.const(np.arange(blocks * BLOCK, vocab)[None], np.int64)
+    ordered, _ = g.op("TopK", [best, s["k_blocks"]], n_out=2, axis=1, largest=0, sorted=1)
+    cands = g.op("Reshape", [g.op("Gather", [s["block_ids"], ordered]), g.const([0, -1], np.int64)])  # [R, kb * size]
+    whole = vocab // size * size
+    if vocab > whole:  # the tail's ids are the highest: appended, the order still follows the ids
         rows = g.op("Slice", [g.op("Shape", [cands]), g.const([0], np.int64), g.const([1], np.int64)])
-        shape = g.op("Concat", [rows, g.const([vocab - blocks * BLOCK], np.int64)], axis=0)
-        cands = g.op("Concat", [cands, g.op("Expand", [tail, shape])], axis=1)
+        shape = g.op("Concat", [rows, g.const([vocab - whole], np.int64)], axis=0)
+        cands = g.op("Concat", [cands, g.op("Expand", [g.const(np.arange(whole, vocab)[None], np.int64), shape])], axis=1)
     vals, pos = g.op("TopK", [g.op("GatherElements", [logits, cands], axis=1), k], n_out=2, axis=1, largest=1, sorted=1)
     return vals, g.op("GatherElements", [cands, pos], axis=1)
+
+
+def _preselect_settings(g: _Nodes, k: str, vocab: int) -> dict:
+    """What _top_k reads once per call for a large vocabulary: the blocks to keep and each block's ids."""
+    if vocab < PRESELECT_MIN_VOCAB:
+        return {}
+    size = _block_size(vocab)
+    blocks = vocab // size
+    ids = g.op("Reshape", [g.op("Range", [g.const(0, np.int64), g.const(blocks * size, np.int64), g.const(1, np.int64)]),
+                           g.const([blocks, size], np.int64)])
+    return {"k_blocks": g.op("Min", [k, g.const([blocks], np.int64)]), "block_ids": ids}
 
 
 def _scaled_probs(g: _Nodes, logits: str, top: str, inv_t: str) -> str:
@@ -193,19 +210,23 @@ def _full_distribution(prefix: str, consts: dict, logits: str, u: str, s: dict) 
     return g, g.op("Squeeze", [g.op("Min", [first_above, last_nonzero]), g.const([1], np.int64)])
 
 
-def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool) -> tuple[_Nodes, str]:
-    """top-k (greedy: top-1), then top-p of what top-k kept, on the distribution sorted by probability.
+def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool,
+              top_p: bool) -> tuple[_Nodes, str]:
+    """top-k (greedy: top-1), then (top_p) top-p of what top-k kept, on the distribution sorted by probability.
 
-    logits [R, V]: R = 1 when shared (the prompt's logits, every row's), else the batch; u [B, 1]."""
-    g = _Nodes(prefix + "filtered/", consts)
+    logits [R, V]: R = 1 when shared (the prompt's logits, every row's), else the batch; u [B, 1]. Without
+    top-p every candidate is kept: the CDF's last place is k - 1 (candidates of zero mass after the last
+    one with mass are never drawn, as u < 1)."""
+    g = _Nodes(prefix + ("top_p/" if top_p else "top_k/"), consts)
     axis = g.const([1], np.int64)
-    vals, ids = _top_k(g, logits, s["k"], vocab)
+    vals, ids = _top_k(g, logits, s, vocab)
     top = g.op("Slice", [vals, g.const([0], np.int64), g.const([1], np.int64), axis])
     cum = g.op("CumSum", [_scaled_probs(g, vals, top, s["inv_t"]), g.const(1, np.int64)])
-    limit = g.op("Mul", [s["top_p"], _last_column(g, cum)])
-    # kept: the candidates until their mass reaches the limit, the one crossing it included, at most k
-    last = g.op("Min", [_count(g, g.op("Less", [cum, limit])), s["last_k"]])  # the last kept one's place
-    target = g.op("Mul", [u, g.op("GatherElements", [cum, last], axis=1)])
+    if top_p:  # kept: the candidates until their mass reaches the limit, the one crossing it included
+        last = g.op("Min", [_count(g, g.op("Less", [cum, g.op("Mul", [s["top_p"], _last_column(g, cum)])])), s["last_k"]])
+        target = g.op("Mul", [u, g.op("GatherElements", [cum, last], axis=1)])
+    else:
+        last, target = s["last_k"], g.op("Mul", [u, _last_column(g, cum)])
     pick = g.op("Min", [_count(g, g.op("LessOrEqual", [cum, target])), last])  # [B, 1]
     if shared:
         ids = g.op("Expand", [ids, g.op("Shape", [pick])])  # [1, k] -> [B, k]: every row's candidates
@@ -219,12 +240,16 @@ def _branch(name: str, g: _Nodes, out: str):
 
 
 def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool = False) -> str:
-    """The next token of each row [B] from logits [R, V] and the rows' uniforms u [B, 1]: the filtered or the
-    unfiltered distribution, chosen once per call by the settings (one If node per step). shared: R = 1, the
-    prompt's logits for every row."""
+    """The next token of each row [B] from logits [R, V] and the rows' uniforms u [B, 1]: top-k with or without
+    top-p, or the unfiltered distribution, chosen once per call by the settings (If nodes, one or two a step).
+    shared: R = 1, the prompt's logits for every row."""
     fg, full_tok = _full_distribution(g.prefix, consts, logits, u, s)
-    kg, filtered_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared)
-    return g.op("If", [s["filtered"]], then_branch=_branch("filtered", kg, filtered_tok),
+    pg, top_p_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared, top_p=True)
+    kg, top_k_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared, top_p=False)
+    fg2 = _Nodes(g.prefix + "filtered/", consts)
+    filtered_tok = fg2.op("If", [s["top_p_on"]], then_branch=_branch("top_p", pg, top_p_tok),
+                          else_branch=_branch("top_k", kg, top_k_tok))
+    return g.op("If", [s["filtered"]], then_branch=_branch("filtered", fg2, filtered_tok),
                 else_branch=_branch("full", fg, full_tok))
 
 
@@ -322,8 +347,10 @@ def _settings(g: _Nodes, m: Manifest) -> dict:
     ban_shape = g.op("Concat", [num1, g.op("Shape", ["banned_ids"])], axis=0)  # [num, K]
     keys = _row_keys(g, "seed", "num")
     tokenizer_eos = m.tokenizer.get("eos_id")
+    top_p_on = g.op("And", [g.op("Not", [greedy]), g.op("Less", ["top_p", g.const(1.0, np.float64)])])
     return {
-        "filtered": g.op("Or", [greedy, g.op("Or", [k_valid, g.op("Less", ["top_p", g.const(1.0, np.float64)])])]),
+        **_preselect_settings(g, k, V), "top_p_on": top_p_on,
+        "filtered": g.op("Or", [greedy, g.op("Or", [k_valid, top_p_on])]),
         "inv_t": g.op("Where", [greedy, g.const(1.0, np.float64), g.op("Div", [g.const(1.0, np.float64), "temperature"])]),
         "k": k, "last_k": g.op("Sub", [k, g.const(1, np.int64)]), "top_p": "top_p",
         "ban_ids": g.op("Expand", ["banned_ids", ban_shape]),
