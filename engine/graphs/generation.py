@@ -310,17 +310,24 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
         column, carried, more = _end_rows(g, s, tok, carried + ["loop/rows"], "loop/rows", [0] + [1] * len(states) + [0])
     else:  # running text: every row writes max_tokens tokens
         column, more = tok, g.const(True, np.bool_)
-    carried_names = ["tok"] + [name_in for name_in, _, _ in states] + (["rows"] if records else [])
-    for value, name in zip([more, *carried, column], ["cond", *carried_names, "column"]):
+    spec = _carried(m, records)
+    for value, (name, _, _) in zip([more, *carried, column], [("cond", 0, 0), *spec, ("column", 0, 0)]):
         g.name(value, f"loop/{name}_out")
-    spec = [("tok", T.INT64, ["batch"])] + [(name_in, T.FLOAT, shape) for name_in, _, shape in states]
-    spec += [("rows", T.INT64, ["batch"])] if records else []
     inputs = [h.make_tensor_value_info("loop/iter", T.INT64, []), h.make_tensor_value_info("loop/cond", T.BOOL, [])]
     inputs += [h.make_tensor_value_info(f"loop/{n}", t, shape) for n, t, shape in spec]
     outputs = [h.make_tensor_value_info("loop/cond_out", T.BOOL, [])]
     outputs += [h.make_tensor_value_info(f"loop/{n}_out", t, shape) for n, t, shape in spec]
     outputs += [h.make_tensor_value_info("loop/column_out", T.INT64, ["num"])]
     return h.make_graph(g.nodes, "decode_step", inputs, outputs, initializer=_own_copies(weights, names) if own_weights else [])
+
+
+def _carried(m: Manifest, records: bool) -> list[tuple[str, int, list]]:
+    """(name, type, shape) of the values the loop carries from one step to the next, in the Loop's order:
+    each row's last token, the model's state tensors, and (records) which row of `num` each batch row is.
+    _first_tokens gives their first values and _loop_body their next ones, in this order."""
+    T = _onnx().TensorProto
+    spec = [("tok", T.INT64, ["batch"])] + [(name_in, T.FLOAT, shape) for name_in, _, shape in _state_shapes(m)]
+    return spec + ([("rows", T.INT64, ["batch"])] if records else [])
 
 
 def _own_copies(weights: list, names: dict[str, str]) -> list:
