@@ -201,13 +201,14 @@ def _last_column(g: _Nodes, x: str) -> str:
 def _full_distribution(prefix: str, consts: dict, logits: str, u: str, s: dict) -> tuple[_Nodes, str]:
     """No filter: invert the CDF in id order (first id whose running sum exceeds u x total).
 
-    logits [R, V] with R = 1 (the prompt's, shared by every row) or the batch; u [B, 1]."""
+    logits [R, V] with R = 1 (the prompt's, shared by every row) or the batch; u [B, 1]. Some id always
+    exceeds the target (u < 1 and the total is at least 1, the top token's exp(0)), and it is one with
+    mass: the kernel's fallback (the last id with mass) never applies, so the graph leaves it out."""
     g = _Nodes(prefix + "full/", consts)
     top = g.op("ReduceMax", [logits, g.const([1], np.int64)], keepdims=1)
     cum = g.op("CumSum", [_scaled_probs(g, logits, top, s["inv_t"]), g.const(1, np.int64)])
     first_above = _count(g, g.op("LessOrEqual", [cum, g.op("Mul", [u, _last_column(g, cum)])]))
-    last_nonzero = g.op("ArgMax", [cum], axis=1, keepdims=1)  # rounding fallback: the last id with mass
-    return g, g.op("Squeeze", [g.op("Min", [first_above, last_nonzero]), g.const([1], np.int64)])
+    return g, first_above
 
 
 def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool,
@@ -215,34 +216,35 @@ def _filtered(prefix: str, consts: dict, logits: str, u: str, s: dict, vocab: in
     """top-k (greedy: top-1), then (top_p) top-p of what top-k kept, on the distribution sorted by probability.
 
     logits [R, V]: R = 1 when shared (the prompt's logits, every row's), else the batch; u [B, 1]. Without
-    top-p every candidate is kept: the CDF's last place is k - 1 (candidates of zero mass after the last
-    one with mass are never drawn, as u < 1)."""
+    top-p every candidate is kept. The kernel's bounds on the places (at most k - 1, at most the last kept
+    one) never bind: the running sum reaches the limit (top_p x total <= total) by the last candidate, and
+    passes the target (u x the kept mass, u < 1) by the last kept one; so the graph leaves them out."""
     g = _Nodes(prefix + ("top_p/" if top_p else "top_k/"), consts)
     axis = g.const([1], np.int64)
     vals, ids = _top_k(g, logits, s, vocab)
     top = g.op("Slice", [vals, g.const([0], np.int64), g.const([1], np.int64), axis])
     cum = g.op("CumSum", [_scaled_probs(g, vals, top, s["inv_t"]), g.const(1, np.int64)])
     if top_p:  # kept: the candidates until their mass reaches the limit, the one crossing it included
-        last = g.op("Min", [_count(g, g.op("Less", [cum, g.op("Mul", [s["top_p"], _last_column(g, cum)])])), s["last_k"]])
+        last = _count(g, g.op("Less", [cum, g.op("Mul", [s["top_p"], _last_column(g, cum)])]))  # the last kept one's place
         target = g.op("Mul", [u, g.op("GatherElements", [cum, last], axis=1)])
     else:
-        last, target = s["last_k"], g.op("Mul", [u, _last_column(g, cum)])
-    pick = g.op("Min", [_count(g, g.op("LessOrEqual", [cum, target])), last])  # [B, 1]
+        target = g.op("Mul", [u, _last_column(g, cum)])
+    pick = _count(g, g.op("LessOrEqual", [cum, target]))  # [B, 1]: the first place past the target
     if shared:
         ids = g.op("Expand", [ids, g.op("Shape", [pick])])  # [1, k] -> [B, k]: every row's candidates
-    return g, g.op("Squeeze", [g.op("GatherElements", [ids, pick], axis=1), axis])
+    return g, g.op("GatherElements", [ids, pick], axis=1)
 
 
 def _branch(name: str, g: _Nodes, out: str):
-    """A no-input subgraph (If branch) returning `out`: int64 [batch]."""
+    """A no-input subgraph (If branch) returning `out`: int64 [batch, 1]."""
     h = _onnx().helper
-    return h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(out, _onnx().TensorProto.INT64, ["batch"])])
+    return h.make_graph(g.nodes, name, [], [h.make_tensor_value_info(out, _onnx().TensorProto.INT64, ["batch", 1])])
 
 
 def _sampler(g: _Nodes, consts: dict, logits: str, u: str, s: dict, vocab: int, shared: bool = False) -> str:
-    """The next token of each row [B] from logits [R, V] and the rows' uniforms u [B, 1]: top-k with or without
-    top-p, or the unfiltered distribution, chosen once per call by the settings (If nodes, one or two a step).
-    shared: R = 1, the prompt's logits for every row."""
+    """The next token of each row [B, 1] (the model's tokens input as it is) from logits [R, V] and the rows'
+    uniforms u [B, 1]: top-k with or without top-p, or the unfiltered distribution, chosen once per call by
+    the settings (If nodes, one or two a step). shared: R = 1, the prompt's logits for every row."""
     fg, full_tok = _full_distribution(g.prefix, consts, logits, u, s)
     pg, top_p_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared, top_p=True)
     kg, top_k_tok = _filtered(g.prefix, consts, logits, u, s, vocab, shared, top_p=False)
@@ -272,12 +274,11 @@ def _state_shapes(m: Manifest) -> list[tuple[str, str, list]]:
 
 
 def _end_rows(g: _Nodes, s: dict, tok: str, carried: list[str], rows: str, axes: list[int]):
-    """Write each row's token (PAD for <eos>) into its column of `num`, and keep the rows that did not end:
-    (column [num], the carried values of the kept rows, whether any row is left)."""
-    axis0 = g.const([0], np.int64)
+    """Write each row's token (PAD for <eos>) into its column of `num` (tok and rows [B, 1]), and keep the rows
+    that did not end: (column [num, 1], the carried values of the kept rows, whether any row is left)."""
     is_eos = g.op("Equal", [tok, g.const(s["eos"], np.int64)])
     column = g.op("ScatterElements", [s["pad_row"], rows, g.op("Where", [is_eos, g.const(PAD, np.int64), tok])], axis=0)
-    keep = g.op("Squeeze", [g.op("NonZero", [g.op("Not", [is_eos])]), axis0])
+    keep = g.op("Gather", [g.op("NonZero", [g.op("Not", [is_eos])]), g.const(0, np.int64)])  # the rows' places
     kept = [g.op("Gather", [x, keep], axis=axis) for x, axis in zip(carried, axes)]
     return column, kept, g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)])
 
@@ -297,14 +298,14 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
     g = _Nodes("loop/", consts)
     records, states = s["eos"] >= 0, _state_shapes(m)
     names = {w.name: f"loop/{w.name}" if own_weights else w.name for w in weights}
-    bound = {m.io.tokens: g.op("Unsqueeze", ["loop/tok", g.const([1], np.int64)])}
+    bound = {m.io.tokens: "loop/tok"}  # [B, 1]: the model's tokens input as it is
     bound |= {name_in: f"loop/{name_in}" for name_in, _, _ in states}
     outs = _embed_step(g, step, names, bound)
     logits = g.op("Squeeze", [outs[m.io.logits], g.const([1], np.int64)])  # [B, 1, V] -> [B, V]
-    logits = _ban(g, logits, s, g.op("Shape", ["loop/tok"]) if records else None)
+    logits = _ban(g, logits, s, g.op("Shape", ["loop/tok"], end=1) if records else None)
     uniforms = g.op("Gather", [s["uniforms"], "loop/iter"])  # [num, 1]: iteration i draws step i + 1's
-    tok = _sampler(g, consts, logits, g.op("Gather", [uniforms, "loop/rows"]) if records else uniforms, s,
-                   m.dims.vocab_size)
+    tok = _sampler(g, consts, logits, g.op("GatherElements", [uniforms, "loop/rows"], axis=0) if records else uniforms,
+                   s, m.dims.vocab_size)
     carried = [tok] + [outs[name_out] for _, name_out, _ in states]
     if records:
         column, carried, more = _end_rows(g, s, tok, carried + ["loop/rows"], "loop/rows", [0] + [1] * len(states) + [0])
@@ -317,7 +318,7 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
     inputs += [h.make_tensor_value_info(f"loop/{n}", t, shape) for n, t, shape in spec]
     outputs = [h.make_tensor_value_info("loop/cond_out", T.BOOL, [])]
     outputs += [h.make_tensor_value_info(f"loop/{n}_out", t, shape) for n, t, shape in spec]
-    outputs += [h.make_tensor_value_info("loop/column_out", T.INT64, ["num"])]
+    outputs += [h.make_tensor_value_info("loop/column_out", T.INT64, ["num", 1])]
     return h.make_graph(g.nodes, "decode_step", inputs, outputs, initializer=_own_copies(weights, names) if own_weights else [])
 
 
@@ -326,8 +327,8 @@ def _carried(m: Manifest, records: bool) -> list[tuple[str, int, list]]:
     each row's last token, the model's state tensors, and (records) which row of `num` each batch row is.
     _first_tokens gives their first values and _loop_body their next ones, in this order."""
     T = _onnx().TensorProto
-    spec = [("tok", T.INT64, ["batch"])] + [(name_in, T.FLOAT, shape) for name_in, _, shape in _state_shapes(m)]
-    return spec + ([("rows", T.INT64, ["batch"])] if records else [])
+    spec = [("tok", T.INT64, ["batch", 1])] + [(name_in, T.FLOAT, shape) for name_in, _, shape in _state_shapes(m)]
+    return spec + ([("rows", T.INT64, ["batch", 1])] if records else [])
 
 
 def _own_copies(weights: list, names: dict[str, str]) -> list:
@@ -359,12 +360,13 @@ def _settings(g: _Nodes, m: Manifest) -> dict:
         **_preselect_settings(g, k, V), "top_p_on": top_p_on,
         "filtered": g.op("Or", [greedy, g.op("Or", [k_valid, top_p_on])]),
         "inv_t": g.op("Where", [greedy, g.const(1.0, np.float64), g.op("Div", [g.const(1.0, np.float64), "temperature"])]),
-        "k": k, "last_k": g.op("Sub", [k, g.const(1, np.int64)]), "top_p": "top_p",
+        "k": k, "top_p": "top_p",
         "ban_ids": g.op("Expand", ["banned_ids", ban_shape]),
         "ban_values": g.op("ConstantOfShape", [ban_shape], value=_onnx().numpy_helper.from_array(np.array([-np.inf], np.float32))),
         "uniforms0": _uniform_table(g, keys, g.const(0, np.int64), g.const(1, np.int64)),  # [1, num, 1]: step 0
         "uniforms": _uniform_table(g, keys, g.const(1, np.int64), "max_tokens"),  # steps 1 .. max_tokens - 1
-        "pad_row": g.op("ConstantOfShape", [num1], value=_onnx().numpy_helper.from_array(np.array([PAD], np.int64))),
+        "pad_row": g.op("ConstantOfShape", [g.op("Concat", [num1, g.const([1], np.int64)], axis=0)],  # [num, 1]
+                        value=_onnx().numpy_helper.from_array(np.array([PAD], np.int64))),
         "eos": -1 if tokenizer_eos is None else int(tokenizer_eos),  # -1: running text never stops early
     }
 
@@ -387,16 +389,16 @@ def _first_tokens(g: _Nodes, consts: dict, step, weights: list, m: Manifest, s: 
                        for _, name_out, shape in states]
     if s["eos"] < 0:
         return tok, carried, g.const(True, np.bool_)
-    rows = g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)])
+    rows = g.op("Unsqueeze", [g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)]), g.const([1], np.int64)])
     return _end_rows(g, s, tok, carried + [rows], rows, [0] + [1] * len(states) + [0])
 
 
 def _all_tokens(g: _Nodes, first: str, columns: str) -> str:
-    """tokens [num, max_tokens]: column 0, the loop's columns [steps, num] (none if it never ran), padded."""
-    num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
-    later = g.op("Reshape", [columns, g.op("Concat", [g.const([-1], np.int64), num1], axis=0)])  # [0, 0] -> [0, num]
-    written = g.op("Transpose", [g.op("Concat", [g.op("Unsqueeze", [first, g.const([0], np.int64)]), later], axis=0)],
-                   perm=[1, 0])
+    """tokens [num, max_tokens]: column 0 [num, 1], the loop's columns [steps, num, 1] (none if it never ran),
+    padded."""
+    rows = g.op("Concat", [g.const([-1], np.int64), g.op("Reshape", ["num", g.const([1], np.int64)])], axis=0)
+    later = g.op("Reshape", [columns, rows])  # [steps, num]; a loop that never ran gives [0, 0]: [0, num]
+    written = g.op("Transpose", [g.op("Concat", [g.op("Reshape", [first, rows]), later], axis=0)], perm=[1, 0])
     width = g.op("Slice", [g.op("Shape", [written]), g.const([1], np.int64), g.const([2], np.int64)])
     missing = g.op("Sub", [g.op("Reshape", ["max_tokens", g.const([1], np.int64)]), width])
     pads = g.op("Concat", [g.const([0, 0, 0], np.int64), missing], axis=0)
