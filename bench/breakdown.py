@@ -1,18 +1,21 @@
 """Where a batch-1 engine token goes, and what removing fixed cost buys, measured side by side.
 
-`python -m lstmgen.bench.breakdown --model char-medium` builds the bench's random-weight artifact
+`python -m lstmgen.bench.breakdown --models char-medium` builds the bench's random-weight artifact
 (fp32 and int8) and times, per token at batch 1:
 
 - parts: the whole decode loop (`lstmgen.decoding.DecodeLoop`, text included), one backend step, the ONNX
   Runtime run alone (IOBinding, buffers bound once), the sampler alone (`RowSampler.sample`), the
-  decode loop around a no-op backend (its Python and sampler only); the binding bookkeeping is step
-  minus run; loop minus step minus sampler is the loop's Python plus what the parts lose by running
-  alternately rather than each in a tight loop (colder caches);
-- the fixed cost of each graph shape: both graphs on a tiny model, where compute is next to nothing;
-- candidates: the ONNX Runtime run with other session options (intra-op threads, spinning, graph
-  optimization level, memory pattern) and another graph shape (per-layer state inputs and outputs,
-  no Slice/Concat/Squeeze between layers: a scratch graph built here from the same weights, never shipped);
-- threads by batch size: the run at batch 1, 8, 64, 256 with 1 and with the machine's threads;
+  decode loop around a no-op backend (its Python and sampler only), an ONNX Runtime run of a one-node
+  graph (what any call costs), and the same model's graph on a tiny model (what its nodes cost, compute
+  next to nothing);
+- the account: the decode loop split into the floor and what each part adds above it, so that every
+  microsecond is named (see `account`);
+- before and after: the decode loop and the ORT run of the same weights as a format-1 artifact (stacked
+  state, Slice/Concat around the layers: what lstmgen shipped before format 2);
+- candidates for the fixed cost, the whole decode loop and the ORT run alone: one intra-op thread, no
+  spinning, dynamic blocks in the thread pool, other graph optimization levels, no memory pattern;
+- parts and threads by batch size: the parts at batch 8, 64, 256, and the ORT run with 1 and with the
+  machine's threads;
 - the floors of bench/ceilings.py, measured in this run.
 
 Candidates run interleaved, round after round, so a busy machine slows them alike; each figure is
@@ -34,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from . import ceilings
+from lstmgen.manifest import STATE_PER_LAYER, STATE_STACKED
+
 from .models import SPECS, ModelSpec, random_weights, write_artifact
 
 PROBE_BATCHES = [1, 8, 64, 256]
@@ -43,17 +48,18 @@ SETTLE_S = 0.05
 
 
 # -- sessions and their ping-pong bindings --------------------------------------------------------
-def session(path: Path, threads: int, *, spinning: bool = True, level: str = "ORT_ENABLE_ALL", mem_pattern: bool = True):
+def session(path: Path, threads: int, *, spinning: bool = True, level: str = "ORT_ENABLE_ALL", mem_pattern: bool = True,
+            dynamic_blocks: int | None = None):
     """An ONNX Runtime session with the engine's options (lstmgen.backend.session_options) unless told otherwise."""
     import onnxruntime as ort
 
     from lstmgen.backend import session_options
 
-    opts = session_options(threads)
+    opts = session_options(threads, spinning)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     opts.enable_mem_pattern = mem_pattern
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if dynamic_blocks:  # parallel loops cut into shrinking blocks that idle threads take: no thread waits on a late one
+        opts.add_session_config_entry("session.dynamic_block_base", str(dynamic_blocks))
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -88,56 +94,6 @@ def bound_step(sess, batch: int, spec: ModelSpec):
 
     step.buffers = (tokens, states, logits)  # ONNX Runtime writes into them through raw pointers: keep them alive
     return step
-
-
-# -- the scratch graph shape ------------------------------------------------------------------------
-def per_layer_state_graph(sd: dict[str, np.ndarray], layers: int):
-    """tokens [B,1], h0_l/c0_l [1,B,H] per layer -> logits [B,V], h1_l/c1_l: 5 + L nodes instead of 7 + 4L."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from lstmgen.graphs.step import build_step_graph
-
-    shipped = build_step_graph(sd, layers)  # same weights, same gate order as the artifact
-    init = {t.name: t for t in shipped.graph.initializer}
-    V, H = sd["head.weight"].shape
-    nodes = [helper.make_node("Transpose", ["tokens"], ["tokens_tb"], perm=[1, 0]),
-             helper.make_node("Gather", ["embedding", "tokens_tb"], ["x0"])]
-    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 1])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", V])]
-    keep = ["embedding", "head_w", "head_b"]
-    x = "x0"
-    for layer in range(layers):
-        keep += [f"W{layer}", f"R{layer}", f"B{layer}"]
-        for kind in ("h", "c"):
-            inputs.append(helper.make_tensor_value_info(f"{kind}0_{layer}", TensorProto.FLOAT, [1, "batch", H]))
-            outputs.append(helper.make_tensor_value_info(f"{kind}1_{layer}", TensorProto.FLOAT, [1, "batch", H]))
-        nodes.append(helper.make_node("LSTM", [x, f"W{layer}", f"R{layer}", f"B{layer}", "", f"h0_{layer}", f"c0_{layer}"],
-                                      ["", f"h1_{layer}", f"c1_{layer}"], hidden_size=H, direction="forward"))
-        x = f"h1_{layer}"  # Y_h [1,B,H] is the next layer's input at T=1: no Squeeze
-    nodes += [helper.make_node("Squeeze", [x, "axis0"], ["top"]),
-              helper.make_node("MatMul", ["top", "head_w"], ["scores"]),
-              helper.make_node("Add", ["scores", "head_b"], ["logits"])]
-    inits = [init[n] for n in keep] + [numpy_helper.from_array(np.array([0], np.int64), "axis0")]
-    m = helper.make_model(helper.make_graph(nodes, "per_layer_state", inputs, outputs, inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
-
-
-def save_graph(model, path: Path, int8: bool) -> Path:
-    import onnx
-
-    if not int8:
-        onnx.save(model, path)
-        return path
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32 = path.with_suffix(".fp32.onnx")
-    onnx.save(model, fp32)
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul", "Gather"])
-    return path
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -253,18 +209,45 @@ def empty_run(threads: int):
 TINY = ModelSpec("tiny", 65, 8, 8, 2)  # compute next to nothing: what remains is each graph shape's fixed cost
 
 
+def tiny_run(tmp: Path, precision: str, threads: int, state: str = STATE_PER_LAYER):
+    """One IOBinding run of the engine's graph (format 2, or `state`) on the tiny model."""
+    folder = tmp / f"tiny-{precision}-{state}"
+    if not folder.exists():
+        write_artifact(folder, TINY, random_weights(TINY), int8=precision == "int8", state=state)
+    return bound_step(session(folder / "model.onnx", threads), 1, TINY)
+
+
 def graph_fixed_cost(tmp: Path, tokens: int, rounds: int) -> dict:
-    """The ORT run of both graph shapes on a tiny model, one thread, fp32 and int8: per-node overhead alone."""
-    sd = random_weights(TINY)
-    out = {}
-    for precision in ("fp32", "int8"):
-        int8 = precision == "int8"
-        shipped = write_artifact(tmp / f"tiny-{precision}", TINY, sd, int8=int8) / "model.onnx"
-        scratch = save_graph(per_layer_state_graph(sd, TINY.layers), tmp / f"tiny-per-layer-{precision}.onnx", int8)
-        out[precision] = interleaved({"shipped graph": bound_step(session(shipped, 1), 1, TINY),
-                                      "per-layer state graph": bound_step(session(scratch, 1), 1, TINY),
-                                      "one-node graph": empty_run(1)}, tokens, rounds)
-    return out
+    """The ORT run of both formats' graphs on a tiny model, one thread, fp32 and int8: per-node overhead alone."""
+    return {precision: interleaved({"format 2 graph (shipped)": tiny_run(tmp, precision, 1),
+                                    "format 1 graph (before)": tiny_run(tmp, precision, 1, STATE_STACKED),
+                                    "one-node graph": empty_run(1)}, tokens, rounds)
+            for precision in ("fp32", "int8")}
+
+
+def loop_candidates(gen, before, threads: int, spec: ModelSpec) -> dict:
+    """The whole batch-1 decode loop (what a user's token costs) over the engine's backend and the candidates:
+    the same weights as a format-1 artifact (`before`), one intra-op thread, no spinning."""
+    from lstmgen.backend import OrtBackend
+
+    m = gen.manifest
+    backends = {f"engine ({threads} threads)": gen.backend, "format-1 artifact (before)": before.backend,
+                "1 intra-op thread": OrtBackend(gen.folder, m, "cpu", 1),
+                "no spinning": OrtBackend(gen.folder, m, "cpu", threads, spinning=False)}
+    return {name: loop_stepper(gen, backend, 1, spec) for name, backend in backends.items()}
+
+
+def ort_candidates(shipped: Path, before: Path, threads: int, spec: ModelSpec) -> dict:
+    """The ORT run alone at batch 1 with the engine's options and with each candidate's."""
+    sessions = {f"engine options ({threads} threads)": session(shipped, threads),
+                "format-1 graph (before)": session(before, threads),
+                "1 intra-op thread": session(shipped, 1),
+                "no spinning": session(shipped, threads, spinning=False),
+                "dynamic blocks (base 4)": session(shipped, threads, dynamic_blocks=4),
+                "graph optimization: extended": session(shipped, threads, level="ORT_ENABLE_EXTENDED"),
+                "graph optimization: basic": session(shipped, threads, level="ORT_ENABLE_BASIC"),
+                "no memory pattern": session(shipped, threads, mem_pattern=False)}
+    return {name: bound_step(s, 1, spec) for name, s in sessions.items()}
 
 
 def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: Path, log) -> dict:
@@ -275,29 +258,47 @@ def measure_model(spec: ModelSpec, threads: int, tokens: int, rounds: int, tmp: 
     floors = ceilings.floor_probes(asdict(spec), threads)
     out["graph_fixed_cost"] = graph_fixed_cost(tmp, tokens * 10, rounds)
     for precision in ("fp32", "int8"):
-        log(f"{spec.name} {precision}: parts and candidates")
-        art = write_artifact(tmp / f"{spec.name}-{precision}", spec, sd, int8=precision == "int8")
-        scratch = save_graph(per_layer_state_graph(sd, spec.layers), tmp / f"per-layer-{precision}.onnx", precision == "int8")
-        shipped = art / "model.onnx"
-        gen = Generator.load(art, device="cpu", threads=threads)
-        out[precision] = {"parts": interleaved({**loop_fns(gen, 1, spec), "ORT run of a one-node graph": empty_run(threads)},
-                                               tokens, rounds)}
+        log(f"{spec.name} {precision}: parts, before and after, candidates")
+        int8 = precision == "int8"
+        art = write_artifact(tmp / f"{spec.name}-{precision}", spec, sd, int8=int8)
+        old = write_artifact(tmp / f"{spec.name}-{precision}-format1", spec, sd, int8=int8, state=STATE_STACKED)
+        gen, before = (Generator.load(folder, device="cpu", threads=threads) for folder in (art, old))
+        parts = {**loop_fns(gen, 1, spec), "ORT run of a one-node graph": empty_run(threads),
+                 "ORT run of the graph on a tiny model": tiny_run(tmp, precision, threads)}
+        out[precision] = {"parts": interleaved(parts, tokens, rounds)}
+        log(f"{spec.name} {precision}: parts at batch {', '.join(map(str, PROBE_BATCHES[1:]))}")
         out[precision]["parts_by_batch"] = {str(b): interleaved(loop_fns(gen, b, spec), max(4, tokens // b), rounds)
                                             for b in PROBE_BATCHES[1:]}
-        cands = {f"engine options ({threads} threads)": session(shipped, threads),
-                 "1 intra-op thread": session(shipped, 1),
-                 "no spinning": session(shipped, threads, spinning=False),
-                 "graph optimization: extended": session(shipped, threads, level="ORT_ENABLE_EXTENDED"),
-                 "graph optimization: basic": session(shipped, threads, level="ORT_ENABLE_BASIC"),
-                 "no memory pattern": session(shipped, threads, mem_pattern=False),
-                 "per-layer state graph": session(scratch, threads),
-                 "per-layer state graph, 1 thread": session(scratch, 1)}
-        out[precision]["candidates"] = interleaved({k: bound_step(s, 1, spec) for k, s in cands.items()}, tokens, rounds)
-        out[precision]["threads_by_batch"] = threads_by_batch(shipped, spec, threads, rounds)
+        out[precision]["loop_candidates"] = interleaved(loop_candidates(gen, before, threads, spec), tokens, rounds)
+        out[precision]["candidates"] = interleaved(ort_candidates(art / "model.onnx", old / "model.onnx", threads, spec),
+                                                   tokens, rounds)
+        log(f"{spec.name} {precision}: threads by batch size")
+        out[precision]["threads_by_batch"] = threads_by_batch(art / "model.onnx", spec, threads, rounds)
     # The floors probed before and after everything else: the lower of the two (as the bench does).
     after = ceilings.floor_probes(asdict(spec), threads)
     out["floor_us"] = {p: min(min(v.values()), min(after[p].values())) * 1e6 for p, v in floors.items()}
+    for precision in ("fp32", "int8"):
+        out[precision]["account"] = account(out[precision]["parts"], out["floor_us"][precision])
     return out
+
+
+def account(parts: dict, floor: float) -> list[list]:
+    """The batch-1 decode loop as the floor plus what each part adds above it (best rounds, microseconds); the
+    terms sum to the decode loop exactly, so every microsecond is named. A negative term is noise."""
+    best = {k: v["best_us"] for k, v in parts.items()}
+    run, step, loop = best["ORT run (IOBinding)"], best["backend step"], best["decode loop"]
+    tiny, call = best["ORT run of the graph on a tiny model"], best["ORT run of a one-node graph"]
+    sampler = best["sampler (+ logits copy)"] - best["logits copy"]
+    no_op = best["decode loop, no-op backend"]
+    return [["floor: one pass over the weights (bench/ceilings.py)", floor],
+            ["ORT kernels above the floor (run - floor - tiny-model run)", run - floor - tiny],
+            ["ORT per-node cost of the graph (tiny-model run - one-node run)", tiny - call],
+            ["ORT call (a one-node graph's run)", call],
+            ["binding bookkeeping (backend step - ORT run)", step - run],
+            ["sampler (Numba)", sampler],
+            ["decode loop's Python (no-op-backend loop - sampler)", no_op - sampler],
+            ["alternation: the parts run in turn, not each in a tight loop (loop - step - no-op loop)", loop - step - no_op],
+            ["= decode loop", loop]]
 
 
 def threads_by_batch(path: Path, spec: ModelSpec, threads: int, rounds: int) -> dict:
@@ -317,16 +318,20 @@ def report(result: dict) -> str:
         lines += [f"== {name} ({m['threads']} threads): best of {m['rounds']} interleaved rounds, median in brackets,"
                   " then the best round's process CPU time; per token at batch 1, per step at larger batches"]
         for precision in ("fp32", "int8"):
-            f = floor[precision]
+            f, r = floor[precision], m[precision]
             lines.append(f"-- {precision}: floor {f:.1f} us (one batch-1 pass over the {precision} weights)")
-            lines += section("parts at batch 1", m[precision]["parts"], f) + derived(m[precision]["parts"])
-            lines += section(f"fixed cost of the graph shape: ORT run of a {TINY.dims} model, 1 thread",
+            lines.append("   where a batch-1 token goes (best rounds):")
+            lines += [f"     {label:84s} {us:9.1f} us  {us / f:5.2f}x floor" for label, us in r["account"]]
+            lines += section("parts at batch 1", r["parts"], f) + derived(r["parts"])
+            lines += section("before (format 1) and after, and candidates: the whole decode loop at batch 1",
+                             r["loop_candidates"], f)
+            lines += section("before and after, and candidates: the ORT run alone at batch 1", r["candidates"], f)
+            lines += section(f"fixed cost of each format's graph: ORT run of a {TINY.dims} model, 1 thread",
                              m["graph_fixed_cost"][precision], None)
-            for batch, parts in m[precision]["parts_by_batch"].items():
+            for batch, parts in r["parts_by_batch"].items():
                 lines += section(f"parts at batch {batch}", parts, None) + derived(parts)
-            lines += section("candidates: the ORT run alone at batch 1", m[precision]["candidates"], f)
             lines.append("   threads by batch size, ORT run per step:")
-            for batch, v in m[precision]["threads_by_batch"].items():
+            for batch, v in r["threads_by_batch"].items():
                 cells = "  ".join(f"{k}: {x['best_us']:9.1f} us [{x['median_us']:9.1f}]" for k, x in v.items())
                 lines.append(f"     batch {batch:>4s}  {cells}")
     return "\n".join(lines)

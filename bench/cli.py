@@ -13,7 +13,8 @@ from lstmgen.errors import LstmgenError
 
 from .models import SPECS, ModelSpec
 from .charts import chart
-from .suite import BACKENDS, run_suite, table
+from .report import baseline_table, compare, detail_table, summary_table
+from .suite import BACKENDS, run_suite
 
 
 DEFAULT_CHART = "lstmgen-bench.png"
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for PyTorch and the engine (default: %(default)s, this machine's cores)")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the tuned PyTorch row (default: off)")
+    p.add_argument("--detail", action="store_true", help="also print every figure of every row: spread, time to first"
+                   " token, memory, ops/s against this machine's ceiling, step time over its floor (default: off)")
+    p.add_argument("--baseline", metavar="OLD.json", help="also print each row's tokens/s over a saved run's (a --json"
+                   " file); indicative only: another run, maybe another machine (default: none)")
     p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
     return p
 
@@ -52,6 +57,19 @@ def _ints(text: str, flag: str) -> list[int]:
     if not vals or any(v < 1 or v > 4096 for v in vals):
         raise LstmgenError(f"{flag} values must be in [1, 4096], got {text!r}")
     return vals
+
+
+def read_baseline(path: str) -> dict:
+    """A saved `lstmgen bench --json` run, checked enough to compare rows with it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LstmgenError(f"--baseline {path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LstmgenError(f"--baseline {path} is not JSON (give a file written by lstmgen bench --json)") from None
+    if not isinstance(data, dict) or data.get("schema") != "lstmgen-bench/2" or not isinstance(data.get("rows"), list):
+        raise LstmgenError(f"--baseline {path} is not a bench result (schema lstmgen-bench/2, written by lstmgen bench --json)")
+    return data
 
 
 def main(argv: Sequence[str]) -> int:
@@ -96,11 +114,18 @@ def _run(args) -> int:
             raise LstmgenError(f"unknown model(s) {', '.join(bad)} (known: {', '.join(SPECS)})")
         models = [SPECS[n] for n in names]
         artifact = None
+    baseline = read_baseline(args.baseline) if args.baseline else None
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     result = run_suite(models=models, backends=backends, batch_sizes=batch_sizes, steps=steps, repeats=repeats,
                        device=args.device, threads=args.threads, compile_torch=not (args.quick or args.no_compile),
                        artifact=artifact, log=log)
-    print(table(result))
+    print(summary_table(result))
+    if args.detail:
+        print("\n" + detail_table(result))
+    if baseline is not None:
+        result["baseline"] = {"file": args.baseline, "created": baseline.get("created"), "machine": baseline["machine"],
+                              "rows": compare(result, baseline), "note": "indicative only: another run"}
+        print("\n" + baseline_table(result, baseline, args.baseline))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmgen.manifest import MANIFEST_FILE, MODEL_FILE, Dims, Manifest, SamplingDefaults, sha256_file
+from lstmgen.manifest import (FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, STATE_PER_LAYER, STATE_STACKED, Dims, IONames, Manifest,
+                              SamplingDefaults, sha256_file)
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,23 @@ def random_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int8: bool = False,
-                   generation_graph: bool = False) -> Path:
-    """A loadable artifact over synthetic tokens (one per id) for the engine rows (and generate.onnx for the graph rows)."""
+                   generation_graph: bool = False, state: str = STATE_PER_LAYER) -> Path:
+    """A loadable artifact over synthetic tokens (one per id) for the engine rows (and generate.onnx for the graph
+    rows); state=STATE_STACKED writes it in format 1, as lstmgen wrote artifacts before format 2 (the breakdown's
+    before)."""
     import onnx
 
     from lstmgen.graphs.step import build_step_graph
 
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / ("fp32.onnx" if int8 else MODEL_FILE)
-    onnx.save(build_step_graph(sd, spec.layers), fp32)
+    onnx.save(build_step_graph(sd, spec.layers, state), fp32)
     if int8:
+        import logging
+
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice on pre-processing is not progress
         quantize_dynamic(str(fp32), str(folder / MODEL_FILE), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["LSTM", "MatMul", "Gather"])
         fp32.unlink()
@@ -70,7 +76,8 @@ def write_artifact(folder: Path, spec: ModelSpec, sd: dict[str, np.ndarray], int
     m = Manifest(tokenizer={"level": "word", "tokens": tokens, "lowercase": False, "eos_id": None, "unk_id": 0},
                  records=False, dims=Dims(spec.vocab, spec.embed, spec.hidden, spec.layers), start_ids=[0],
                  model_sha256=sha256_file(folder / MODEL_FILE), precision="int8" if int8 else "fp32",
-                 defaults=SamplingDefaults(), name=spec.name, training={"note": "random weights for benchmarking"})
+                 defaults=SamplingDefaults(), name=spec.name, training={"note": "random weights for benchmarking"},
+                 io=IONames(state=state), format_version=1 if state == STATE_STACKED else FORMAT_VERSION)
     (folder / MANIFEST_FILE).write_text(m.to_json())
     if generation_graph:
         from lstmgen.graphs.generation import add_generation_graph

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Reproduces the shipped models' exports and every figure in bench/results/ and docs/MODELS.md.
-# Run from the repository root with the venv's bin on PATH; takes about an hour on a 2-core CPU
-# after the recipes' training (recipes/*.toml, up to an hour each).
+# Run from the repository root with the venv's bin on PATH (installed with -c constraints.txt, the
+# versions the committed figures ran), on an idle machine:
+#   bench/reproduce.sh          everything: exports, training figures, bench (about an hour on a 2-core
+#                               CPU after the recipes' training, recipes/*.toml, up to an hour each)
+#   bench/reproduce.sh bench    the speed figures only: the suite (cpu.json/.txt/.png), the batch-1
+#                               breakdowns and the shipped models' benches (about 40 minutes)
 set -euo pipefail
 R=bench/results
+MODE=${1:-all}
+case "$MODE" in all|bench) ;; *) echo "usage: bench/reproduce.sh [all|bench]" >&2; exit 2;; esac
 mkdir -p "$R"
 step() { echo "== $(date +%H:%M:%S) $*" >&2; }
+step "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (an idle machine reads near 0)"
 
-if [ "${SKIP_EXPORT:-0}" != 1 ]; then
+if [ "$MODE" = all ] && [ "${SKIP_EXPORT:-0}" != 1 ]; then
   for m in names moe shakespeare; do
     step "export $m"
     lstmgen export runs/$m --out exported/$m
@@ -15,6 +22,7 @@ if [ "${SKIP_EXPORT:-0}" != 1 ]; then
   done
 fi
 
+if [ "$MODE" = all ]; then
 step "names, default settings, 10-minute budget (figure for the trainer issue)"
 rm -rf runs/names-default
 lstmgen train ../shared/data/names.txt --level char --records --out runs/names-default --time-budget 600 \
@@ -38,9 +46,10 @@ for n in (1, 2):
               "tokens_per_s": [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]}
 print(json.dumps(out, indent=1))
 PY
+fi
 
 step "bench: full suite"
-lstmgen bench --steps 32 --repeats 5 --json "$R/cpu.json" > "$R/cpu.txt"
+lstmgen bench --steps 32 --repeats 5 --detail --json "$R/cpu.json" > "$R/cpu.txt"
 step "bench: batch-1 breakdown and fixed-cost candidates"
 python -m lstmgen.bench.breakdown --models char-medium,word-10k --out "$R"
 step "bench: shipped models"
@@ -59,6 +68,13 @@ for m in os.environ["MODELS"].split():
 base["rows"] = rows
 json.dump(base, open("bench/results/models.json", "w"), indent=1)
 PY
+
+if [ "$MODE" = bench ]; then
+  step "models page"
+  python -m lstmgen.bench.models_page --bench "$R/models.json"
+  step "done (bench figures only); load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 
 step "serve load test"
 python -m lstmgen.bench.serve_load --model moe --clients 32 --requests 128 --max-tokens 64 > "$R/serve_load.json"

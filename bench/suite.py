@@ -20,6 +20,7 @@ from lstmgen.trainer.machine import cpu_name
 from . import ceilings as ceiling_probe
 from .child import run_child
 from .models import ModelSpec
+from .report import blas_line
 
 # engine-*: the Python engine (decode loop, Numba sampler); graph-*: generate.onnx, the whole generation in
 # one ONNX Runtime call (top-k sampling inside the graph), as another language would run it.
@@ -30,10 +31,37 @@ NOISY_SPREAD = 0.20  # a row whose (max - min) / median over its repeats exceeds
 COMPILE_LEFT_OUT = "torch.compile variant of PyTorch tuned (left out by --quick or --no-compile)"
 
 
+CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"  # in a checkout; absent from a wheel
+
+
+def locked_versions(path: Path = CONSTRAINTS) -> dict | None:
+    """Installed versions that differ from the constraints file ({package: [installed, locked]}), or None
+    without the file. Figures measured off those versions are not comparable with the committed ones."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not path.is_file():
+        return None
+    differ = {}
+    for line in path.read_text().splitlines():
+        name, sep, locked = line.split("#")[0].strip().partition("==")
+        if not sep:
+            continue
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue  # an extra this install left out
+        if installed.split("+")[0] != locked:
+            differ[name] = [installed, locked]
+    return differ
+
+
 def machine() -> dict:
     import onnxruntime
 
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
+    from lstmgen import __version__
+
+    info = {"lstmgen": __version__, "versions_off_constraints": locked_versions(), "cpu": cpu_name(),
+            "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
             "ort_providers": onnxruntime.get_available_providers(), "gpu": gpu_name(),
             "load_average": os.getloadavg()}  # 1, 5, 15 minutes, when described: an idle machine reads near 0
@@ -64,8 +92,8 @@ def cuda_unavailable(backend: str) -> str | None:
     return None
 
 
-def run_worker(job: dict, timeout: float = 1800) -> dict:
-    return run_child("lstmgen.bench.worker", job, timeout)
+def run_worker(job: dict, timeout: float = 1800, log=None) -> dict:
+    return run_child("lstmgen.bench.worker", job, timeout, log=log)
 
 
 # -- one row's figures ----------------------------------------------------------------------------
@@ -139,6 +167,10 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
     left_out = [] if compile_torch or not has_torch or "torch-tuned" not in backends else [COMPILE_LEFT_OUT]
     for note in left_out:
         log(f"left out: {note}")
+    differ = locked_versions()
+    if differ:
+        log("installed versions differ from constraints.txt (figures not comparable with bench/results): "
+            + ", ".join(f"{k} {v[0]} (locked {v[1]})" for k, v in differ.items()))
     limits = ceiling_probe.measure([asdict(s) for s in models], threads)
     log_limits(limits, models, log)
     rows = []
@@ -165,10 +197,9 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
 
 
 def log_limits(limits: dict, models: list[ModelSpec], log, when: str = "before the rows") -> None:
-    kernels = ", ".join(f"{b.get('internal_api')} {b.get('architecture')}" for b in limits["blas"]) or "no BLAS found"
     peaks = limits["peak_ops_per_s"]
-    log(f"ceilings ({when}): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, int8 {peaks['int8'] / 1e9:.1f} Gop/s"
-        f" (BLAS kernel: {kernels}; removed from the probe's environment: {limits['blas_env_removed'] or 'nothing'})")
+    log(f"ceilings ({when}): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, int8 {peaks['int8'] / 1e9:.1f} Gop/s")
+    log(blas_line(limits))
     for spec in models:
         f = limits["floor_s"][spec.name]
         log(f"{spec.name} ({spec.dims}): batch-1 floor fp32 {f['fp32'] * 1e6:.0f} us/step, int8 {f['int8'] * 1e6:.0f} us/step")
@@ -180,11 +211,11 @@ def backend_rows(spec: ModelSpec, backend: str, *, batch_sizes: list[int], steps
             "precision": "int8" if backend.endswith("int8") else "fp32"}
     skipped = lambda why: [{**base, "batch_size": b, "tokens_per_s": None, "skipped": why} for b in batch_sizes]  # noqa: E731
     if backend in TORCH_BACKENDS and not has_torch:
-        log(f"  {backend:14s} skipped: PyTorch is not installed (pip install 'lstmgen[train]')")
+        log(f"{spec.name} {backend}: skipped: PyTorch is not installed (pip install 'lstmgen[train]')")
         return skipped("PyTorch is not installed")
     why_not = cuda_unavailable(backend) if device == "cuda" else None
     if why_not:
-        log(f"  {backend:14s} skipped: {why_not}")
+        log(f"{spec.name} {backend}: skipped: {why_not}")
         return skipped(why_not)
     job = {"backend": backend, "device": device, "spec": asdict(spec), "seed": 0, "batch_sizes": batch_sizes,
            "steps": steps, "repeats": repeats, "threads": threads, "compile": compile_torch}
@@ -194,47 +225,12 @@ def backend_rows(spec: ModelSpec, backend: str, *, batch_sizes: list[int], steps
         else:
             job["onnx"] = str(Path(artifact) / "model.onnx")
     t0 = time.perf_counter()
-    out = run_worker(job)
+    log(f"{spec.name} {backend}: batch {', '.join(map(str, batch_sizes))} ...")
+    out = run_worker(job, log=lambda line: log(f"  {line}"))
     if "error" in out:
-        log(f"  {backend:14s} failed: {out['error']}")
+        log(f"{spec.name} {backend}: failed: {out['error']}")
         return skipped(out["error"])
-    log(f"  {backend:14s} done in {time.perf_counter() - t0:.0f} s")
+    log(f"{spec.name} {backend}: done in {time.perf_counter() - t0:.0f} s")
     return [pick_variant({**base, "batch_size": r["batch_size"], "steps": steps, "repeats": repeats,
                           "candidates": [candidate(v, r["batch_size"], steps, out["peak_rss_mb"]) for v in r["variants"]]})
             for r in out["rows"]]
-
-
-# -- the table -----------------------------------------------------------------------------------
-def table(result: dict) -> str:
-    head = (f"{'model':12s} {'batch':>5s} {'backend':14s} {'tok/s':>10s} {'min':>9s} {'max':>9s} {'spread':>7s}"
-            f" {'x default':>9s} {'x tuned':>8s} {'TTFT ms':>8s} {'Gop/s':>7s} {'%ceil':>6s} {'step/floor':>10s}"
-            f" {'RSS MB':>7s}  variant")
-    lines = [head, "-" * len(head)]
-    fmt = lambda v, width, f: f"{'-':>{width}}" if v is None else format(v, f"{width}{f}")  # noqa: E731
-    for r in result["rows"]:
-        if r.get("tokens_per_s") is None:
-            lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} skipped: {r.get('skipped')}")
-            continue
-        mark = "!" if r["noisy"] else " "
-        lines.append(f"{r['model']:12s} {r['batch_size']:>5d} {r['backend']:14s} {r['tokens_per_s']:>10,.0f}"
-                     f" {r['tokens_per_s_min']:>9,.0f} {r['tokens_per_s_max']:>9,.0f} {100 * r['spread']:>5.0f}%{mark}"
-                     f" {fmt(r['ratio_vs_torch_default'], 9, '.1f')} {fmt(r['ratio_vs_torch_tuned'], 8, '.2f')}"
-                     f" {r['ttft_ms']:>8.2f} {r['gops_per_s']:>7.1f} {r['pct_of_ceiling']:>5.1f}{'^' if r['above_ceiling'] else ' '}"
-                     f" {r['step_over_floor']:>10.2f} {r['peak_rss_mb']:>7.0f}  {r['variant']}")
-    return "\n".join(lines + notes(result))
-
-
-def notes(result: dict) -> list[str]:
-    lim, s = result["ceilings"], result["settings"]
-    kernels = ", ".join(f"{b.get('internal_api')} {b.get('architecture')}" for b in lim["blas"]) or "none found"
-    out = ["", f"tok/s is the median of {s['repeats']} runs of {s['steps']} tokens per row; min and max beside it;"
-               f" ! marks a spread (max - min) / median above {100 * s['noisy_spread']:.0f}%.",
-           "PyTorch tuned is the best of every PyTorch variant, the default one included; its variant is named.",
-           f"%ceil: fp32 rows against {lim['peak_ops_per_s']['fp32'] / 1e9:.1f} GFLOP/s (best float32 matrix product;"
-           f" BLAS kernel {kernels}), int8 rows against {lim['peak_ops_per_s']['int8'] / 1e9:.1f} Gop/s (MatMulInteger);"
-           " ^ marks a row above its ceiling.",
-           "step/floor: step time over the batch-1 pass over the weights at the row's precision (fp32 or int8)."]
-    out += [f"left out: {n}" for n in s["left_out"]]
-    gpu = result["machine"].get("gpu")
-    out.append(f"GPU: {gpu}" if gpu else "GPU: none on this machine, so no CUDA rows (--device cuda runs them where one is)")
-    return out

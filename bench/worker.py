@@ -25,6 +25,15 @@ TEMPERATURE, TOP_K = 0.8, 40
 DEFAULT_VARIANT = "eager nn.LSTM"  # PyTorch as users write it: the torch-default row, and a torch-tuned candidate
 
 
+def _progress(job: dict, row: dict) -> dict:
+    """One stderr line per batch size (the suite passes it on as the bench's progress); returns the row."""
+    best = min(row["variants"], key=lambda v: v["seconds"])
+    tokens_per_s = row["batch_size"] * job["steps"] / best["seconds"]
+    print(f"{job['spec']['name']} {job['backend']} batch {row['batch_size']}: {tokens_per_s:,.0f} tok/s", file=sys.stderr,
+          flush=True)
+    return row
+
+
 def _timed(run_once, repeats: int) -> dict:
     run_once(warmup=True)
     totals, firsts = [], []
@@ -56,8 +65,8 @@ def engine_rows(job: dict) -> list[dict]:
                 loop.step()
             return first, time.perf_counter() - t0
 
-        rows.append({"batch_size": B, "variants": [{"variant": f"onnxruntime {gen.backend.device}",
-                                                     **_timed(run_once, job["repeats"])}]})
+        rows.append(_progress(job, {"batch_size": B, "variants": [{"variant": f"onnxruntime {gen.backend.device}",
+                                                                   **_timed(run_once, job["repeats"])}]}))
     return rows
 
 
@@ -79,7 +88,8 @@ def graph_rows(job: dict) -> list[dict]:
             total = time.perf_counter() - t0
             return total, total
 
-        rows.append({"batch_size": B, "variants": [{"variant": "generate.onnx (one call)", **_timed(run_once, job["repeats"])}]})
+        rows.append(_progress(job, {"batch_size": B, "variants": [{"variant": "generate.onnx (one call)",
+                                                                   **_timed(run_once, job["repeats"])}]}))
     return rows
 
 
@@ -152,7 +162,7 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
                     return first, time.perf_counter() - t0
 
             measured.append({"variant": name, **_timed(run_once, job["repeats"])})
-        rows.append({"batch_size": B, "variants": measured})
+        rows.append(_progress(job, {"batch_size": B, "variants": measured}))
     return rows
 
 

@@ -13,8 +13,13 @@ from .errors import LstmgenError
 from .manifest import MODEL_FILE, Manifest
 
 
-def session_options(threads: int | None):
-    """The engine's ONNX Runtime options (the bench's breakdown varies them one at a time)."""
+def session_options(threads: int | None, spinning: bool = True):
+    """The engine's ONNX Runtime options (the bench's breakdown varies them one at a time).
+
+    spinning=False makes ONNX Runtime's idle worker threads sleep at once instead of spinning for the
+    next parallel section: slower on an idle machine (each section wakes a thread), but a spinning
+    thread on a machine whose cores are all busy holds up the others (bench/README.md, the breakdown).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -23,15 +28,17 @@ def session_options(threads: int | None):
     opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
-def open_session(path: Path, threads: int | None, providers: list[str], fix: str):
+def open_session(path: Path, threads: int | None, providers: list[str], fix: str, spinning: bool = True):
     """An ONNX Runtime session with the engine's options; a file ORT rejects is one line saying `fix`."""
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
     except Exception as e:  # ORT reports malformed graphs with its own exception types
         raise LstmgenError(f"{path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:200]}); {fix}") from None
 
@@ -39,7 +46,8 @@ def open_session(path: Path, threads: int | None, providers: list[str], fix: str
 class OrtBackend:
     """ONNX Runtime session for one artifact, with its step buffers bound once per batch size."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True) -> None:
         import onnxruntime as ort
 
         self.manifest = manifest
@@ -53,7 +61,7 @@ class OrtBackend:
             raise LstmgenError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.device = device
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.session = open_session(folder / MODEL_FILE, threads, providers, "re-export the model")
+        self.session = open_session(folder / MODEL_FILE, threads, providers, "re-export the model", spinning)
         self._check_graph(folder)
         d = manifest.dims
         self.state_shape = (d.num_layers, d.hidden_size)
@@ -63,30 +71,38 @@ class OrtBackend:
     def _check_graph(self, folder: Path) -> None:
         ins = {i.name: i for i in self.session.get_inputs()}
         outs = {o.name: o for o in self.session.get_outputs()}
-        io = self.manifest.io
-        for name in (io.tokens, io.h0, io.c0):
+        io, d = self.manifest.io, self.manifest.dims
+        states = io.state_tensors(d.num_layers)
+        for name in (io.tokens, *(name_in for name_in, _, _, _ in states)):
             if name not in ins:
                 raise LstmgenError(f"{folder / MODEL_FILE} has no input {name!r}: it does not match its manifest")
-        for name in (io.logits, io.h1, io.c1):
+        for name in (io.logits, *(name_out for _, name_out, _, _ in states)):
             if name not in outs:
                 raise LstmgenError(f"{folder / MODEL_FILE} has no output {name!r}: it does not match its manifest")
         v = outs[io.logits].shape[-1]
-        if isinstance(v, int) and v != self.manifest.dims.vocab_size:
+        if isinstance(v, int) and v != d.vocab_size:
             raise LstmgenError(f"{folder / MODEL_FILE} predicts {v} tokens but the manifest's vocabulary has"
-                               f" {self.manifest.dims.vocab_size} (hand-edited vocabulary?); re-export the model")
-        h = ins[io.h0].shape
-        if isinstance(h[0], int) and (h[0], h[-1]) != (self.manifest.dims.num_layers, self.manifest.dims.hidden_size):
-            raise LstmgenError(f"{folder / MODEL_FILE} state shape {h} does not match the manifest's dims")
+                               f" {d.vocab_size} (hand-edited vocabulary?); re-export the model")
+        for name_in, _, _, layers in states:
+            h = ins[name_in].shape
+            if isinstance(h[0], int) and (h[0], h[-1]) != (layers.stop - layers.start, d.hidden_size):
+                raise LstmgenError(f"{folder / MODEL_FILE} state shape {h} does not match the manifest's dims")
 
     # -- whole sequences (prefill, scoring) --------------------------------------------------------
     def run(self, ids: np.ndarray, h: np.ndarray | None = None, c: np.ndarray | None = None):
-        """ids [B, T] -> logits [B, T, V], h, c (plain session.run; used for long inputs)."""
+        """ids [B, T] -> logits [B, T, V], h, c [L, B, H] (plain session.run; used for long inputs)."""
         B = ids.shape[0]
         if h is None:
             h = np.zeros((self.state_shape[0], B, self.state_shape[1]), dtype=np.float32)
             c = np.zeros_like(h)
         io = self.io
-        return self.session.run([io.logits, io.h1, io.c1], {io.tokens: ids, io.h0: h, io.c0: c})
+        states = io.state_tensors(self.state_shape[0])
+        state = {"h": h, "c": c}
+        feeds = {io.tokens: ids} | {name_in: state[kind][layers] for name_in, _, kind, layers in states}
+        logits, *new = self.session.run([io.logits, *(name_out for _, name_out, _, _ in states)], feeds)
+        per_kind = {kind: [x for x, (_, _, k, _) in zip(new, states) if k == kind] for kind in ("h", "c")}
+        return logits, *(np.concatenate(per_kind[kind], axis=0) if len(per_kind[kind]) > 1 else per_kind[kind][0]
+                         for kind in ("h", "c"))
 
     # -- the decode loop's Backend interface (lstmgen.decoding) ----------------------------------------
     def prefill(self, ids: np.ndarray):
@@ -145,13 +161,17 @@ class _StepBuffers:
         self.bindings = [self._bind(k) for k in range(2)]
 
     def _bind(self, k: int):
+        """Binding k reads the state from buffer set k and writes it to the other one, layer by layer in
+        place: a layer's [1, n, H] state is a contiguous slice of the [L, n, H] buffer."""
         io = self.backend.io
+        buffers = {"h": self.h, "c": self.c}
         b = self.backend.session.io_binding()
         b.bind_cpu_input(io.tokens, self.tokens)
-        b.bind_cpu_input(io.h0, self.h[k])
-        b.bind_cpu_input(io.c0, self.c[k])
-        for name, arr in ((io.logits, self.logits), (io.h1, self.h[1 - k]), (io.c1, self.c[1 - k])):
-            b.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        b.bind_output(io.logits, "cpu", 0, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
+        for name_in, name_out, kind, layers in io.state_tensors(self.backend.state_shape[0]):
+            b.bind_cpu_input(name_in, buffers[kind][k][layers])
+            out = buffers[kind][1 - k][layers]
+            b.bind_output(name_out, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
         return b
 
     @property

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a trained run to an ONNX artifact (needs the 'train' extra)", add_help=False)
     sub.add_parser("bench", help="measure tokens/s of the engine against PyTorch", add_help=False)
 
-    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_compile_pattern,
+    for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_upgrade, _add_compile_pattern,
                 _add_info_and_list):
         add(sub)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -147,7 +147,17 @@ def _add_compile_pattern(sub) -> None:
     c.add_argument("model", help="artifact folder or shipped model name")
     add_cli_flags(c, PATTERN_FLAGS)
     c.add_argument("--out", default="-", help="file to write (default: standard output)")
-    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    c.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
+
+
+def _add_upgrade(sub) -> None:
+    """`lstmgen upgrade`: artifacts of an older format rewritten in the current one."""
+    a = sub.add_parser("upgrade", help="rewrite artifacts of an older format in the current one (a faster step)",
+                       description="Rewrite artifact folders of format 1 in format 2: model.onnx takes the LSTM state per"
+                                   " layer (same weights, same text, fewer nodes per step), generate.onnx is rebuilt."
+                                   " The folder is replaced atomically. Needs the onnx package.")
+    a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
+    a.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
 
 
 def _add_info_and_list(sub) -> None:
@@ -186,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return module.main(argv)
         args = _parser().parse_args(argv)
         commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
-                    "inspect": cmd_inspect, "add-graph": cmd_add_graph, "compile-pattern": cmd_compile_pattern}
+                    "inspect": cmd_inspect, "add-graph": cmd_add_graph, "upgrade": cmd_upgrade,
+                    "compile-pattern": cmd_compile_pattern}
         return commands[args.command](args)
     except LstmgenError as e:
         if debug:
@@ -463,9 +474,28 @@ def cmd_compile_pattern(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    from .generator import resolve_model
+
+    try:
+        import onnx  # noqa: F401
+    except ModuleNotFoundError:
+        raise LstmgenError("`lstmgen upgrade` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+    from .graphs.upgrade import upgrade_artifact
+
+    for name in args.models:
+        folder = resolve_model(name)
+        try:
+            m, changed = upgrade_artifact(folder)
+        except OSError as e:
+            raise LstmgenError(f"cannot rewrite {folder} ({e.strerror or e}); copy it somewhere writable and upgrade the copy") from None
+        print(f"{folder}: {'upgraded to' if changed else 'already'} format {m.format_version}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .generator import resolve_model
-    from .manifest import read_manifest
+    from .manifest import FORMAT_VERSION, read_manifest
 
     if args.model is None:
         if args.json:
@@ -480,7 +510,8 @@ def cmd_info(args) -> int:
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     lines = [
         f"{m.name or folder.name}: {m.tokenizer['level']}-level {'records' if m.records else 'running-text'} LSTM,"
-        f" {m.precision}, format v{m.format_version}",
+        f" {m.precision}, format v{m.format_version}" + ("" if m.format_version >= FORMAT_VERSION else
+                                                         f" (`lstmgen upgrade {folder}` makes it v{FORMAT_VERSION}: a faster step)"),
         f"  folder      {folder} ({size / 1e6:.2f} MB)",
         f"  dims        vocab {d.vocab_size}, embed {d.embed_dim}, hidden {d.hidden_size} x {d.num_layers} layers",
         f"  trained on  {t.get('corpus', '?')} on {t.get('machine', '?')}",

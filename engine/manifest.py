@@ -2,7 +2,9 @@
 
 An artifact is a folder:
     manifest.json   this schema (format name + version first, checked loudly on load)
-    model.onnx      one step of the model: tokens[batch,time], h0, c0 -> logits[batch,time,vocab], h1, c1
+    model.onnx      one step of the model: tokens[batch,time] and the LSTM state -> logits[batch,time,vocab] and
+                    the new state; format 2 takes the state one tensor per layer (IONames.state_tensors),
+                    format 1 as two stacked tensors h0, c0 (still read; `lstmgen upgrade` rewrites it)
     records.u64     optional: sorted 64-bit hashes of the corpus records, for --novel (no raw corpus)
     generate.onnx   optional: the whole generation in one ONNX Runtime call (lstmgen.graphs.generation),
                     for apps in other languages; artifacts exported before it existed lack it
@@ -28,12 +30,14 @@ from .options import MANIFEST_OPTIONS
 from .tokenizer import Tokenizer
 
 FORMAT_NAME = "lstmgen-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.onnx takes and returns the state per layer (1: stacked h0/c0, still read)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 RECORDS_FILE = "records.u64"
 GENERATE_FILE = "generate.onnx"
 GENERATE_WEB_FILE = "generate-web.onnx"
+STATE_PER_LAYER = "per_layer"  # format 2: h0_<l>, c0_<l> -> h1_<l>, c1_<l>, each [1, batch, hidden]
+STATE_STACKED = "stacked"  # format 1: h0, c0 -> h1, c1, each [num_layers, batch, hidden]
 
 
 @dataclass
@@ -47,11 +51,24 @@ class Dims:
 @dataclass
 class IONames:
     tokens: str = "tokens"  # int64 [batch, time]
-    h0: str = "h0"  # float32 [num_layers, batch, hidden]
+    h0: str = "h0"  # float32 state in: per layer h0_<l> [1, batch, hidden], or stacked [num_layers, batch, hidden]
     c0: str = "c0"
     logits: str = "logits"  # float32 [batch, time, vocab]
     h1: str = "h1"
     c1: str = "c1"
+    state: str = STATE_PER_LAYER  # STATE_PER_LAYER (format 2) or STATE_STACKED (format 1 manifests, which lack it)
+
+    def state_tensors(self, num_layers: int) -> list[tuple[str, str, str, slice]]:
+        """(input name, output name, "h" or "c", the layers it holds) of each state tensor of model.onnx.
+
+        One definition for the graph builders, the backend and generate.onnx: per layer, layer l's h is
+        h0_<l> in and h1_<l> out; stacked, all layers' h are h0 in and h1 out.
+        """
+        if self.state == STATE_STACKED:
+            every = slice(0, num_layers)
+            return [(self.h0, self.h1, "h", every), (self.c0, self.c1, "c", every)]
+        return [(f"{name_in}_{layer}", f"{name_out}_{layer}", kind, slice(layer, layer + 1))
+                for layer in range(num_layers) for name_in, name_out, kind in ((self.h0, self.h1, "h"), (self.c0, self.c1, "c"))]
 
 
 # The artifact's own defaults of the options that lstmgen.options marks `manifest` (temperature, top_k,
@@ -90,6 +107,10 @@ class Manifest:
 
     def to_json(self) -> str:
         d = asdict(self)
+        if self.format_version == 1:
+            del d["io"]["state"]  # as format 1 wrote it, so that the lstmgen of that format still reads it
+        if d["chat"] is None:
+            del d["chat"]  # absent means the same (a template by kind of model), and older readers never saw it
         # The header comes first so that a person (or `head`) sees what the file is.
         ordered = {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
         return json.dumps(ordered, indent=1, ensure_ascii=False) + "\n"
@@ -114,6 +135,8 @@ class Manifest:
                 raise LstmgenError(f"{where} lacks required field(s): {', '.join(missing)}")
             kw["dims"] = _sub(Dims, d["dims"], f"{where}: dims")
             kw["io"] = _sub(IONames, d.get("io", {}), f"{where}: io")
+            if version == 1:  # format 1 predates per-layer state: its model.onnx stacks the layers
+                kw["io"].state = STATE_STACKED
             kw["defaults"] = _sub(SamplingDefaults, d.get("defaults", {}), f"{where}: defaults")
             m = cls(**kw)
         except LstmgenError:
@@ -144,6 +167,8 @@ class Manifest:
             raise LstmgenError(f"{where}: start_ids must be a non-empty list of token ids inside the vocabulary")
         if self.precision not in ("fp32", "int8"):
             raise LstmgenError(f"{where}: precision must be 'fp32' or 'int8', got {self.precision!r}")
+        if self.io.state not in (STATE_PER_LAYER, STATE_STACKED):
+            raise LstmgenError(f"{where}: io.state must be {STATE_PER_LAYER!r} or {STATE_STACKED!r}, got {self.io.state!r}")
         if not (isinstance(self.model_sha256, str) and len(self.model_sha256) == 64):
             raise LstmgenError(f"{where}: model_sha256 must be a 64-character hex digest")
 
@@ -184,8 +209,9 @@ def record_hashes(records) -> np.ndarray:
     return np.unique(np.array([record_hash(r) for r in records], dtype=np.uint64))
 
 
-def read_manifest(folder: str | os.PathLike) -> Manifest:
-    """Read and check folder/manifest.json and the sha256 of the files it names."""
+def read_manifest(folder: str | os.PathLike, check_graphs: bool = True) -> Manifest:
+    """Read and check folder/manifest.json and the sha256 of the files it names (but generate.onnx's and
+    generate-web.onnx's when not check_graphs: `lstmgen add-graph` rebuilds them, so a stale one is no error)."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
@@ -208,7 +234,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
             raise LstmgenError(f"{rec} is missing or does not match its sha256 in the manifest; re-export the model")
     for name, digest in ((GENERATE_FILE, m.generate_sha256), (GENERATE_WEB_FILE, m.generate_web_sha256)):
         gen = folder / name
-        if digest is not None and (not gen.is_file() or sha256_file(gen) != digest):
+        if check_graphs and digest is not None and (not gen.is_file() or sha256_file(gen) != digest):
             raise LstmgenError(f"{gen} is missing or does not match its sha256 in the manifest (truncated, replaced or"
                                " corrupt); rebuild it with `lstmgen add-graph` or re-export the model")
     return m

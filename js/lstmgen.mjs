@@ -308,6 +308,22 @@ async function vocabularyDigest(tokens) {
  * restores) a step-by-step Session over model.onnx. `openModel` opens model.onnx's ONNX Runtime session
  * when a Session first needs it (the loaders check its sha256 against the manifest).
  */
+/**
+ * model.onnx's state tensors, as engine/manifest.py's IONames.state_tensors names them: per layer (format 2)
+ * layer l's h is h0_<l> in and h1_<l> out; stacked (format 1, whose manifests have no io.state) h0 and h1
+ * hold every layer. Each: { nameIn, nameOut, kind: "h" | "c", first layer, count of layers }.
+ */
+export function stateTensors(io, numLayers) {
+  if ((io.state ?? "stacked") === "stacked") {
+    return ["h", "c"].map((kind) => ({ nameIn: io[`${kind}0`], nameOut: io[`${kind}1`], kind, first: 0, count: numLayers }));
+  }
+  const out = [];
+  for (let layer = 0; layer < numLayers; layer++) {
+    for (const kind of ["h", "c"]) out.push({ nameIn: `${io[`${kind}0`]}_${layer}`, nameOut: `${io[`${kind}1`]}_${layer}`, kind, first: layer, count: 1 });
+  }
+  return out;
+}
+
 export class Generator {
   constructor(ort, session, manifest, openModel = null) {
     this.ort = ort;
@@ -404,14 +420,17 @@ export class Generator {
     const { num_layers: L, hidden_size: H, vocab_size: V } = this.manifest.dims;
     const io = this.manifest.io;
     const T = this.ort.Tensor;
-    const feeds = {
-      [io.tokens]: new T("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
-      [io.h0]: new T("float32", h ?? new Float32Array(L * H), [L, 1, H]),
-      [io.c0]: new T("float32", c ?? new Float32Array(L * H), [L, 1, H]),
-    };
+    const state = { h: h ?? new Float32Array(L * H), c: c ?? new Float32Array(L * H) };  // [L, 1, H] each
+    const tensors = stateTensors(io, L);
+    const feeds = { [io.tokens]: new T("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]) };
+    for (const { nameIn, kind, first, count } of tensors) {
+      feeds[nameIn] = new T("float32", state[kind].slice(first * H, (first + count) * H), [count, 1, H]);
+    }
     const out = await this.model.run(feeds);
+    const after = { h: new Float32Array(L * H), c: new Float32Array(L * H) };
+    for (const { nameOut, kind, first } of tensors) after[kind].set(out[nameOut].data, first * H);
     const logits = out[io.logits].data;
-    return { logits: logits.slice(logits.length - V), h: out[io.h1].data.slice(), c: out[io.c1].data.slice() };
+    return { logits: logits.slice(logits.length - V), h: after.h, c: after.c };
   }
 
   /**

@@ -46,7 +46,7 @@ def test_bench_json_schema_and_ratios(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["bench", "--models", "char-small", "--batch-sizes", "1,2", "--steps", "3", "--repeats", "1",
                  "--backends", "torch-default,torch-tuned,engine-fp32", "--threads", "1", "--no-compile",
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--detail"]) == 0
     result = json.loads(out.read_text())
     _check_schema(result, {"torch-default", "torch-tuned", "engine-fp32"})
     default = [r for r in result["rows"] if r["backend"] == "torch-default"]
@@ -57,9 +57,13 @@ def test_bench_json_schema_and_ratios(tmp_path, capsys):
         assert tuned["ratio_vs_torch_default"] >= 1.0 and tuned["variant"] in names
     assert result["settings"]["left_out"] == [COMPILE_LEFT_OUT]
     assert (tmp_path / "r.png").stat().st_size > 1000
-    table = capsys.readouterr().out
-    assert "engine-fp32" in table and "x default" in table and "left out: torch.compile" in table
+    captured = capsys.readouterr()
+    table = captured.out
+    assert "engine-fp32" in table and "engine x torch" in table and "x default" in table and "left out: torch.compile" in table
     assert ("GPU: none on this machine" in table) == (result["machine"]["gpu"] is None)
+    for backend in ("torch-default", "torch-tuned", "engine-fp32"):  # progress: model, backend and batch, as they come
+        assert f"char-small {backend} batch 1: " in captured.err and f"char-small {backend} batch 2: " in captured.err
+    assert result["machine"]["versions_off_constraints"] == {}  # CI and the README install through constraints.txt
 
 
 def test_bench_without_torch_runs_the_engine_and_says_the_baseline_was_skipped(tmp_path):
@@ -152,27 +156,32 @@ def test_cuda_rows_without_a_gpu_are_skipped_with_the_reason(tmp_path, capsys):
     assert "skipped: onnxruntime has no CUDA provider" in capsys.readouterr().out
 
 
-def test_breakdown_per_layer_state_graph_computes_what_the_shipped_graph_computes(tmp_path):
-    # The breakdown's scratch graph shape is only a fair candidate if it does the same step.
+def test_breakdown_binds_either_format_and_its_account_names_every_microsecond(tmp_path):
+    # The breakdown times format-1 artifacts (its "before") with the same bound step as format 2: both must run
+    # the same computation; and its account must add up to the decode loop it splits.
     import onnxruntime as ort
 
-    from lstmgen.bench.breakdown import per_layer_state_graph, save_graph
+    from lstmgen.bench.breakdown import account, bound_step
     from lstmgen.bench.models import ModelSpec, random_weights, write_artifact
+    from lstmgen.manifest import STATE_STACKED
 
     spec = ModelSpec("tiny", 11, 6, 8, 2)
     sd = random_weights(spec, seed=3)
-    shipped = ort.InferenceSession(str(write_artifact(tmp_path / "a", spec, sd) / "model.onnx"))
-    scratch = ort.InferenceSession(str(save_graph(per_layer_state_graph(sd, spec.layers), tmp_path / "s.onnx", False)))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, spec.vocab, (3, 1))
-    h, c = rng.standard_normal((2, spec.layers, 3, spec.hidden)).astype(np.float32)
-    logits, h1, c1 = shipped.run(["logits", "h1", "c1"], {"tokens": tokens, "h0": h, "c0": c})
-    feeds = {"tokens": tokens} | {f"{k}0_{i}": s[i:i + 1] for k, s in (("h", h), ("c", c)) for i in range(spec.layers)}
-    out = dict(zip([o.name for o in scratch.get_outputs()], scratch.run(None, feeds)))
-    np.testing.assert_allclose(out["logits"], logits[:, 0], rtol=1e-5, atol=1e-6)
-    for i in range(spec.layers):
-        np.testing.assert_allclose(out[f"h1_{i}"][0], h1[i], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(out[f"c1_{i}"][0], c1[i], rtol=1e-5, atol=1e-6)
+    steps = []
+    for state in ("per_layer", STATE_STACKED):
+        folder = write_artifact(tmp_path / state, spec, sd, state=state)
+        step = bound_step(ort.InferenceSession(str(folder / "model.onnx")), 3, spec)
+        step.buffers[0][:, 0] = [1, 4, 7]
+        for _ in range(3):
+            step()
+        steps.append(step.buffers[2].copy())
+    np.testing.assert_array_equal(steps[0], steps[1])
+    names = ["decode loop", "backend step", "ORT run (IOBinding)", "sampler (+ logits copy)", "logits copy",
+             "decode loop, no-op backend", "ORT run of a one-node graph", "ORT run of the graph on a tiny model"]
+    parts = {name: {"best_us": us} for name, us in zip(names, [150.0, 120.0, 117.0, 9.0, 1.0, 14.0, 3.0, 11.0])}
+    terms = account(parts, floor=90.0)
+    assert terms[-1] == ["= decode loop", 150.0] and sum(us for _, us in terms[:-1]) == pytest.approx(150.0)
+    assert dict(terms)["alternation: the parts run in turn, not each in a tight loop (loop - step - no-op loop)"] == 16.0
 
 
 def test_two_ceiling_probes_combine_to_the_higher_ceilings_and_the_lower_floors():
@@ -184,3 +193,98 @@ def test_two_ceiling_probes_combine_to_the_higher_ceilings_and_the_lower_floors(
     assert both["peak_ops_per_s"] == {"fp32": 100.0, "int8": 70.0}
     assert both["floor_s"] == {"m": {"fp32": 2.0, "int8": 1.0}}
     assert [p["fp32"]["numpy"] for p in both["peak_probes"]] == [100.0, 80.0]
+
+
+def _result(rows: list[dict], blas: list | None = None) -> dict:
+    """A bench result as run_suite writes it, with made-up figures (the tables' layout, not a machine's speed)."""
+    full = []
+    for backend, model, batch, tps, noisy in rows:
+        row = {"backend": backend, "model": model, "batch_size": batch, "device": "cpu", "tokens_per_s": tps}
+        if tps is None:
+            row["skipped"] = "PyTorch is not installed"
+        else:
+            row |= {"noisy": noisy, "tokens_per_s_min": tps * 0.9, "tokens_per_s_max": tps * 1.1, "spread": 0.2,
+                    "ratio_vs_torch_default": None, "ratio_vs_torch_tuned": None, "ttft_ms": 1.0, "gops_per_s": 1.0,
+                    "pct_of_ceiling": 1.0, "above_ceiling": False, "step_over_floor": 1.5, "peak_rss_mb": 100.0,
+                    "variant": "v"}
+        full.append(row)
+    return {"schema": "lstmgen-bench/2", "created": "then", "rows": full,
+            "machine": {"cpu": "CPU", "onnxruntime": "1.0", "numpy": "2.0", "gpu": None},
+            "settings": {"threads": 2, "device": "cpu", "repeats": 5, "steps": 32, "sampling": "top-k 40",
+                         "noisy_spread": NOISY_SPREAD, "left_out": []},
+            "ceilings": {"peak_ops_per_s": {"fp32": 1e11, "int8": 4e11}, "blas_env_removed": {},
+                         "blas": blas if blas is not None else [{"internal_api": "openblas", "version": "0.3",
+                                                                 "architecture": "Haswell"}]}}
+
+
+def test_summary_table_has_each_backend_side_by_side_and_explains_every_column():
+    from lstmgen.bench.report import BACKEND_HELP, summary_table
+
+    rows = [("torch-default", "m", 1, 100.0, False), ("torch-tuned", "m", 1, 400.0, False),
+            ("engine-fp32", "m", 1, 1000.0, True), ("graph-int8", "m", 1, 3000.0, False),
+            ("torch-default", "m", 64, None, False), ("engine-fp32", "m", 64, 5000.0, False)]
+    text = summary_table(_result(rows))
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("model"))
+    assert head.split() == ["model", "batch", "torch-default", "torch-tuned", "engine-fp32", "graph-int8", "engine", "x", "torch"]
+    [one] = [line.split() for line in lines if line.startswith("m ") and line.split()[1] == "1"]
+    assert one == ["m", "1", "100", "400", "1,000!", "3,000", "2.50"]  # ! marks a noisy row; 1,000 / 400
+    [other] = [line.split() for line in lines if line.startswith("m ") and line.split()[1] == "64"]
+    assert other == ["m", "64", "skipped", "-", "5,000", "-", "-"]
+    for backend in ("torch-default", "torch-tuned", "engine-fp32", "graph-int8"):
+        assert f"  {backend}: {BACKEND_HELP[backend]}" in lines
+    assert any(line.startswith("  engine x torch: ") for line in lines)
+    assert "BLAS kernel of the ceiling probe: openblas 0.3 Haswell" in text and len(max(lines[:10], key=len)) < 120
+
+
+def test_detail_table_explains_each_of_its_columns():
+    from lstmgen.bench.report import DETAIL_HELP, detail_table
+
+    text = detail_table(_result([("engine-fp32", "m", 1, 1000.0, False)]))
+    head = text.splitlines()[0]
+    for names, _ in DETAIL_HELP:
+        assert all(name in head for name in names.split(", ")), names
+        assert any(line.startswith(f"  {names}: ") for line in text.splitlines())
+
+
+def test_the_blas_line_names_the_kernel_or_says_how_to_get_it_named():
+    from lstmgen.bench.report import blas_line
+
+    assert "pip install 'lstmgen[bench]'" in blas_line({"blas": [{"note": "threadpoolctl is not installed"}]})
+    assert "None" not in blas_line({"blas": []})
+    named = blas_line({"blas": [{"internal_api": "openblas", "version": "0.3.31", "architecture": "SkylakeX"}],
+                       "blas_env_removed": {"OPENBLAS_CORETYPE": "Haswell"}})
+    assert "openblas 0.3.31 SkylakeX" in named and "OPENBLAS_CORETYPE=Haswell" in named
+
+
+def test_baseline_ratios_match_rows_and_say_they_are_indicative():
+    from lstmgen.bench.report import baseline_table, compare
+
+    now = _result([("engine-fp32", "m", 1, 1000.0, False), ("engine-int8", "m", 1, 900.0, False)])
+    then = _result([("engine-fp32", "m", 1, 800.0, False), ("engine-fp32", "m", 8, 5.0, False)])
+    assert [(c["backend"], c["ratio"]) for c in compare(now, then)] == [("engine-fp32", 1.25), ("engine-int8", None)]
+    text = baseline_table(now, then, "old.json")
+    assert "INDICATIVE ONLY" in text.splitlines()[0] and "1.25" in text
+
+
+def test_bench_baseline_prints_and_records_each_rows_ratio(tmp_path, capsys):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(_result([("engine-fp32", "char-small", 1, 1e9, False)])))
+    out = tmp_path / "new.json"
+    assert main(["bench", "--models", "char-small", "--backends", "engine-fp32", "--batch-sizes", "1", "--steps", "3",
+                 "--repeats", "1", "--threads", "1", "--no-chart", "--json", str(out), "--baseline", str(old)]) == 0
+    result = json.loads(out.read_text())
+    [row] = result["baseline"]["rows"]
+    assert row["ratio"] == pytest.approx(result["rows"][0]["tokens_per_s"] / 1e9)
+    assert "INDICATIVE ONLY" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,message", [(None, "cannot read it"), ("{", "is not JSON"),
+                                             ('{"schema": "other"}', "is not a bench result")])
+def test_a_bad_baseline_is_one_line_before_anything_runs(tmp_path, capsys, content, message):
+    path = tmp_path / "old.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["bench", "--baseline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -96,7 +96,8 @@ def test_manifest_is_self_describing(tiny_models):
     d = json.loads((art / "manifest.json").read_text())
     assert list(d)[:2] == ["format", "format_version"]
     assert d["tokenizer"]["level"] == "word" and "<unk>" in d["tokenizer"]["tokens"]
-    assert d["io"] == {"tokens": "tokens", "h0": "h0", "c0": "c0", "logits": "logits", "h1": "h1", "c1": "c1"}
+    assert d["format_version"] == 2 and d["io"] == {"tokens": "tokens", "h0": "h0", "c0": "c0", "logits": "logits", "h1": "h1",
+                                                    "c1": "c1", "state": "per_layer"}
     for key in ("torch", "onnx", "onnxruntime", "lstmgen"):
         assert key in d["export"]["versions"]
     assert d["training"]["corpus"] == "moe.txt" and d["training"]["seed"] == 1337

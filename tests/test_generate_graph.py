@@ -163,3 +163,51 @@ def test_int8_export_writes_a_generation_graph(tiny_models, tmp_path):
     export(run, tmp_path / "int8", int8=True, allow_int8_loss=True, log=lambda s: None)
     python = Generator.load(tmp_path / "int8", device="cpu").generate(30, seed=4, max_tokens=20)
     assert GraphGenerator.load(tmp_path / "int8").generate(30, seed=4, max_tokens=20) == python
+
+
+def test_one_token_rows_that_end_at_once_and_bans_as_the_engine():
+    # max_tokens 1: the loop never runs; greedy after "noah": every row ends at its first token (<eos>),
+    # so the loop never starts either; banned ids are never written.
+    g = GraphGenerator.load("names")
+    engine = g.generator
+    assert g.generate(5, max_tokens=1, seed=3) == engine.generate(5, max_tokens=1, seed=3)
+    tokens, lengths = g.run_ids(engine.tokenizer.encode("noah"), 3, 6, 1, engine.sampling(temperature=0.0), [])
+    assert tokens.shape == (3, 6) and (tokens == -1).all() and (lengths == 0).all()
+    banned = g.generate(40, "ma", max_tokens=12, seed=3, ban=["r", "e"])
+    assert banned == engine.generate(40, "ma", max_tokens=12, seed=3, ban=["r", "e"])
+    assert not any(c in s[2:] for s in banned for c in "re")
+
+
+@pytest.mark.parametrize("vocab", [3000, 3001])  # 3000: blocks of 15 ids; 3001 (a prime): blocks of 16 and a ragged tail
+def test_preselected_top_k_is_the_kernels_top_k_ties_included(vocab):
+    # Large vocabularies take the k best tokens from the best k blocks of BLOCK ids; the order must be the
+    # kernel's (higher logit first, lower id first among equals), ties across blocks included.
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lstmgen.graphs import generation as gen
+
+    consts: dict = {}
+    g = gen._Nodes("t/", consts)
+    vals, ids = gen._top_k(g, "x", {"k": "k", **gen._preselect_settings(g, "k", vocab)}, vocab)
+    g.nodes += [helper.make_node("Identity", [vals], ["vals"]), helper.make_node("Identity", [ids], ["ids"])]
+    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", vocab]),
+                                             helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("vals", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("ids", TensorProto.INT64, None)],
+                              [numpy_helper.from_array(a, n) for n, a in consts.values()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", gen.OPSET)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(vocab)
+    x = np.round(rng.standard_normal((6, vocab)) * 2, 1).astype(np.float32)  # one decimal: many exact ties
+    x[1] = 0.5  # a row of equals
+    block = gen._block_size(vocab)
+    assert (vocab % block == 0) == (vocab == 3000)
+    x[2, ::block] = 9.0  # every block's maximum ties
+    x[3, -3:] = 9.0  # the best tokens in the ragged tail (or the last block)
+    assert vocab >= gen.PRESELECT_MIN_VOCAB
+    for k in (1, 5, 40, vocab // block + 3, vocab):
+        got_vals, got_ids = session.run(None, {"x": x, "k": np.array([k], np.int64)})
+        want = np.array([np.lexsort((np.arange(vocab), -row))[:k] for row in x])
+        assert np.array_equal(got_ids, want), k
+        assert np.array_equal(got_vals, np.take_along_axis(x, want, axis=1))

@@ -59,6 +59,19 @@ def test_node_example_writes_lstmgen_generates_text(capsys, model, flags):
     assert json.loads(run.stdout)["samples"] == python_samples(capsys, model, *flags)
 
 
+@needs_node
+@pytest.mark.parametrize("name", ["names-tiny-int8", "shakespeare-tiny"])
+def test_node_runs_format1_artifacts_and_their_upgrade(tmp_path, capsys, name):
+    folder = tmp_path / name
+    shutil.copytree(REPO / "tests" / "data" / "format1" / name, folder)
+    flags = ["--num", "6", "--seed", "4", "--max-tokens", "20", "--top-k", "5"]
+    for upgraded in (False, True):  # its generate.onnx as format 1 wrote it, then the rebuilt one
+        run = node(str(folder), "--json", *flags)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["samples"] == python_samples(capsys, str(folder), *flags), upgraded
+        assert main(["upgrade", str(folder)]) == 0
+
+
 def artifact_copy(tmp_path, model: str = "names"):
     folder = tmp_path / model
     shutil.copytree(EXPORTED / model, folder)

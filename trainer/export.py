@@ -23,7 +23,7 @@ from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graphs.generation import write_generation_graph
 from lstmgen.graphs.step import OPSET, build_step_graph
-from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, Manifest, SamplingDefaults,
+from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, IONames, Manifest, SamplingDefaults,
                               read_manifest, sha256_file, write_artifact_atomically)
 from lstmgen.tokenizer import Tokenizer
 
@@ -57,9 +57,12 @@ def parity(model: LSTMLanguageModel, onnx_path: Path, seed: int = 0) -> float:
     with torch.no_grad():
         logits, (h1, c1) = model(tokens, (h0, c0))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_h1, o_c1 = sess.run(None, {"tokens": tokens.numpy(), "h0": h0.numpy(), "c0": c0.numpy()})
-    return float(max(np.abs(o_logits - logits.numpy()).max(), np.abs(o_h1 - h1.numpy()).max(),
-                     np.abs(o_c1 - c1.numpy()).max()))
+    io, state = IONames(), {"h": (h0.numpy(), h1.numpy()), "c": (c0.numpy(), c1.numpy())}
+    states = io.state_tensors(cfg.num_layers)
+    feeds = {io.tokens: tokens.numpy()} | {name_in: state[kind][0][layers] for name_in, _, kind, layers in states}
+    o_logits, *o_states = sess.run([io.logits, *(name_out for _, name_out, _, _ in states)], feeds)
+    diffs = [np.abs(o - state[kind][1][layers]).max() for o, (_, _, kind, layers) in zip(o_states, states)]
+    return float(max(np.abs(o_logits - logits.numpy()).max(), *diffs))
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
