@@ -59,6 +59,7 @@ def _rate(bench: dict | None, model: str, batch: int) -> str:
 
 
 def build(root: Path, bench: dict | None) -> str:
+    """docs/models.md: the table of every shipped model, then a section per fp32 model."""
     img = root / "docs" / "img"
     img.mkdir(parents=True, exist_ok=True)
     out = ["# Shipped models", "",
@@ -68,63 +69,77 @@ def build(root: Path, bench: dict | None) -> str:
            f" {_machine(bench)} (`lstmgen bench --model exported/NAME`), sampling included.", ""]
     out += ["| model | level | params | size | validation | tokens/s batch 1 | tokens/s batch 64 | recipe |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name in shipped_models():
-        g = Generator.load(name)
-        m, d = g.manifest, g.manifest.dims
-        size = sum(f.stat().st_size for f in g.folder.iterdir() if f.is_file()) / 1e6
-        params = d.vocab_size * d.embed_dim + sum(4 * d.hidden_size * ((d.embed_dim if i == 0 else d.hidden_size)
-                                                                     + d.hidden_size + 2) for i in range(d.num_layers))
-        tied = m.training.get("config", {}).get("model", {}).get("tie_weights", False)
-        params += (0 if tied else d.hidden_size * d.vocab_size) + d.vocab_size
-        val = m.validation_nats
-        figure = f"{val:.4f} nats/token" + (f", ppl {math.exp(val):.1f}" if g.tokenizer.level == "word"
-                                             else f", {val / math.log(2):.3f} bits/char" if not m.records else "")
-        base = name.removesuffix("-int8")
-        out.append(f"| `{name}` | {g.tokenizer.level}{' records' if m.records else ''} | {params / 1e6:.2f}M |"
-                   f" {size:.1f} MB | {figure} | {_rate(bench, name, 1)} | {_rate(bench, name, 64)} |"
-                   f" `recipes/{base}.toml` |")
+    out += [_table_row(name, bench) for name in shipped_models()]
     for name in [n for n in shipped_models() if not n.endswith("-int8")]:
-        g = Generator.load(name)
-        m, t = g.manifest, g.manifest.training
-        cfg = t.get("config", {})
-        out += ["", f"## {name}", "",
-                f"- Corpus: `{t.get('corpus')}`; {QUALITY.get(name, '')}.",
-                f"- Model: {g.tokenizer.level} level, vocabulary {m.dims.vocab_size}, embedding {m.dims.embed_dim},"
-                f" LSTM {m.dims.num_layers} x {m.dims.hidden_size}, dropout {cfg.get('model', {}).get('dropout')},"
-                f" weight drop {cfg.get('model', {}).get('weight_drop', 0.0)}.",
-                f"- Training: {training_steps(t)}, {t.get('train_seconds')} s on {t.get('machine')}, seed {t.get('seed')};"
-                f" exported checkpoint validation {t.get('val_nats_per_token'):.4f} nats/token.",
-                f"- Export: parity with PyTorch max |diff| {m.export.get('parity_max_abs_diff'):.1e}."]
-        twin = Path(str(g.folder) + "-int8")
-        if twin.is_dir():
-            q = Generator.load(twin).manifest.export
-            out.append(f"- int8 (`{name}-int8`): {q['val_nats_per_token_int8']:.4f} nats/token,"
-                       f" {q['int8_relative_loss_increase']:+.2%} against fp32.")
-        if g.tokenizer.level == "word" and not m.records:
-            tok = g.tokenizer
-            corpus = root / cfg.get("data", {}).get("corpus", "")
-            if corpus.is_file():
-                ids = tok.encode(split_text(read_text(corpus))[1])
-                out.append(f"- Word tokenizer: vocabulary {tok.vocab_size} (min count"
-                           f" {cfg.get('data', {}).get('min_count')}), `<unk>` rate on validation"
-                           f" {ids.count(tok.unk_id) / len(ids):.2%}.")
-        if m.records:
-            gen = g.generate(num=1000, seed=1, temperature=0.8)
-            out.append(f"- Of 1000 plain samples (seed 1, temperature 0.8, `--allow-known`): {len(set(gen)) / 10:.1f}%"
-                       f" unique, {100 - 100 * _known_fraction(g, gen):.1f}% not in the corpus. `lstmgen generate`"
-                       " keeps only new, unrepeated ones by default for this model (`--novel`).")
-        curve = root / "runs" / name / "loss.png"
-        if curve.is_file():
-            shutil.copyfile(curve, img / f"{name}-loss.png")
-        if (img / f"{name}-loss.png").is_file():  # kept from an earlier run when runs/NAME is gone
-            out += ["", f"![learning curve of {name}](img/{name}-loss.png)"]
-        kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
-        # What the CLI prints for these flags: it defaults to --novel where the artifact lists its records.
-        samples = g.generate(**kwargs, novel=g.lists_its_records)
-        flags = " ".join(f"--{k.replace('_', '-')} {shell_word(v)}" for k, v in kwargs.items())
-        out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
-        out += ["\n".join(samples) if m.records else samples[0], "```"]
+        out += _section(root, img, name)
     return "\n".join(out) + "\n"
+
+
+def _table_row(name: str, bench: dict | None) -> str:
+    """One model's row of the table: level, parameters, size on disk, validation score, speed."""
+    g = Generator.load(name)
+    m, d = g.manifest, g.manifest.dims
+    size = sum(f.stat().st_size for f in g.folder.iterdir() if f.is_file()) / 1e6
+    params = d.vocab_size * d.embed_dim + sum(4 * d.hidden_size * ((d.embed_dim if i == 0 else d.hidden_size)
+                                                                 + d.hidden_size + 2) for i in range(d.num_layers))
+    tied = m.training.get("config", {}).get("model", {}).get("tie_weights", False)
+    params += (0 if tied else d.hidden_size * d.vocab_size) + d.vocab_size
+    val = m.validation_nats
+    figure = f"{val:.4f} nats/token" + (f", ppl {math.exp(val):.1f}" if g.tokenizer.level == "word"
+                                         else f", {val / math.log(2):.3f} bits/char" if not m.records else "")
+    base = name.removesuffix("-int8")
+    return (f"| `{name}` | {g.tokenizer.level}{' records' if m.records else ''} | {params / 1e6:.2f}M |"
+            f" {size:.1f} MB | {figure} | {_rate(bench, name, 1)} | {_rate(bench, name, 64)} | `recipes/{base}.toml` |")
+
+
+def _section(root: Path, img: Path, name: str) -> list[str]:
+    """A model's section: corpus, model, training, export, int8 twin, tokenizer or novelty, curve, samples."""
+    g = Generator.load(name)
+    m, t = g.manifest, g.manifest.training
+    cfg = t.get("config", {})
+    out = ["", f"## {name}", "",
+           f"- Corpus: `{t.get('corpus')}`; {QUALITY.get(name, '')}.",
+           f"- Model: {g.tokenizer.level} level, vocabulary {m.dims.vocab_size}, embedding {m.dims.embed_dim},"
+           f" LSTM {m.dims.num_layers} x {m.dims.hidden_size}, dropout {cfg.get('model', {}).get('dropout')},"
+           f" weight drop {cfg.get('model', {}).get('weight_drop', 0.0)}.",
+           f"- Training: {training_steps(t)}, {t.get('train_seconds')} s on {t.get('machine')}, seed {t.get('seed')};"
+           f" exported checkpoint validation {t.get('val_nats_per_token'):.4f} nats/token.",
+           f"- Export: parity with PyTorch max |diff| {m.export.get('parity_max_abs_diff'):.1e}."]
+    twin = Path(str(g.folder) + "-int8")
+    if twin.is_dir():
+        q = Generator.load(twin).manifest.export
+        out.append(f"- int8 (`{name}-int8`): {q['val_nats_per_token_int8']:.4f} nats/token,"
+                   f" {q['int8_relative_loss_increase']:+.2%} against fp32.")
+    out += _corpus_notes(root, g, cfg)
+    curve = root / "runs" / name / "loss.png"
+    if curve.is_file():
+        shutil.copyfile(curve, img / f"{name}-loss.png")
+    if (img / f"{name}-loss.png").is_file():  # kept from an earlier run when runs/NAME is gone
+        out += ["", f"![learning curve of {name}](img/{name}-loss.png)"]
+    kwargs, _ = SAMPLES.get(name, (dict(num=3, seed=7), ""))
+    # What the CLI prints for these flags: it defaults to --novel where the artifact lists its records.
+    samples = g.generate(**kwargs, novel=g.lists_its_records)
+    flags = " ".join(f"--{k.replace('_', '-')} {shell_word(v)}" for k, v in kwargs.items())
+    out += ["", f"Unedited samples of `lstmgen generate {name} {flags}`:", "", "```"]
+    return out + ["\n".join(samples) if m.records else samples[0], "```"]
+
+
+def _corpus_notes(root: Path, g: Generator, cfg: dict) -> list[str]:
+    """Word models: the <unk> rate on validation; records models: how many plain samples are new."""
+    m = g.manifest
+    if g.tokenizer.level == "word" and not m.records:
+        tok = g.tokenizer
+        corpus = root / cfg.get("data", {}).get("corpus", "")
+        if corpus.is_file():
+            ids = tok.encode(split_text(read_text(corpus))[1])
+            return [f"- Word tokenizer: vocabulary {tok.vocab_size} (min count {cfg.get('data', {}).get('min_count')}),"
+                    f" `<unk>` rate on validation {ids.count(tok.unk_id) / len(ids):.2%}."]
+    if m.records:
+        gen = g.generate(num=1000, seed=1, temperature=0.8)
+        return [f"- Of 1000 plain samples (seed 1, temperature 0.8, `--allow-known`): {len(set(gen)) / 10:.1f}%"
+                f" unique, {100 - 100 * _known_fraction(g, gen):.1f}% not in the corpus. `lstmgen generate`"
+                " keeps only new, unrepeated ones by default for this model (`--novel`)."]
+    return []
 
 
 def shell_word(value) -> str:

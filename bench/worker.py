@@ -97,46 +97,12 @@ def graph_rows(job: dict) -> list[dict]:
 def torch_rows(job: dict, tuned: bool) -> list[dict]:
     import torch
 
-    from lstmgen.bench.models import ModelSpec, random_weights
-    from lstmgen.trainer.config import ModelConfig
-    from lstmgen.trainer.model import LSTMLanguageModel
-
     torch.set_num_threads(job["threads"])
     device = torch.device("cuda" if job["device"] == "cuda" else "cpu")
-    spec = ModelSpec(**job["spec"])
-    if job.get("onnx"):
-        import onnx
-
-        from lstmgen.graphs.step import read_step_weights
-
-        sd_np, _ = read_step_weights(onnx.load(job["onnx"]))
-    else:
-        sd_np = random_weights(spec, job["seed"])
-    model = LSTMLanguageModel(ModelConfig(spec.vocab, spec.embed, spec.hidden, spec.layers, dropout=0.0))
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd_np.items()})
-    model.eval().to(device)
-    k = min(TOP_K, spec.vocab)
-
-    def sample(logits):  # as users write it: top-k, softmax, multinomial
-        v, i = torch.topk(logits / TEMPERATURE, k, dim=-1)
-        return i.gather(1, torch.multinomial(torch.softmax(v, dim=-1), 1))[:, 0]
-
-    def default_step(tokens, state):
-        logits, state = model(tokens[:, None], state)
-        return logits[:, -1], state
-
-    threads = job["threads"]
-    fused = _fused_step(model)
-    variants = {DEFAULT_VARIANT: (default_step, torch.no_grad, None, threads)}
-    if tuned:  # the default variant stays a candidate: tuned is the best of them all
-        variants |= {"nn.LSTM, oneDNN off": (default_step, torch.inference_mode, False, threads),
-                     "fused cell loop": (fused, torch.inference_mode, None, threads)}
-        if threads > 1:  # small batches can run faster on one thread than on a pool
-            variants["fused cell loop, 1 thread"] = (fused, torch.inference_mode, None, 1)
-        if job.get("compile"):
-            variants["fused cell loop, torch.compile"] = (torch.compile(_fused_step(model), dynamic=False),
-                                                          torch.inference_mode, None, threads)
+    model, vocab = _torch_model(job, device)
+    variants = _torch_variants(job, model, tuned)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sample = _torch_sampler(min(TOP_K, vocab))
     rows = []
     for B in job["batch_sizes"]:
         measured = []
@@ -164,6 +130,63 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
             measured.append({"variant": name, **_timed(run_once, job["repeats"])})
         rows.append(_progress(job, {"batch_size": B, "variants": measured}))
     return rows
+
+
+def _torch_model(job: dict, device):
+    """The PyTorch model of the job: the artifact's weights (job["onnx"]) or the spec's random ones; (model, vocab)."""
+    import torch
+
+    from lstmgen.bench.models import ModelSpec, random_weights
+    from lstmgen.trainer.config import ModelConfig
+    from lstmgen.trainer.model import LSTMLanguageModel
+
+    spec = ModelSpec(**job["spec"])
+    if job.get("onnx"):
+        import onnx
+
+        from lstmgen.graphs.step import read_step_weights
+
+        sd_np, _ = read_step_weights(onnx.load(job["onnx"]))
+    else:
+        sd_np = random_weights(spec, job["seed"])
+    model = LSTMLanguageModel(ModelConfig(spec.vocab, spec.embed, spec.hidden, spec.layers, dropout=0.0))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd_np.items()})
+    return model.eval().to(device), spec.vocab
+
+
+def _torch_sampler(k: int):
+    """The sampling step as users write it: top-k, softmax, multinomial."""
+    import torch
+
+    def sample(logits):
+        v, i = torch.topk(logits / TEMPERATURE, k, dim=-1)
+        return i.gather(1, torch.multinomial(torch.softmax(v, dim=-1), 1))[:, 0]
+
+    return sample
+
+
+def _torch_variants(job: dict, model, tuned: bool) -> dict:
+    """name -> (step, grad context, oneDNN on/off/None, threads): the default, and with `tuned` what a careful
+    user tries (the default variant stays a candidate: tuned is the best of them all)."""
+    import torch
+
+    def default_step(tokens, state):
+        logits, state = model(tokens[:, None], state)
+        return logits[:, -1], state
+
+    threads = job["threads"]
+    variants = {DEFAULT_VARIANT: (default_step, torch.no_grad, None, threads)}
+    if not tuned:
+        return variants
+    fused = _fused_step(model)
+    variants |= {"nn.LSTM, oneDNN off": (default_step, torch.inference_mode, False, threads),
+                 "fused cell loop": (fused, torch.inference_mode, None, threads)}
+    if threads > 1:  # small batches can run faster on one thread than on a pool
+        variants["fused cell loop, 1 thread"] = (fused, torch.inference_mode, None, 1)
+    if job.get("compile"):
+        variants["fused cell loop, torch.compile"] = (torch.compile(_fused_step(model), dynamic=False),
+                                                      torch.inference_mode, None, threads)
+    return variants
 
 
 def _fused_step(model):

@@ -87,58 +87,31 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
         refuse_to_replace(out, ckpt, cfg)
     steps_run = run_steps(run_dir, ckpt, ckpt_path)
     log(f"exporting {ckpt_path.name}: step {ckpt.progress.step} of a {steps_run}-step run")
-    tok = Tokenizer.from_dict(ckpt.tokenizer)
     model = LSTMLanguageModel(cfg.model)
     model.load_state_dict(ckpt.model)
     model.eval()
-    records = ckpt.records
     val_path = run_dir / "val.txt"
     val_text = val_path.read_text(encoding="utf-8") if val_path.is_file() else None
     rec_path = run_dir / RECORDS_FILE
 
     with tempfile.TemporaryDirectory() as scratch:
         fp32_path = Path(scratch) / "fp32.onnx"
-        onnx.save(build_onnx(model), fp32_path)
-        diff = parity(model, fp32_path)
-        log(f"parity PyTorch vs ONNX Runtime (fp32): max |diff| = {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
-        if not diff <= PARITY_TOLERANCE:
-            raise LstmgenError(f"export failed its parity check: ONNX Runtime differs from PyTorch by {diff:.2e}")
-        d = cfg.model
-        base = Manifest(
-            tokenizer=tok.to_dict(), records=records,
-            dims=Dims(d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers),
-            start_ids=[int(i) for i in ckpt.start_ids], model_sha256=sha256_file(fp32_path),
-            defaults=SamplingDefaults(max_tokens=_default_max_tokens(records, tok, val_text)),
-            name=name or out.name,
-            training=training_record(ckpt, cfg, ckpt_path, steps_run),
-            export={"parity_max_abs_diff": diff, "parity_tolerance": PARITY_TOLERANCE, "opset": OPSET,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "versions": _versions()})
-        model_src = fp32_path
+        diff = _write_checked_fp32(model, fp32_path, log)
+        base = _manifest(ckpt, cfg, fp32_path, val_text, name or out.name, training_record(ckpt, cfg, ckpt_path, steps_run), diff)
         fp32_score = None
         if val_text is not None:
             fp32_score = _score_file(fp32_path, base, val_text, cfg)
             base.export["val_nats_per_token_fp32"] = fp32_score
             log(f"validation (fp32 artifact): {fp32_score:.4f} nats/token")
+        model_src = fp32_path
         if int8:
-            int8_path = Path(scratch) / "int8.onnx"
-            quantize_int8(fp32_path, int8_path)
-            base.precision = "int8"
-            base.model_sha256 = sha256_file(int8_path)
-            model_src = int8_path
-            if fp32_score is not None:
-                q = _score_file(int8_path, base, val_text, cfg)
-                rel = (q - fp32_score) / fp32_score
-                base.export.update(val_nats_per_token_int8=q, int8_relative_loss_increase=rel)
-                log(f"validation (int8 artifact): {q:.4f} nats/token ({rel:+.2%} vs fp32)")
-                if rel > INT8_MAX_LOSS_INCREASE and not allow_int8_loss:
-                    raise LstmgenError(f"int8 loses {rel:.2%} validation loss (over {INT8_MAX_LOSS_INCREASE:.0%});"
-                                       " not exported (ship fp32, or pass --allow-int8-loss)")
+            model_src = Path(scratch) / "int8.onnx"
+            _write_checked_int8(fp32_path, model_src, base, (val_text, fp32_score), cfg, allow_int8_loss, log)
 
         def fill(tmp: Path) -> None:
             shutil.copyfile(model_src, tmp / MODEL_FILE)
             write_generation_graph(tmp, base)
-            if records and rec_path.is_file():
+            if ckpt.records and rec_path.is_file():
                 shutil.copyfile(rec_path, tmp / RECORDS_FILE)
                 base.records_sha256 = sha256_file(tmp / RECORDS_FILE)
             (tmp / MANIFEST_FILE).write_text(base.to_json(), encoding="utf-8")
@@ -150,6 +123,49 @@ def export(run_dir: str | Path, out: str | Path, *, int8: bool = False, which: s
     size = sum(f.stat().st_size for f in out.iterdir())
     log(f"exported {base.precision} artifact to {out} ({size / 1e6:.2f} MB)")
     return base
+
+
+def _write_checked_fp32(model: LSTMLanguageModel, path: Path, log) -> float:
+    """Write the fp32 model.onnx and check it against PyTorch; returns the largest difference in logits."""
+    onnx.save(build_onnx(model), path)
+    diff = parity(model, path)
+    log(f"parity PyTorch vs ONNX Runtime (fp32): max |diff| = {diff:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
+    if not diff <= PARITY_TOLERANCE:
+        raise LstmgenError(f"export failed its parity check: ONNX Runtime differs from PyTorch by {diff:.2e}")
+    return diff
+
+
+def _manifest(ckpt: Checkpoint, cfg: RunConfig, fp32_path: Path, val_text: str | None, name: str, training: dict,
+              diff: float) -> Manifest:
+    """The fp32 artifact's manifest (int8 export then updates precision, sha256 and scores)."""
+    tok, d = Tokenizer.from_dict(ckpt.tokenizer), cfg.model
+    return Manifest(
+        tokenizer=tok.to_dict(), records=ckpt.records,
+        dims=Dims(d.vocab_size, d.embed_dim, d.hidden_size, d.num_layers),
+        start_ids=[int(i) for i in ckpt.start_ids], model_sha256=sha256_file(fp32_path),
+        defaults=SamplingDefaults(max_tokens=_default_max_tokens(ckpt.records, tok, val_text)),
+        name=name, training=training,
+        export={"parity_max_abs_diff": diff, "parity_tolerance": PARITY_TOLERANCE, "opset": OPSET,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions()})
+
+
+def _write_checked_int8(fp32_path: Path, int8_path: Path, base: Manifest, scored: tuple[str | None, float | None],
+                        cfg: RunConfig, allow_int8_loss: bool, log) -> None:
+    """Quantize to int8 and record it in `base`; refuse (unless allow_int8_loss) when the validation
+    loss grows more than INT8_MAX_LOSS_INCREASE. scored: (validation text, fp32 score), or Nones."""
+    quantize_int8(fp32_path, int8_path)
+    base.precision = "int8"
+    base.model_sha256 = sha256_file(int8_path)
+    val_text, fp32_score = scored
+    if fp32_score is None:
+        return
+    q = _score_file(int8_path, base, val_text, cfg)
+    rel = (q - fp32_score) / fp32_score
+    base.export.update(val_nats_per_token_int8=q, int8_relative_loss_increase=rel)
+    log(f"validation (int8 artifact): {q:.4f} nats/token ({rel:+.2%} vs fp32)")
+    if rel > INT8_MAX_LOSS_INCREASE and not allow_int8_loss:
+        raise LstmgenError(f"int8 loses {rel:.2%} validation loss (over {INT8_MAX_LOSS_INCREASE:.0%});"
+                           " not exported (ship fp32, or pass --allow-int8-loss)")
 
 
 def refuse_to_replace(out: Path, ckpt: Checkpoint, cfg: RunConfig) -> None:
