@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ceilings
 from lstmgen.manifest import STATE_PER_LAYER, STATE_STACKED
 
+from . import ceilings
 from .models import SPECS, ModelSpec, random_weights, write_artifact
 
 PROBE_BATCHES = [1, 8, 64, 256]

@@ -11,11 +11,10 @@ from typing import Sequence
 
 from lstmgen.errors import LstmgenError
 
-from .models import SPECS, ModelSpec
 from .charts import chart
+from .models import SPECS, ModelSpec
 from .report import baseline_table, compare, detail_table, summary_table
 from .suite import BACKENDS, run_suite
-
 
 DEFAULT_CHART = "lstmgen-bench.png"
 

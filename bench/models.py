@@ -11,8 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmgen.manifest import (FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, STATE_PER_LAYER, STATE_STACKED, Dims, IONames, Manifest,
-                              SamplingDefaults, sha256_file)
+from lstmgen.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    STATE_PER_LAYER,
+    STATE_STACKED,
+    Dims,
+    IONames,
+    Manifest,
+    SamplingDefaults,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from lstmgen import Generator
 from lstmgen.corpus import read_text
-from lstmgen.trainer.splits import split_text
 from lstmgen.generator import shipped_models
+from lstmgen.trainer.splits import split_text
 
 SAMPLES = {  # model -> (generate kwargs, how many)
     "names": (dict(num=12, temperature=0.8, seed=7), "names"),

@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from lstmgen.server.scheduler import Scheduler
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.sampling import new_seed
+from lstmgen.server.scheduler import Scheduler
 
 GENERATE_FIELDS = set(inspect.signature(Generator.generate).parameters) - {"self"}
 SCORE_FIELDS = {"text", "records", "streams"}

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 TEMPERATURE, TOP_K = 0.8, 40
 DEFAULT_VARIANT = "eager nn.LSTM"  # PyTorch as users write it: the torch-default row, and a torch-tuned candidate
 

@@ -20,8 +20,18 @@ from .chat import ROLES, ChatTemplate, Message
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, Sample, is_listed
 from .errors import LstmgenError
 from .manifest import Manifest, read_manifest, read_record_hashes
-from .options import (MANIFEST_OPTIONS, PATTERN_OPTIONS, PYTHON, SAMPLING_OPTIONS, SESSION_OPTIONS, OptionError,
-                      check_options, on_surface, option, takes_options)
+from .options import (
+    MANIFEST_OPTIONS,
+    PATTERN_OPTIONS,
+    PYTHON,
+    SAMPLING_OPTIONS,
+    SESSION_OPTIONS,
+    OptionError,
+    check_options,
+    on_surface,
+    option,
+    takes_options,
+)
 from .patterns import TokenAutomaton, compile_pattern
 from .sampling import SamplingParams, new_seed
 from .scoring import Score, ScoredText, read_for_scoring, score_text, surprisal

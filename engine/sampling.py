@@ -25,13 +25,13 @@ from dataclasses import field, make_dataclass
 
 import numpy as np
 
-from . import rng
-from .errors import LstmgenError
-from .options import SAMPLING_OPTIONS, check_options
-
 # Numba caches compiled code beside this file; where that is read-only (a system install) it falls
 # back to its user cache dir. An explicit NUMBA_CACHE_DIR from the user wins.
 from numba import get_num_threads, njit, prange  # noqa: E402
+
+from . import rng
+from .errors import LstmgenError
+from .options import SAMPLING_OPTIONS, check_options
 
 PARALLEL_MIN_ROWS = 4  # rows per thread below which one thread samples the whole batch
 PARALLEL_MIN_WORK = 20_000  # logits in a batch below which threads cost more than they save

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lstmgen.corpus import read_records, read_text
-from lstmgen.trainer.splits import split_records, split_text
 from lstmgen.errors import LstmgenError
+from lstmgen.trainer.splits import split_records, split_text
 
 from .conftest import corpus_path
 

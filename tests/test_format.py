@@ -21,8 +21,17 @@ from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.graph_runner import GraphGenerator
 from lstmgen.graphs.step import build_step_graph, per_layer_state
-from lstmgen.manifest import (FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, STATE_PER_LAYER, STATE_STACKED, IONames, Manifest,
-                              read_manifest, sha256_file)
+from lstmgen.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    STATE_PER_LAYER,
+    STATE_STACKED,
+    IONames,
+    Manifest,
+    read_manifest,
+    sha256_file,
+)
 
 from .conftest import EXPORTED
 

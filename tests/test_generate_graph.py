@@ -16,8 +16,8 @@ from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graph_runner import GraphGenerator
-from lstmgen.options import graph_omits
 from lstmgen.manifest import GENERATE_FILE, GENERATE_WEB_FILE, read_manifest, sha256_file
+from lstmgen.options import graph_omits
 
 from .conftest import EXPORTED, artifact_before_generation_graph
 

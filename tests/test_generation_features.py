@@ -8,10 +8,10 @@ import json
 import pytest
 
 from lstmgen import Generator
-from lstmgen.server.scheduler import Scheduler
 from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import PROMPT_ROW_STRIDE
+from lstmgen.server.scheduler import Scheduler
 
 
 @pytest.fixture(scope="module")

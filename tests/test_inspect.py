@@ -12,9 +12,9 @@ import pytest
 
 from lstmgen import Generator
 from lstmgen.cli import main
-from lstmgen.scoring import SCORE_CHUNK
 from lstmgen.inspect import correlate, inspect_text, text_features, top_cells
 from lstmgen.manifest import MANIFEST_FILE, MODEL_FILE, Dims, Manifest, sha256_file
+from lstmgen.scoring import SCORE_CHUNK
 
 from .conftest import corpus_path, needs_torch, shipped
 

@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 
-import openai
 import numpy as np
+import openai
 import pytest
 
 from lstmgen import Generator

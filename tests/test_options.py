@@ -10,8 +10,23 @@ import pytest
 
 from lstmgen import Generator
 from lstmgen.manifest import SamplingDefaults
-from lstmgen.options import (BY_NAME, GRAPH, JS, NATIVE, OPENAI, OPTIONS, PYTHON, OptionError, UnknownOption,
-                             add_cli_flags, check_options, graph_omits, js_module, on_surface, refuse_unapplied)
+from lstmgen.options import (
+    BY_NAME,
+    GRAPH,
+    JS,
+    NATIVE,
+    OPENAI,
+    OPTIONS,
+    PYTHON,
+    OptionError,
+    UnknownOption,
+    add_cli_flags,
+    check_options,
+    graph_omits,
+    js_module,
+    on_surface,
+    refuse_unapplied,
+)
 from lstmgen.sampling import SamplingParams
 
 from .conftest import REPO

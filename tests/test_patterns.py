@@ -390,9 +390,10 @@ def test_tiny_trained_models_keep_to_patterns(artifacts):
 
 # -- the server and the playground -----------------------------------------------------------------------------
 def test_the_server_applies_patterns_and_compiles_them_for_browsers():
+    from lstmgen.server import Limits
+
     from .conftest import serving
     from .test_playground import call
-    from lstmgen.server import Limits
 
     gen = Generator.load("names")
     with serving({"names": gen}, Limits()) as srv:
@@ -411,8 +412,9 @@ def test_the_server_applies_patterns_and_compiles_them_for_browsers():
 
 
 def test_the_playground_keeps_to_a_pattern_on_the_server_and_in_the_browser():
-    from .test_playground import browser, fill, generate_on_page, needs_chromium, needs_ort_web, open_playground
     from lstmgen.server import Limits, make_server
+
+    from .test_playground import browser, fill, generate_on_page, needs_chromium, needs_ort_web, open_playground
 
     for mark in (needs_chromium, needs_ort_web):
         if mark.args[0]:

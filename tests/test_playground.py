@@ -15,10 +15,10 @@ import urllib.request
 import pytest
 
 from lstmgen import Generator
-from lstmgen.options import OPENAI, on_surface
-from lstmgen.server import playground as pg
 from lstmgen.inspect import inspect_text
+from lstmgen.options import OPENAI, on_surface
 from lstmgen.server import Limits, make_server
+from lstmgen.server import playground as pg
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -15,9 +15,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from lstmgen import Generator
+from lstmgen import Generator, rng
 from lstmgen.errors import LstmgenError
-from lstmgen import rng
 
 from .conftest import EXPORTED, REPO
 from .test_generate_js import BROWSER_TIMEOUT_S, CHROMIUM, NODE, _Handler, needs_browser, needs_node
@@ -113,6 +112,16 @@ def test_node_session_writes_pythons_text(shipped_gens, script):
     model, ops = MODELS[script], SCRIPTS[script]
     py = python_script(shipped_gens[model], ops)
     assert_same(node_script(EXPORTED / model, ops), py, ops)
+
+
+@needs_node
+@pytest.mark.parametrize("folder", ["names-tiny", "shakespeare-tiny-int8"])
+def test_node_session_reads_a_format1_model_as_python_does(folder):
+    """A format-1 model.onnx (all layers' state in one tensor) runs in the JavaScript session as in Python."""
+    path = REPO / "tests" / "data" / "format1" / folder
+    ops = [{"start": {"prompt": "a", "seed": 3}}, {"top": 4}, {"sample": 25}, {"save": True}, {"load": "last"},
+           {"sample": 10}]
+    assert_same(node_script(path, ops), python_script(Generator.load(path), ops), ops)
 
 
 @needs_node

@@ -10,8 +10,8 @@ import pytest
 from lstmgen import Generator
 from lstmgen.cli import main
 from lstmgen.corpus import read_records, read_text
-from lstmgen.trainer.splits import split_records, split_text
 from lstmgen.generator import DEFAULT_MODEL, shipped_models
+from lstmgen.trainer.splits import split_records, split_text
 
 from .conftest import corpus_path
 

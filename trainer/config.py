@@ -6,13 +6,13 @@ Values come from the dataclass defaults, then a recipe file (`--config recipe.to
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lstmgen.errors import LstmgenError
+import tomllib
 
+from lstmgen.errors import LstmgenError
 
 DEFAULT_EPOCHS = 20
 # What a resumed run must keep: they fix the model's shape or its vocabulary (section, field).

@@ -23,8 +23,18 @@ from lstmgen.errors import LstmgenError
 from lstmgen.generator import Generator
 from lstmgen.graphs.generation import write_generation_graph
 from lstmgen.graphs.step import OPSET, build_step_graph
-from lstmgen.manifest import (MANIFEST_FILE, MODEL_FILE, RECORDS_FILE, Dims, IONames, Manifest, SamplingDefaults,
-                              read_manifest, sha256_file, write_artifact_atomically)
+from lstmgen.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    RECORDS_FILE,
+    Dims,
+    IONames,
+    Manifest,
+    SamplingDefaults,
+    read_manifest,
+    sha256_file,
+    write_artifact_atomically,
+)
 from lstmgen.tokenizer import Tokenizer
 
 from . import checkpoint

@@ -34,17 +34,15 @@ from lstmgen.errors import LstmgenError
 from lstmgen.scoring import Score, ScoredText, score_text
 from lstmgen.tokenizer import Tokenizer
 
-from . import checkpoint, machine
+from . import checkpoint, machine, planner
 from .checkpoint import Checkpoint, Progress
 from .config import RunConfig
 from .data import IGNORE, PreparedData, RecordBatches, StreamBatches, training_tokens
-from .prepare import load_prepared, prepare_on_disk
 from .distributed import Dist
-from .model import LSTMLanguageModel
-
 from .finetune import StartingPoint, check_shape, fit_to_data
-from . import planner
+from .model import LSTMLanguageModel
 from .planner import Plan
+from .prepare import load_prepared, prepare_on_disk
 from .probe import probe_speed
 
 CALIBRATE_AT = 30  # step at which a --time-budget run fixes its schedule length from measured speed

@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import rng
-from ..options import graph_omits
 from ..manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
+from ..options import graph_omits
 
 OPSET = 18  # BitwiseXor (the random numbers) is opset 18
 GRAPH_OMITS = graph_omits()  # what the options table says the graph does not apply

@@ -15,8 +15,18 @@ import os
 import shutil
 from pathlib import Path
 
-from ..manifest import (FORMAT_VERSION, GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, STATE_PER_LAYER,
-                        Manifest, read_manifest, sha256_file, write_artifact_atomically)
+from ..manifest import (
+    FORMAT_VERSION,
+    GENERATE_FILE,
+    GENERATE_WEB_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    STATE_PER_LAYER,
+    Manifest,
+    read_manifest,
+    sha256_file,
+    write_artifact_atomically,
+)
 from .generation import write_generation_graph
 from .step import per_layer_state
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from .scheduler import Scheduler
 from ..decoding import Job, Sample
 from ..errors import LstmgenError
+from .scheduler import Scheduler
 
 
 class LoopEvent(threading.Event):
@@ -36,8 +36,9 @@ class JobRun:
     """One request's job on a scheduler, seen from asyncio.
 
     Events go to `queue` as `(tag, row, text, logprobs)` for a piece of text (logprobs: the entries of
-    its tokens when asked for, else None) and `(tag, None, None, None)` when the job has ended; several runs may share one queue (a request with several prompts). `finished` is a
-    future that resolves when the job has ended.
+    its tokens when asked for, else None) and `(tag, None, None, None)` when the job has ended; several
+    runs may share one queue (a request with several prompts). `finished` is a future that resolves
+    when the job has ended.
     """
 
     def __init__(self, scheduler: Scheduler, queue: asyncio.Queue | None = None, tag: int = 0, *, stream: bool = False,

@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 
+from ..errors import LstmgenError
 from ..inspection import FEATURE_HELP, Inspection, correlate, inspect_text, parse_cell, text_features, top_cells
 from ..manifest import GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE
-from ..errors import LstmgenError
 from .http import HttpError, given, read_body
 from .served import Models
 
