@@ -36,11 +36,11 @@ sorting the whole row.
 A pattern (`_pattern_settings`, `_mask_by_pattern`, `_advance_pattern`: the only code that knows of
 it) masks the tokens its rows' states do not allow before sampling, carries each row's state through
 the Loop, and ends a row whose new state allows nothing (running text; a record ends at <eos>,
-which the table allows only where the pattern accepts). Without a pattern the caller feeds the
-all-allowing automaton above and the mask is skipped (an If on `pattern_on`); the other inputs keep
-their meaning. (They are plain inputs, not initializers with defaults: onnxruntime-node and -web
-cannot feed an initializer.) Since a pattern can end a row of running text too, the loop carries
-which row of `num` each batch row is in both kinds of model.
+which the table allows only where the pattern accepts). The graph holds two Loops, one with the
+pattern's nodes and one without, and an If on `pattern_on` picks one once per call, so a call
+without a pattern pays for none of them in its steps. Without a pattern the caller feeds the
+all-allowing automaton above; the other inputs keep their meaning. (They are plain inputs, not
+initializers with defaults: onnxruntime-node and -web cannot feed an initializer.)
 
 Needs the `onnx` package (the `train` or `bench` extra), never torch.
 """
@@ -300,12 +300,18 @@ def _end_rows(g: _Nodes, s: dict, drawn: dict, carried: list[str], rows: str, ax
     return column, kept, g.op("Greater", [g.op("Size", [keep]), g.const(0, np.int64)])
 
 
-def _draw(g: _Nodes, consts: dict, s: dict, logits: str, states: str, u: str, vocab: int, shared: bool = False) -> dict:
-    """One token per row from logits [R, V] (bans applied) and pattern states [R, 1]: masked by the pattern,
-    sampled, and the pattern followed. Returns tok, is_eos (None for running text), the pattern state after
-    (`after`) and which rows end (`ended`), each [B, 1]."""
-    tok = _sampler(g, consts, _mask_by_pattern(g, consts, s, logits, states, vocab), u, s, vocab, shared)
+def _draw(g: _Nodes, consts: dict, s: dict, logits: str, u: str, vocab: int, states: str | None,
+          shared: bool = False) -> dict:
+    """One token per row from logits [R, V] (bans applied): sampled, and with pattern states [R, 1] masked by
+    the pattern first and the pattern followed. Returns tok, is_eos (None for running text), the pattern
+    state after (`after`; None without states) and which rows end (`ended`: <eos>, or a pattern's state that
+    allows nothing; None when no row can end), each [B, 1]."""
+    if states is not None:
+        logits = _mask_by_pattern(g, logits, states)
+    tok = _sampler(g, consts, logits, u, s, vocab, shared)
     is_eos = g.op("Equal", [tok, g.const(s["eos"], np.int64)]) if s["eos"] >= 0 else None
+    if states is None:
+        return {"tok": tok, "is_eos": is_eos, "after": None, "ended": is_eos}
     after, ended = _advance_pattern(g, s, states, tok, is_eos, vocab)
     return {"tok": tok, "is_eos": is_eos, "after": after, "ended": ended}
 
@@ -331,19 +337,12 @@ def _pattern_inputs(m: Manifest) -> list:
             h.make_tensor_value_info("pattern_start", T.INT64, [])]
 
 
-def _mask_by_pattern(g: _Nodes, consts: dict, s: dict, logits: str, states: str, vocab: int) -> str:
-    """Logits [R, V] with the tokens each row's state (states [R, 1]) does not allow at -inf; skipped (an If
-    once per step) when there is no pattern."""
-    onnx = _onnx()
-    h, T = onnx.helper, onnx.TensorProto
-    on = _Nodes(g.prefix + "pattern_mask/", consts)
-    rows_next = on.op("Gather", ["pattern_next", on.op("Reshape", [states, on.const([-1], np.int64)])], axis=0)
-    masked = on.op("Where", [on.op("Greater", [rows_next, on.const(-1, np.int32)]), logits, on.const(-np.inf, np.float32)])
-    off = _Nodes(g.prefix + "pattern_none/", consts)
-    same = off.op("Identity", [logits])
-    out = lambda x: h.make_tensor_value_info(x, T.FLOAT, ["batch", vocab])  # noqa: E731
-    return g.op("If", [s["pattern_on"]], then_branch=h.make_graph(on.nodes, "pattern_mask", [], [out(masked)]),
-                else_branch=h.make_graph(off.nodes, "pattern_none", [], [out(same)]))
+def _mask_by_pattern(g: _Nodes, logits: str, states: str) -> str:
+    """Logits [R, V] with the tokens each row's state (states [R, 1]) does not allow at -inf. Without a
+    pattern the caller's table allows everything, so the first token is masked either way (once per call)
+    and only the pattern's loop masks each step."""
+    rows_next = g.op("Gather", ["pattern_next", g.op("Reshape", [states, g.const([-1], np.int64)])], axis=0)
+    return g.op("Where", [g.op("Greater", [rows_next, g.const(-1, np.int32)]), logits, g.const(-np.inf, np.float32)])
 
 
 def _advance_pattern(g: _Nodes, s: dict, states: str, tok: str, is_eos: str | None, vocab: int) -> tuple[str, str]:
@@ -353,11 +352,12 @@ def _advance_pattern(g: _Nodes, s: dict, states: str, tok: str, is_eos: str | No
     return after, terminal if is_eos is None else g.op("Or", [is_eos, terminal])
 
 
-def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest, s: dict):
+def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest, s: dict, pattern: bool):
     """One decode step: the model on the rows still going, a token for each, rows that ended leave.
 
     Rows leave the batch when they finish, as in the Python decode loop, so later steps cost only
     what is still running (and dynamic int8 quantizes the same batches as the Python engine does).
+    Without a pattern, rows of running text never end, so that body tracks no rows (fewer nodes a step).
     With own_weights the body holds its own copy of the weight entries (the same bytes of model.onnx):
     ONNX Runtime pre-packs the LSTM's weights only when they are initializers of the node's own graph,
     and without that a batch-1 step costs several times more. ONNX Runtime Web cannot read external
@@ -365,49 +365,80 @@ def _loop_body(step, weights: list, own_weights: bool, consts: dict, m: Manifest
     """
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
-    g = _Nodes("loop/", consts)
-    states = _state_shapes(m)
-    names = {w.name: f"loop/{w.name}" if own_weights else w.name for w in weights}
-    bound = {m.io.tokens: "loop/tok"}  # [B, 1]: the model's tokens input as it is
-    bound |= {name_in: f"loop/{name_in}" for name_in, _, _ in states}
+    p = _loop_prefix(pattern)
+    g = _Nodes(p, consts)
+    states, spec = _state_shapes(m), _carried(m, s, pattern)
+    names = {w.name: f"{p}{w.name}" if own_weights else w.name for w in weights}
+    bound = {m.io.tokens: f"{p}tok"}  # [B, 1]: the model's tokens input as it is
+    bound |= {name_in: f"{p}{name_in}" for name_in, _, _ in states}
     outs = _embed_step(g, step, names, bound)
     logits = g.op("Squeeze", [outs[m.io.logits], g.const([1], np.int64)])  # [B, 1, V] -> [B, V]
-    logits = _ban(g, logits, s, g.op("Shape", ["loop/tok"], end=1))
-    uniforms = g.op("Gather", [s["uniforms"], "loop/iter"])  # [num, 1]: iteration i draws step i + 1's
-    u = g.op("GatherElements", [uniforms, "loop/rows"], axis=0)
-    drawn = _draw(g, consts, s, logits, "loop/pattern_states", u, m.dims.vocab_size)
-    carried = [drawn["tok"]] + [outs[name_out] for _, name_out, _ in states] + [drawn["after"], "loop/rows"]
-    column, carried, more = _end_rows(g, s, drawn, carried, "loop/rows", _carried_axes(m))
-    spec = _carried(m)
-    for value, (name, _, _) in zip([more, *carried, column], [("cond", 0, 0), *spec, ("column", 0, 0)]):
-        g.name(value, f"loop/{name}_out")
-    inputs = [h.make_tensor_value_info("loop/iter", T.INT64, []), h.make_tensor_value_info("loop/cond", T.BOOL, [])]
-    inputs += [h.make_tensor_value_info(f"loop/{n}", t, shape) for n, t, shape in spec]
-    outputs = [h.make_tensor_value_info("loop/cond_out", T.BOOL, [])]
-    outputs += [h.make_tensor_value_info(f"loop/{n}_out", t, shape) for n, t, shape in spec]
-    outputs += [h.make_tensor_value_info("loop/column_out", T.INT64, ["num", 1])]
-    return h.make_graph(g.nodes, "decode_step", inputs, outputs, initializer=_own_copies(weights, names) if own_weights else [])
+    tracked = _tracks_rows(s, pattern)
+    logits = _ban(g, logits, s, g.op("Shape", [f"{p}tok"], end=1) if tracked else None)
+    uniforms = g.op("Gather", [s["uniforms"], f"{p}iter"])  # [num, 1]: iteration i draws step i + 1's
+    u = g.op("GatherElements", [uniforms, f"{p}rows"], axis=0) if tracked else uniforms
+    drawn = _draw(g, consts, s, logits, u, m.dims.vocab_size, f"{p}pattern_states" if pattern else None)
+    carried = [drawn["tok"]] + [outs[name_out] for _, name_out, _ in states]
+    carried += [drawn["after"]] if pattern else []
+    if tracked:
+        column, carried, more = _end_rows(g, s, drawn, carried + [f"{p}rows"], f"{p}rows", [a for *_, a in spec])
+    else:  # running text without a pattern: every row writes max_tokens tokens
+        column, more = drawn["tok"], g.const(True, np.bool_)
+    for value, name in zip([more, *carried, column], ["cond", *(n for n, *_ in spec), "column"]):
+        g.name(value, f"{p}{name}_out")
+    inputs = [h.make_tensor_value_info(f"{p}iter", T.INT64, []), h.make_tensor_value_info(f"{p}cond", T.BOOL, [])]
+    inputs += [h.make_tensor_value_info(f"{p}{n}", t, shape) for n, t, shape, _ in spec]
+    outputs = [h.make_tensor_value_info(f"{p}cond_out", T.BOOL, [])]
+    outputs += [h.make_tensor_value_info(f"{p}{n}_out", t, shape) for n, t, shape, _ in spec]
+    outputs += [h.make_tensor_value_info(f"{p}column_out", T.INT64, ["num", 1])]
+    return h.make_graph(g.nodes, f"decode_step{'_pattern' if pattern else ''}", inputs, outputs,
+                        initializer=_own_copies(weights, names, p) if own_weights else [])
 
 
-def _carried(m: Manifest) -> list[tuple[str, int, list]]:
-    """(name, type, shape) of the values the loop carries from one step to the next, in the Loop's order:
-    each row's last token, the model's state tensors, each row's pattern state, and which row of `num`
-    each batch row is. _first_tokens gives their first values and _loop_body their next ones, in this order."""
+def _loop_prefix(pattern: bool) -> str:
+    return "pattern_loop/" if pattern else "loop/"
+
+
+def _tracks_rows(s: dict, pattern: bool) -> bool:
+    """Whether a loop keeps which row of `num` each batch row is: when rows can end (records, or a pattern)."""
+    return pattern or s["eos"] >= 0
+
+
+def _carried(m: Manifest, s: dict, pattern: bool) -> list[tuple[str, int, list, int]]:
+    """(name, type, shape, batch axis) of the values a loop carries from one step to the next, in the Loop's
+    order: each row's last token, the model's state tensors, (pattern) each row's pattern state, and (when
+    rows can end) which row of `num` each batch row is. _first_tokens gives their first values by name."""
     T = _onnx().TensorProto
-    spec = [("tok", T.INT64, ["batch", 1])] + [(name_in, T.FLOAT, shape) for name_in, _, shape in _state_shapes(m)]
-    return spec + [("pattern_states", T.INT64, ["batch", 1]), ("rows", T.INT64, ["batch", 1])]
+    spec = [("tok", T.INT64, ["batch", 1], 0)] + [(name_in, T.FLOAT, shape, 1) for name_in, _, shape in _state_shapes(m)]
+    spec += [("pattern_states", T.INT64, ["batch", 1], 0)] if pattern else []
+    return spec + ([("rows", T.INT64, ["batch", 1], 0)] if _tracks_rows(s, pattern) else [])
 
 
-def _carried_axes(m: Manifest) -> list[int]:
-    """The batch axis of each carried value (_carried's order): the state tensors are [layers, batch, hidden]."""
-    return [0] + [1] * len(_state_shapes(m)) + [0, 0]
+def _decode_loops(g: _Nodes, step, weights: list, own_weights: bool, consts: dict, m: Manifest, s: dict,
+                  first: dict, more: str) -> str:
+    """The Loop's columns [steps, num, 1]: the pattern's loop or the plain one, picked once per call (an If on
+    pattern_on), so that a call without a pattern runs no pattern node in its steps. Each loop's body holds its
+    own weight entries (twice the loop's weights in memory, the price of a plain step as fast as before)."""
+    h, T = _onnx().helper, _onnx().TensorProto
+    steps_left = g.op("Sub", ["max_tokens", g.const(1, np.int64)])
+    branches = {}
+    for pattern in (True, False):
+        spec = _carried(m, s, pattern)
+        branch = _Nodes(f"main/{_loop_prefix(pattern)}", consts)
+        body = _loop_body(step, weights, own_weights, consts, m, s, pattern)
+        *_, columns = branch.op("Loop", [steps_left, more, *(first[n] for n, *_ in spec)], n_out=len(spec) + 1, body=body)
+        out = f"main/{_loop_prefix(pattern)}columns"
+        branch.name(columns, out)
+        branches[pattern] = h.make_graph(branch.nodes, f"decode{'_pattern' if pattern else ''}", [],
+                                         [h.make_tensor_value_info(out, T.INT64, ["steps", "num", 1])])
+    return g.op("If", [s["pattern_on"]], then_branch=branches[True], else_branch=branches[False])
 
 
-def _own_copies(weights: list, names: dict[str, str]) -> list:
+def _own_copies(weights: list, names: dict[str, str], prefix: str) -> list:
     """The loop body's own entries for the weights it reads under `names` (same bytes, new names)."""
     copies = []
     for w in weights:
-        if names[w.name] != w.name and names[w.name].startswith("loop/"):
+        if names[w.name] != w.name and names[w.name].startswith(prefix):
             copy = _onnx().TensorProto()
             copy.CopyFrom(w)
             copy.name = names[w.name]
@@ -446,7 +477,8 @@ def _settings(g: _Nodes, m: Manifest) -> dict:
 
 def _first_tokens(g: _Nodes, consts: dict, step, weights: list, m: Manifest, s: dict):
     """Prefill the context, sample every row's first token from its last logits (shared by all rows), and
-    keep the rows that did not end: (column 0 [num], the loop's carried values, whether any row is left)."""
+    keep the rows that did not end: (column 0 [num, 1], the first value of each value a loop carries, by
+    name (_carried), whether any row is left)."""
     d = m.dims
     context = g.op("Unsqueeze", [g.op("Concat", [g.const(m.start_ids, np.int64), "prompt_ids"], axis=0),
                                  g.const([0], np.int64)])
@@ -456,14 +488,16 @@ def _first_tokens(g: _Nodes, consts: dict, step, weights: list, m: Manifest, s: 
     outs = _embed_step(g, step, {w.name: w.name for w in weights}, bound)
     last = _ban(g, g.op("Gather", [outs[m.io.logits], g.const(-1, np.int64)], axis=1), s, g.const([1], np.int64))  # [1, V]
     start = g.op("Reshape", ["pattern_start", g.const([1, 1], np.int64)])  # every row's pattern state: the prompt's
-    drawn = _draw(g, consts, s, last, start, g.op("Gather", [s["uniforms0"], g.const(0, np.int64)]), d.vocab_size,
+    drawn = _draw(g, consts, s, last, g.op("Gather", [s["uniforms0"], g.const(0, np.int64)]), d.vocab_size, start,
                   shared=True)
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
     carried = [drawn["tok"]] + [g.op("Expand", [outs[name_out], g.op("Concat", [g.const([shape[0]], np.int64), num1,
                                                                                  g.const([d.hidden_size], np.int64)], axis=0)])
                                 for _, name_out, shape in states]
     rows = g.op("Unsqueeze", [g.op("Range", [g.const(0, np.int64), "num", g.const(1, np.int64)]), g.const([1], np.int64)])
-    return _end_rows(g, s, drawn, carried + [drawn["after"], rows], rows, _carried_axes(m))
+    spec = _carried(m, s, pattern=True)  # every value either loop carries
+    column, kept, more = _end_rows(g, s, drawn, carried + [drawn["after"], rows], rows, [a for *_, a in spec])
+    return column, {name: value for (name, *_), value in zip(spec, kept)}, more
 
 
 def _all_tokens(g: _Nodes, first: str, columns: str) -> str:
@@ -513,9 +547,7 @@ def build_generation_graph(step, m: Manifest, step_bytes: bytes | None = None, f
     g = _Nodes("main/", consts)
     s = _settings(g, m)
     first, carried, more = _first_tokens(g, consts, step, weights, m, s)
-    body = _loop_body(step, weights, not for_web, consts, m, s)
-    steps_left = g.op("Sub", ["max_tokens", g.const(1, np.int64)])
-    *_, columns = g.op("Loop", [steps_left, more, *carried], n_out=len(carried) + 1, body=body)
+    columns = _decode_loops(g, step, weights, not for_web, consts, m, s, carried, more)
     g.nodes.append(h.make_node("Identity", [_all_tokens(g, first, columns)], ["tokens"]))
     g.nodes.append(h.make_node("ReduceSum", [g.op("Cast", [g.op("GreaterOrEqual", ["tokens", g.const(0, np.int64)])],
                                                   to=T.INT64), g.const([1], np.int64)], ["lengths"], keepdims=0))
