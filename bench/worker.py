@@ -49,15 +49,10 @@ def engine_rows(job: dict) -> list[dict]:
     from lstmgen.generator import Generator
 
     gen = Generator.load(job["artifact"], device=job["device"], threads=job["threads"])
-    top_k = min(TOP_K, gen.manifest.dims.vocab_size)
-    # A records model's rows would end at <eos> after a few tokens while the rate counts `steps` per row (and
-    # the PyTorch rows never stop): biased out, every row writes all its tokens, the same work as theirs.
-    never_end = {gen.tokenizer.eos_id: -100.0} if gen.manifest.records else None
     rows = []
     for B in job["batch_sizes"]:
         def run_once(warmup: bool, B=B):
-            [request] = gen.jobs(num=B, max_tokens=4 if warmup else job["steps"], temperature=TEMPERATURE,
-                                 top_k=top_k, seed=1234, allow_unk=True, block_rows=B, logit_bias=never_end)
+            request = engine_request(gen, B, 4 if warmup else job["steps"])
             t0 = time.perf_counter()
             loop = DecodeLoop(gen.backend, gen.tokenizer)
             loop.add(request)
@@ -70,6 +65,17 @@ def engine_rows(job: dict) -> list[dict]:
         rows.append(_progress(job, {"batch_size": B, "variants": [{"variant": f"onnxruntime {gen.backend.device}",
                                                                    **_timed(run_once, job["repeats"])}]}))
     return rows
+
+
+def engine_request(gen, rows: int, steps: int):
+    """The engine's timed job: `rows` rows of `steps` tokens each, sampled as the PyTorch rows sample.
+
+    A records model's rows would end at <eos> after a few tokens while the rate counts `steps` per row
+    (and the PyTorch rows never stop): <eos> is biased out, so every row does the same work as theirs."""
+    never_end = {gen.tokenizer.eos_id: -100.0} if gen.manifest.records else None
+    [request] = gen.jobs(num=rows, max_tokens=steps, temperature=TEMPERATURE, top_k=min(TOP_K, gen.manifest.dims.vocab_size),
+                         seed=1234, allow_unk=True, block_rows=rows, logit_bias=never_end)
+    return request
 
 
 def graph_rows(job: dict) -> list[dict]:

@@ -288,3 +288,18 @@ def test_a_bad_baseline_is_one_line_before_anything_runs(tmp_path, capsys, conte
     assert main(["bench", "--baseline", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_engine_rows_of_a_records_model_write_every_token_they_count():
+    """The rate counts rows x steps tokens; a records model's rows must not stop at <eos> before that."""
+    from lstmgen import Generator
+    from lstmgen.bench.worker import engine_request
+    from lstmgen.decoding import DecodeLoop
+
+    gen = Generator.load("names")
+    request = engine_request(gen, 8, 40)  # names end after about 7 tokens when left to themselves
+    loop = DecodeLoop(gen.backend, gen.tokenizer)
+    loop.add(request)
+    while loop.blocks:
+        loop.step()
+    assert [len(s.token_ids) for s in request.samples()] == [40] * 8
