@@ -108,13 +108,24 @@ def test_node_bad_input_gets_one_line(tmp_path, make, flags, message):
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Static files from the repository, and POST /report where the page sends its result."""
+    """Static files from the repository, the test's own files at their paths (`files`: path -> JSON bytes),
+    and POST /report where the page sends its result."""
 
-    def __init__(self, *args, reports: list, done: threading.Event, **kw):
-        self.reports, self.done = reports, done
+    def __init__(self, *args, reports: list, done: threading.Event, files: dict[str, bytes], **kw):
+        self.reports, self.done, self.files = reports, done, files
         super().__init__(*args, directory=str(REPO), **kw)
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path not in self.files:
+            return super().do_GET()
+        body = self.files[self.path]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.reports.append(json.loads(body))
         self.send_response(204)
@@ -125,20 +136,15 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-@needs_browser
-@pytest.mark.parametrize("model,settings", [
-    ("names", {"num": 10, "seed": 7}),
-    ("names", {"num": 5, "seed": 2, "prompt": "ka", "top-k": 5}),
-    ("moe", {"num": 3, "seed": 5, "prompt": "Moe_Szyslak: Hey", "max-tokens": 30, "top-p": 0.9}),
-])
-def test_browser_page_generates_pythons_text(tmp_path, capsys, model, settings):
+def page_report(tmp_path, page: str, query, files: dict[str, bytes] | None = None):
+    """Serve the repository (and `files`), open `page` in headless Chromium with the query `query(base)`
+    builds from the server's base URL, and return what the page reports (it POSTs /report)."""
     reports, done = [], threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, reports=reports, done=done))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, reports=reports, done=done, files=files or {}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    query = urlencode({"model": f"{base}/exported/{model}", **settings, "run": 1, "report": f"{base}/report"})
     browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                f"--user-data-dir={tmp_path / 'profile'}", f"{base}/js/web/index.html?{query}"],
+                                f"--user-data-dir={tmp_path / 'profile'}", f"{base}/{page}?{urlencode(query(base))}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert done.wait(BROWSER_TIMEOUT_S), "the page never reported a result"
@@ -147,8 +153,20 @@ def test_browser_page_generates_pythons_text(tmp_path, capsys, model, settings):
         browser.wait()
         server.shutdown()
         server.server_close()
+    return reports[0]
+
+
+@needs_browser
+@pytest.mark.parametrize("model,settings", [
+    ("names", {"num": 10, "seed": 7}),
+    ("names", {"num": 5, "seed": 2, "prompt": "ka", "top-k": 5}),
+    ("moe", {"num": 3, "seed": 5, "prompt": "Moe_Szyslak: Hey", "max-tokens": 30, "top-p": 0.9}),
+])
+def test_browser_page_generates_pythons_text(tmp_path, capsys, model, settings):
+    report = page_report(tmp_path, "js/web/index.html",
+                         lambda base: {"model": f"{base}/exported/{model}", **settings, "run": 1, "report": f"{base}/report"})
     python = python_samples(capsys, model, *[x for k, v in settings.items() for x in (f"--{k}", str(v))])
-    assert reports[0] == {"samples": python}
+    assert report == {"samples": python}
 
 
 @needs_node

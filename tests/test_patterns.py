@@ -14,9 +14,6 @@ import random
 import re
 import subprocess
 import threading
-from functools import partial
-from http.server import ThreadingHTTPServer
-from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -30,7 +27,7 @@ from lstmgen.options import OptionError
 from lstmgen.patterns import TokenAutomaton, compile_pattern
 
 from .conftest import EXPORTED, HAS_TORCH, needs_torch, tiny_config
-from .test_generate_js import BROWSER_TIMEOUT_S, CHROMIUM, EXAMPLE, NODE, _Handler, needs_browser, needs_node
+from .test_generate_js import EXAMPLE, NODE, needs_browser, needs_node, page_report
 
 MOE_PROMPT = "moe_szyslak:"
 
@@ -186,21 +183,6 @@ def test_node_refuses_a_pattern_it_cannot_apply_in_one_line(tmp_path, flags, mes
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
-class _PatternHandler(_Handler):
-    """The repository's files, the pattern file at /pattern.json, and POST /report."""
-
-    pattern: bytes = b""
-
-    def do_GET(self):  # noqa: N802
-        if self.path != "/pattern.json":
-            return super().do_GET()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(self.pattern)))
-        self.end_headers()
-        self.wfile.write(self.pattern)
-
-
 @needs_browser
 @pytest.mark.parametrize("model,settings,kw", [
     ("names", {"num": 10, "seed": 7}, dict(regex="[a-z]{2,6}(na|ne|ly)")),
@@ -208,26 +190,13 @@ class _PatternHandler(_Handler):
 ])
 def test_browser_page_writes_pythons_constrained_text(tmp_path, model, settings, kw):
     gen = Generator.load(model)
-    handler = type("H", (_PatternHandler,), {"pattern": json.dumps(gen.pattern(**kw).to_dict(model)).encode()})
-    reports, done = [], threading.Event()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, reports=reports, done=done))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    query = urlencode({"model": f"{base}/exported/{model}", **settings, "pattern": f"{base}/pattern.json", "run": 1,
-                       "report": f"{base}/report"})
-    browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                f"--user-data-dir={tmp_path / 'profile'}", f"{base}/js/web/index.html?{query}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert done.wait(BROWSER_TIMEOUT_S), "the page never reported a result"
-    finally:
-        browser.kill()
-        browser.wait()
-        server.shutdown()
-        server.server_close()
+    pattern = json.dumps(gen.pattern(**kw).to_dict(model)).encode()
+    report = page_report(tmp_path, "js/web/index.html",
+                         lambda base: {"model": f"{base}/exported/{model}", **settings, "pattern": f"{base}/pattern.json",
+                                       "run": 1, "report": f"{base}/report"}, files={"/pattern.json": pattern})
     python = gen.generate(settings["num"], settings.get("prompt"), seed=settings["seed"],
                           max_tokens=settings.get("max-tokens"), **kw)
-    assert reports[0] == {"samples": [s.text for s in python]}
+    assert report == {"samples": [s.text for s in python]}
 
 
 def old_graph_artifact(tmp_path):

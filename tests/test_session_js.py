@@ -8,10 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import threading
-from functools import partial
-from http.server import ThreadingHTTPServer
-from urllib.parse import urlencode
 
 import pytest
 
@@ -19,7 +15,7 @@ from lstmgen import Generator, rng
 from lstmgen.errors import LstmgenError
 
 from .conftest import EXPORTED, REPO
-from .test_generate_js import BROWSER_TIMEOUT_S, CHROMIUM, NODE, _Handler, needs_browser, needs_node
+from .test_generate_js import NODE, needs_browser, needs_node, page_report
 
 DRIVER = REPO / "tests" / "js" / "session_node.mjs"
 
@@ -180,36 +176,11 @@ def test_javascript_draws_lstmgen_rngs_numbers():
 @pytest.mark.parametrize("script", ["names", "shakespeare", "moe"])
 def test_browser_session_writes_pythons_text(shipped_gens, tmp_path, script):
     model, ops = MODELS[script], SCRIPTS[script]
-    reports, done = [], threading.Event()
-    (tmp_path / "ops.json").write_text(json.dumps(ops))
-
-    class Handler(_Handler):
-        def do_GET(self):  # noqa: N802
-            if self.path == "/ops.json":
-                body = (tmp_path / "ops.json").read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            super().do_GET()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, reports=reports, done=done))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    query = urlencode({"model": f"{base}/exported/{model}", "ops": f"{base}/ops.json", "report": f"{base}/report"})
-    browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                f"--user-data-dir={tmp_path / 'profile'}", f"{base}/tests/js/session.html?{query}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert done.wait(BROWSER_TIMEOUT_S), "the page never reported a result"
-    finally:
-        browser.kill()
-        browser.wait()
-        server.shutdown()
-        server.server_close()
-    assert not (isinstance(reports[0], dict) and "error" in reports[0]), reports[0]
-    assert_same(reports[0], python_script(shipped_gens[model], ops), ops, rel=1e-5)
+    report = page_report(tmp_path, "tests/js/session.html",
+                         lambda base: {"model": f"{base}/exported/{model}", "ops": f"{base}/ops.json", "report": f"{base}/report"},
+                         files={"/ops.json": json.dumps(ops).encode()})
+    assert not (isinstance(report, dict) and "error" in report), report
+    assert_same(report, python_script(shipped_gens[model], ops), ops, rel=1e-5)
 
 
 def test_the_scripts_exercise_every_session_option():
