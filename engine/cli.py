@@ -436,13 +436,18 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_add_graph(args) -> int:
-    from .generator import resolve_model
-
+def _need_onnx(command: str) -> None:
+    """The graph commands build ONNX files: without the onnx package, one line saying how to get it."""
     try:
         import onnx  # noqa: F401
     except ModuleNotFoundError:
-        raise LstmgenError("`lstmgen add-graph` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+        raise LstmgenError(f"`lstmgen {command}` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+
+
+def cmd_add_graph(args) -> int:
+    from .generator import resolve_model
+
+    _need_onnx("add-graph")
     from .graphs.generation import add_generation_graph
 
     for name in args.models:
@@ -477,10 +482,7 @@ def cmd_compile_pattern(args) -> int:
 def cmd_upgrade(args) -> int:
     from .generator import resolve_model
 
-    try:
-        import onnx  # noqa: F401
-    except ModuleNotFoundError:
-        raise LstmgenError("`lstmgen upgrade` needs the onnx package: pip install onnx (or the 'bench' extra)") from None
+    _need_onnx("upgrade")
     from .graphs.upgrade import upgrade_artifact
 
     for name in args.models:
