@@ -39,6 +39,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -251,32 +252,21 @@ class TokenAutomaton:
     def states(self) -> int:
         return self.next.shape[0]
 
-    @property
+    # Asked every step (and frozen, so cached_property keeps them in the instance's __dict__).
+    @cached_property
     def ends_early(self) -> bool:
-        """Whether some state allows nothing (running text then ends there); asked every step, so kept."""
-        cached = self.__dict__.get("_ends_early")
-        if cached is None:
-            cached = bool(self.terminal.any())
-            object.__setattr__(self, "_ends_early", cached)
-        return cached
+        """Whether some state allows nothing (running text then ends there)."""
+        return bool(self.terminal.any())
 
-    @property
+    @cached_property
     def blocked(self) -> np.ndarray:
-        """bool [states, vocab]: the tokens each state does not allow (computed once, then kept)."""
-        cached = self.__dict__.get("_blocked")
-        if cached is None:
-            cached = self.next < 0
-            object.__setattr__(self, "_blocked", cached)
-        return cached
+        """bool [states, vocab]: the tokens each state does not allow."""
+        return self.next < 0
 
-    @property
+    @cached_property
     def allowed(self) -> np.ndarray:
-        """bool [states, vocab]: the tokens each state allows (computed once, then kept)."""
-        cached = self.__dict__.get("_allowed")
-        if cached is None:
-            cached = self.next >= 0
-            object.__setattr__(self, "_allowed", cached)
-        return cached
+        """bool [states, vocab]: the tokens each state allows."""
+        return self.next >= 0
 
     def start(self, prompt_ids, max_tokens: int | None = None) -> int:
         """The state rows start in after this prompt; raises one line when nothing can follow it."""
