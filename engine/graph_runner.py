@@ -17,12 +17,10 @@ import numpy as np
 from .backend import open_session
 from .errors import LstmgenError
 from .generator import Generator
-from .manifest import GENERATE_FILE
+from .manifest import GENERATE_FILE, PATTERN_INPUTS
 from .options import GRAPH, SAMPLING_OPTIONS, refuse_unapplied
 from .patterns import TokenAutomaton
 from .sampling import SamplingParams
-
-PATTERN_INPUTS = ("pattern_next", "pattern_start")  # lstmgen.graphs.generation's; an older generate.onnx lacks them
 
 
 class GraphGenerator:
@@ -67,7 +65,7 @@ class GraphGenerator:
                  "temperature": np.array(params.temperature, np.float64), "top_k": np.array(params.top_k, np.int64),
                  "top_p": np.array(params.top_p, np.float64), "banned_ids": np.asarray(banned, np.int64)}
         if set(PATTERN_INPUTS) <= {i.name for i in self.session.get_inputs()}:
-            # No pattern: one state that allows every token (the graph then skips the mask).
+            # No pattern: one state that allows every token (the graph then runs its loop without the pattern).
             table = pattern.next if pattern is not None else np.zeros((1, self.generator.tokenizer.vocab_size), np.int32)
             feeds["pattern_next"] = table
             feeds["pattern_start"] = np.array(pattern_start, np.int64)

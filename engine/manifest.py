@@ -36,6 +36,7 @@ MODEL_FILE = "model.onnx"
 RECORDS_FILE = "records.u64"
 GENERATE_FILE = "generate.onnx"
 GENERATE_WEB_FILE = "generate-web.onnx"
+PATTERN_INPUTS = ("pattern_next", "pattern_start")  # generate.onnx's pattern inputs; a graph built before patterns has neither
 STATE_PER_LAYER = "per_layer"  # format 2: h0_<l>, c0_<l> -> h1_<l>, c1_<l>, each [1, batch, hidden]
 STATE_STACKED = "stacked"  # format 1: h0, c0 -> h1, c1, each [num_layers, batch, hidden]
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import rng
-from ..manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, read_manifest, sha256_file
+from ..manifest import GENERATE_FILE, GENERATE_WEB_FILE, MANIFEST_FILE, MODEL_FILE, PATTERN_INPUTS, Manifest, read_manifest, sha256_file
 from ..options import graph_omits
 
 OPSET = 18  # BitwiseXor (the random numbers) is opset 18
@@ -317,12 +317,12 @@ def _draw(g: _Nodes, consts: dict, s: dict, logits: str, u: str, vocab: int, sta
 
 
 # -- patterns (lstmgen.patterns): a mask before sampling, each row's automaton state carried through the Loop --
-PATTERN_INPUTS = ("pattern_next", "pattern_start")  # a graph built before patterns has neither
+PATTERN_NEXT, PATTERN_START = PATTERN_INPUTS
 
 
 def _pattern_settings(g: _Nodes) -> dict:
     """Outer-scope values of the pattern: whether there is one, the table flattened, the states that allow nothing."""
-    table = "pattern_next"
+    table = PATTERN_NEXT
     return {"pattern_on": g.op("Greater", [g.op("ReduceMax", [g.op("Abs", [table])], keepdims=0), g.const(0, np.int32)]),
             "pattern_flat": g.op("Cast", [g.op("Reshape", [table, g.const([-1], np.int64)])], to=_onnx().TensorProto.INT64),
             "pattern_terminal": g.op("Less", [g.op("ReduceMax", [table, g.const([1], np.int64)], keepdims=0),
@@ -333,15 +333,15 @@ def _pattern_inputs(m: Manifest) -> list:
     """The graph inputs of a pattern: its table and the rows' start state."""
     onnx = _onnx()
     h, T = onnx.helper, onnx.TensorProto
-    return [h.make_tensor_value_info("pattern_next", T.INT32, ["pattern_states", m.dims.vocab_size]),
-            h.make_tensor_value_info("pattern_start", T.INT64, [])]
+    return [h.make_tensor_value_info(PATTERN_NEXT, T.INT32, ["pattern_states", m.dims.vocab_size]),
+            h.make_tensor_value_info(PATTERN_START, T.INT64, [])]
 
 
 def _mask_by_pattern(g: _Nodes, logits: str, states: str) -> str:
     """Logits [R, V] with the tokens each row's state (states [R, 1]) does not allow at -inf. Without a
     pattern the caller's table allows everything, so the first token is masked either way (once per call)
     and only the pattern's loop masks each step."""
-    rows_next = g.op("Gather", ["pattern_next", g.op("Reshape", [states, g.const([-1], np.int64)])], axis=0)
+    rows_next = g.op("Gather", [PATTERN_NEXT, g.op("Reshape", [states, g.const([-1], np.int64)])], axis=0)
     return g.op("Where", [g.op("Greater", [rows_next, g.const(-1, np.int32)]), logits, g.const(-np.inf, np.float32)])
 
 
@@ -487,7 +487,7 @@ def _first_tokens(g: _Nodes, consts: dict, step, weights: list, m: Manifest, s: 
                                       for name_in, _, shape in states}
     outs = _embed_step(g, step, {w.name: w.name for w in weights}, bound)
     last = _ban(g, g.op("Gather", [outs[m.io.logits], g.const(-1, np.int64)], axis=1), s, g.const([1], np.int64))  # [1, V]
-    start = g.op("Reshape", ["pattern_start", g.const([1, 1], np.int64)])  # every row's pattern state: the prompt's
+    start = g.op("Reshape", [PATTERN_START, g.const([1, 1], np.int64)])  # every row's pattern state: the prompt's
     drawn = _draw(g, consts, s, last, g.op("Gather", [s["uniforms0"], g.const(0, np.int64)]), d.vocab_size, start,
                   shared=True)
     num1 = g.op("Reshape", ["num", g.const([1], np.int64)])
