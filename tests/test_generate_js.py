@@ -8,6 +8,7 @@ tests skip with the reason.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -145,7 +146,8 @@ def page_report(tmp_path, page: str, query, files: dict[str, bytes] | None = Non
     base = f"http://127.0.0.1:{server.server_address[1]}"
     browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                 f"--user-data-dir={tmp_path / 'profile'}", f"{base}/{page}?{urlencode(query(base))}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})  # its singleton folder, left when killed
     try:
         assert done.wait(BROWSER_TIMEOUT_S), "the page never reported a result"
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -261,7 +262,8 @@ def test_page_renders_in_headless_chromium(tmp_path, capsys):
     text = _shakespeare_text(800)
     out = _page(tmp_path, text, "--cell", "c1:7")
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-                          "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=180).stdout
+                          "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "TMPDIR": str(tmp_path)}).stdout
     rendered = re.search(r'id="views" data-rendered="(\d+)"', dom)
     assert rendered, "the page's script did not run"
     ins = inspect_text(Generator.load("shakespeare", device="cpu"), text)

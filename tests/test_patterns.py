@@ -380,7 +380,7 @@ def test_the_server_applies_patterns_and_compiles_them_for_browsers():
         assert status == 400 and error["param"] == "regex" and "back-reference" in error["message"]
 
 
-def test_the_playground_keeps_to_a_pattern_on_the_server_and_in_the_browser():
+def test_the_playground_keeps_to_a_pattern_on_the_server_and_in_the_browser(tmp_path):
     from lstmgen.server import Limits, make_server
 
     from .test_playground import browser, fill, generate_on_page, needs_chromium, needs_ort_web, open_playground
@@ -392,7 +392,7 @@ def test_the_playground_keeps_to_a_pattern_on_the_server_and_in_the_browser():
     srv = make_server(gens, "127.0.0.1", 0, Limits(), api_key="pg-key")
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, srv)
         settings = {"prompt": "ka", "seed": "4", "regex": "ka[a-z]{2,5}(na|ne)", "min_length": "6"}

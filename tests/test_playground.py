@@ -6,6 +6,7 @@ behind it (/v1/inspect, the browser generator's files) over real HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -29,8 +30,9 @@ needs_ort_web = pytest.mark.skipif(pg.browser_runtime_missing() is not None,
 KEY = "pg-key"
 
 
-def browser():
-    """Headless Chromium at its system paths: with both given, Selenium Manager never downloads anything."""
+def browser(tmp_path):
+    """Headless Chromium at its system paths: with both given, Selenium Manager never downloads anything.
+    Its temporary files (a singleton socket folder per run, left behind when it ends) go in `tmp_path`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,7 +40,8 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,620"):
         options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    service = Service(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": str(tmp_path)})
+    return webdriver.Chrome(options=options, service=service)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def generate_on_page(driver, model: str, settings: dict[str, str]) -> str:
 def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
     gen = server.models.generators["moe"]
     expected = gen.generate(num=1, prompt="moe_szyslak:", max_tokens=40, temperature=0.9, top_k=30, top_p=0.95, seed=5)[0]
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, server)
         text = generate_on_page(driver, "moe", {"prompt": "moe_szyslak:", "temperature": "0.9", "top_k": "30",
@@ -107,13 +110,13 @@ def test_playground_streams_a_completion_with_an_api_key(server, tmp_path):
 
 @needs_chromium
 @needs_ort_web
-def test_run_in_my_browser_writes_pythons_text(server):
+def test_run_in_my_browser_writes_pythons_text(server, tmp_path):
     """With the switch on, onnxruntime-web runs generate.onnx in the page: Python's text for the same seed."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     names, moe = server.models.generators["names"], server.models.generators["moe"]
     generation_calls = server_generation_calls(server)
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, server)
         driver.find_element("id", "in_browser").click()
@@ -151,7 +154,7 @@ def test_the_page_has_a_field_per_option_of_the_table(server):
 @needs_chromium
 def test_inspect_view_colours_the_text_by_surprisal_and_by_a_cell(server, tmp_path):
     text = "moe_szyslak: hey, homer. what'll it be?\nhomer_simpson: a beer, moe.\n"
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, server)
         from selenium.webdriver.support.ui import Select
@@ -316,7 +319,7 @@ def as_buttons(top) -> list[str]:
 @needs_chromium
 def test_interactive_view_on_the_server_offers_next_tokens_and_samples(server, tmp_path):
     gen = server.models.generators["names"]
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, server)
         buttons = start_interactive(driver, "names", {"prompt": "Ma", "seed": "3", "temperature": "1", "choices_n": "5"})
@@ -337,10 +340,10 @@ def test_interactive_view_on_the_server_offers_next_tokens_and_samples(server, t
 
 @needs_chromium
 @needs_ort_web
-def test_interactive_view_in_the_browser_writes_pythons_session_text(server):
+def test_interactive_view_in_the_browser_writes_pythons_session_text(server, tmp_path):
     gen = server.models.generators["moe"]
     calls = server_calls(server, ("/v1/next", "/v1/generate", "/v1/completions"))
-    driver = browser()
+    driver = browser(tmp_path)
     try:
         open_playground(driver, server)
         buttons = start_interactive(driver, "moe", {"prompt": "Moe_Szyslak: hey", "seed": "5", "top_k": "40",
