@@ -303,3 +303,17 @@ def test_the_engine_rows_of_a_records_model_write_every_token_they_count():
     while loop.blocks:
         loop.step()
     assert [len(s.token_ids) for s in request.samples()] == [40] * 8
+
+
+def test_sampler_ops_times_the_graphs_top_k_against_the_engine_sampler(tmp_path, capsys):
+    # The bench behind the graph's sampling figures: the graph's own top-k nodes (block pre-selection on a
+    # large vocabulary) and a whole-row TopK must pick the same ids (it asserts so), and every row is reported.
+    pytest.importorskip("onnx")
+    from lstmgen.bench.sampler_ops import main as sampler_ops
+
+    out = tmp_path / "ops.json"
+    assert sampler_ops(["--vocab", "3001", "--top-k", "5", "--batches", "1,3", "--rounds", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "top-5 of 3,001 logits" in text and text.count("x the engine's sampler") == 6
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"1", "3"} and all(np.isfinite(r["best_us"]) for rows in results.values() for r in rows.values())
