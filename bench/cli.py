@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from lstmgen.cli import OneLineParser
 from lstmgen.errors import LstmgenError
 
 from .charts import chart
@@ -20,7 +21,7 @@ DEFAULT_CHART = "lstmgen-bench.png"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstmgen bench", description="Tokens/s of the engine against PyTorch, and"
+    p = OneLineParser(prog="lstmgen bench", description="Tokens/s of the engine against PyTorch, and"
                                 " how close each comes to this machine's limits.")
     p.add_argument("--quick", action="store_true", help="batch sizes 1 and 64, fewer steps, and no torch.compile"
                    " variant in PyTorch tuned (about 2 minutes; default: off)")

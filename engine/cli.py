@@ -20,8 +20,17 @@ from .errors import LstmgenError
 DELEGATED = {"train": "lstmgen.trainer.cli", "export": "lstmgen.trainer.cli", "bench": "lstmgen.bench.cli"}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one `lstmgen: error:` line (exit 2) like every other bad input, not the whole usage.
+    Subcommands' parsers are of this class too (add_subparsers makes them so), and so are train's, export's
+    and bench's."""
+
+    def error(self, message: str):
+        raise LstmgenError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstmgen", description="Train, export and run LSTM text generators.")
+    p = OneLineParser(prog="lstmgen", description="Train, export and run LSTM text generators.")
     p.add_argument("--version", action="version", version=f"lstmgen {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("train", help="train a model on a corpus (needs the 'train' extra: PyTorch)", add_help=False)
@@ -60,7 +69,7 @@ def _add_generate(sub) -> None:
                        help=f"{option('novel').help} (the default for records models whose artifact lists the corpus"
                             " records, except with --stream)")
     known.add_argument("--allow-known", dest="novel", action="store_false",
-                       help="records models: plain samples, which may repeat items of the training data")
+                       help="records models: plain samples, which may repeat items of the training data (default: off)")
     g.add_argument("--json", action="store_true", help="print one JSON object with a 'samples' list (default: text)")
     add_runtime_flags(g)
 
@@ -79,8 +88,8 @@ def _add_score(sub) -> None:
                    help="one score per line (records: per record), to rank candidates; JSON lines with --json (default: one score)")
     s.add_argument("--strict", action="store_true",
                    help="refuse text with characters outside the vocabulary (default: count them as oov, score the rest)")
-    s.add_argument("--column", default="0", help="CSV records: column index or header name")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--column", default="0", help="CSV records: column index or header name (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print one JSON object (default: text)")
     add_runtime_flags(s)
 
 
@@ -100,26 +109,25 @@ def _add_serve(sub) -> None:
     from .server.limits import add_cli_flags
 
     add_cli_flags(v)  # --max-body, --max-tokens-limit, ...: lstmgen.server.limits.Limits owns them
-    v.add_argument("--verbose", "-v", action="store_true", help="access log: one line per request with latency and tokens")
+    v.add_argument("--verbose", "-v", action="store_true", help="access log: one line per request with latency and tokens (default: off)")
     add_runtime_flags(v)
 
 
 def _add_inspect(sub) -> None:
     """`lstmgen inspect`: the surprisal and cells page."""
     n = sub.add_parser("inspect", help="a page of a text's surprisal and the LSTM cells that track it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Write one self-contained HTML page: the text coloured by surprisal and by"
                                    " chosen cells, cells found to track quotes, line position, words..., saturation.")
     n.add_argument("model", help="artifact folder or shipped model name")
-    n.add_argument("file", nargs="?", help="text to read (records models: one item a line); or use --text")
-    n.add_argument("--text", default=None, help="the text itself, instead of FILE")
-    n.add_argument("--out", default="inspect.html", help="HTML page to write")
+    n.add_argument("file", nargs="?", help="text to read (records models: one item a line); or use --text (default: none)")
+    n.add_argument("--text", default=None, help="the text itself, instead of FILE (default: none)")
+    n.add_argument("--out", default="inspect.html", help="HTML page to write (default: %(default)s)")
     n.add_argument("--cell", action="append", default=[],
                    help="also colour the text by this cell: [c|h]LAYER:UNIT from 0, e.g. c1:37 (c = cell state, the"
-                        " default; h = output); repeatable")
-    n.add_argument("--top", type=int, default=5, help="cells listed per feature")
-    n.add_argument("--show-per-feature", type=int, default=1, help="best cells per feature drawn over the text")
-    n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text (statistics use all)")
+                        " default; h = output); repeatable (default: none)")
+    n.add_argument("--top", type=int, default=5, help="cells listed per feature (default: %(default)s)")
+    n.add_argument("--show-per-feature", type=int, default=1, help="best cells per feature drawn over the text (default: %(default)s)")
+    n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text; statistics use all (default: %(default)s)")
     add_runtime_flags(n)
 
 
@@ -128,8 +136,8 @@ def _add_add_graph(sub) -> None:
     a = sub.add_parser("add-graph", help="add generate.onnx (one-call generation for other runtimes) to artifacts",
                        description="Write generate.onnx into artifact folders exported before it existed and list it in"
                                    " their manifests; model.onnx is left untouched. Needs the onnx package.")
-    a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
-    a.add_argument("--debug", action="store_true", help="show tracebacks")
+    a.add_argument("models", nargs="+", help="artifact folders or shipped model names (at least one)")
+    a.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
 
 
 PATTERN_FLAGS = ("regex", "min_length", "max_length", "ban", "allow_unk")  # what a compiled pattern depends on
@@ -156,7 +164,7 @@ def _add_upgrade(sub) -> None:
                        description="Rewrite artifact folders of format 1 in format 2: model.onnx takes the LSTM state per"
                                    " layer (same weights, same text, fewer nodes per step), generate.onnx is rebuilt."
                                    " The folder is replaced atomically. Needs the onnx package.")
-    a.add_argument("models", nargs="+", help="artifact folders or shipped model names")
+    a.add_argument("models", nargs="+", help="artifact folders or shipped model names (at least one)")
     a.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
 
 
@@ -169,10 +177,10 @@ def _add_info_and_list(sub) -> None:
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs (default: %(default)s: CUDA when onnxruntime-gpu has it, else CPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads (0 or left out = automatic, as in every command)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+                   help="ONNX Runtime intra-op threads (default: 0 = automatic, as in every command)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
 
 
 def _version() -> str:
@@ -194,7 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        " training extra: pip install 'lstmgen[train]' (torch==2.13.0 for the CPU wheel)") from None
                 raise
             return module.main(argv)
-        args = _parser().parse_args(argv)
+        args, unknown = _parser().parse_known_args(argv)
+        if unknown:  # argparse would blame the top-level parser; name the command the flag was given to
+            raise LstmgenError(f"lstmgen {args.command}: unrecognized arguments: {' '.join(unknown)}"
+                               f" (see lstmgen {args.command} --help)")
         commands = {"generate": cmd_generate, "score": cmd_score, "info": cmd_info, "serve": cmd_serve, "list": cmd_list,
                     "inspect": cmd_inspect, "add-graph": cmd_add_graph, "upgrade": cmd_upgrade,
                     "compile-pattern": cmd_compile_pattern}

@@ -393,7 +393,7 @@ def add_cli_flags(parser: argparse.ArgumentParser, names: Iterable[str], default
             parser.add_argument(*flags, dest=name, action="store_true", help=shown)
         elif o.kind == "bool":
             parser.add_argument(o.flag or "--no-" + o.name.replace("_", "-"), dest=name, action="store_false",
-                                help=f"not: {o.help} (default: {'on' if o.default else 'off'})")
+                                help=f"turn off: {o.help} (default: {'on' if o.default else 'off'})")
 
 
 def _cli_default(o: Option) -> str:

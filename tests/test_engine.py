@@ -14,6 +14,8 @@ from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.manifest import read_record_hashes, record_hash
 
+from .conftest import HAS_TORCH
+
 
 @pytest.fixture(scope="module")
 def gens(artifacts):
@@ -159,12 +161,52 @@ def test_cli_generate_json_score_json_and_info(artifacts, capsys, tmp_path):
     (["generate", "/nonexistent/model"], "not found"),
     (["generate", "no-such-shipped-model"], "no model folder or shipped model"),
     (["score", "{art}", "/nonexistent.txt"], "not found"),
+    # what argparse itself refuses: one line naming the command, not its whole usage
+    (["generate", "{art}", "--temperature", "abc"], "lstmgen generate: argument --temperature/-t: invalid float value: 'abc'"),
+    (["generate", "{art}", "--device", "tpu"], "lstmgen generate: argument --device: invalid choice"),
+    (["serve", "--port", "abc"], "(see lstmgen serve --help)"),
+    (["generate", "{art}", "--bogus"], "lstmgen generate: unrecognized arguments: --bogus (see lstmgen generate --help)"),
+    (["info", "{art}", "--bogus"], "lstmgen info: unrecognized arguments: --bogus"),
+    (["no-such-command"], "argument COMMAND: invalid choice: 'no-such-command'"),
+    (["bench", "--steps", "x"], "lstmgen bench: argument --steps: invalid int value"),
 ])
 def test_cli_errors_are_one_line_with_exit_code_2(artifacts, capsys, argv, match):
     code = main([a.format(art=artifacts["names"]) for a in argv])
     err = capsys.readouterr().err
     assert code == 2
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _flags(parser, command):
+    """(command, action) of every flag and positional a parser and its subcommands show in --help."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _flags(sub, f"{command} {name}")
+        elif action.help != argparse.SUPPRESS and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield command, action
+
+
+def test_every_flag_of_every_command_shows_its_default():
+    from lstmgen.bench.cli import _parser as bench_parser
+    from lstmgen.cli import _parser
+
+    parsers = [("lstmgen", _parser()), ("lstmgen bench", bench_parser())]
+    if HAS_TORCH:
+        from lstmgen.trainer.cli import export_parser, train_parser
+
+        parsers += [("lstmgen train", train_parser()), ("lstmgen export", export_parser())]
+    missing = []
+    for name, parser in parsers:
+        for command, action in _flags(parser, name):
+            shown = (action.help or "") % {"default": action.default, "prog": command}
+            required = action.required or not action.option_strings and action.nargs in (None, "+")
+            if "default" not in shown and not (required and ("required" in shown or not action.option_strings)):
+                missing.append(f"{command} {'/'.join(action.option_strings) or action.dest}")
+            assert "(default: None)" not in shown and "(default: [])" not in shown, f"{command}: {shown}"
+    assert not missing, f"--help shows no default for: {', '.join(missing)}"
 
 
 def test_engine_paths_never_import_torch(artifacts):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from lstmgen.cli import OneLineParser
 from lstmgen.errors import LstmgenError
 
 from .config import RunConfig, apply_overrides, level_defaults, load_recipe
@@ -57,13 +58,6 @@ FLAGS: dict[str, tuple[str, str, Any, str]] = {
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags end in one `lstmgen: error:` line (exit 2) like every other bad input."""
-
-    def error(self, message: str):
-        raise LstmgenError(f"{self.prog}: {message} (see --help)")
-
-
 def default_text(section: str, name: str) -> str:
     """'default: X' for a setting, with the word level's value where it differs."""
     plain = getattr(getattr(RunConfig(), section), name)
@@ -99,7 +93,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-case", action="store_true", help="word level: do not lowercase (default: lowercase)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a bar on a terminal; in a redirected log one line per validation)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
     for flag, (section, name, typ, text) in FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=f"{text} ({default_text(section, name)})")
     return p
@@ -108,7 +102,7 @@ def train_parser() -> argparse.ArgumentParser:
 def export_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="lstmgen export", description="Export a trained run to an ONNX artifact folder.")
     p.add_argument("run", help="run folder written by lstmgen train")
-    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically; required)")
+    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically; required, no default)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantization (validation loss checked; default: fp32)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint to export (default: %(default)s)")
@@ -116,7 +110,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace an artifact at --out that was exported from another run (default: refuse)")
     p.add_argument("--allow-int8-loss", action="store_true", help="export int8 even if it loses over 1%% validation loss (default: refuse)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
     return p
 
 
