@@ -10,3 +10,9 @@ class LstmgenError(Exception):
 
 class TextTooShort(LstmgenError):
     """A text with fewer than 2 tokens: nothing in it is predicted, so it has no score."""
+
+
+class PromptTooLong(LstmgenError):
+    """A prompt longer than the caller allows (a server's --max-prompt-tokens): its field is the prompt."""
+
+    param = "prompt"

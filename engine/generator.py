@@ -18,7 +18,7 @@ import numpy as np
 from .backend import OrtBackend
 from .chat import ROLES, ChatTemplate, Message
 from .decoding import BLOCK_ROWS, DecodeLoop, Job, Request, Sample, is_listed
-from .errors import LstmgenError
+from .errors import LstmgenError, PromptTooLong
 from .manifest import Manifest, read_manifest, read_record_hashes
 from .options import (
     MANIFEST_OPTIONS,
@@ -251,7 +251,7 @@ class Generator:
         One Job per prompt (`prompts`, or the one `prompt`; a prompt is text, or a list of token ids);
         prompt i samples rows first_row + i * PROMPT_ROW_STRIDE onwards, so each prompt has its own
         random streams. caps: lower highs for some options ({"max_tokens": 2000}: a server's limits);
-        a manifest default above a cap is brought down to it.
+        a manifest default above a cap is brought down to it; "prompt_tokens" caps each prompt's length.
         """
         given = check_options(options, caps=caps)
         if caps and "max_tokens" in caps and "max_tokens" not in given:
@@ -262,6 +262,9 @@ class Generator:
         for i, text in enumerate(self._prompt_list(prompt, prompts)):
             as_ids = isinstance(text, (list, tuple))
             ids = self.check_prompt_ids(text) if as_ids else self.encode_prompt(text)
+            if caps and len(ids) > caps.get("prompt_tokens", len(ids)):
+                raise PromptTooLong(f"the prompt is {len(ids):,} tokens; this server reads at most {caps['prompt_tokens']:,}"
+                                    " (lstmgen serve --max-prompt-tokens)")
             request = self.request(given, ids, first_row + i * PROMPT_ROW_STRIDE)
             jobs.append(Job(request, self.context(ids, as_ids), self.tokenizer, known=known, on_piece=on_piece,
                             on_sample=on_sample, block_rows=block_rows))

@@ -294,6 +294,23 @@ def test_requests_past_the_limit_get_503_with_retry_after(generators):
             sock.close()
 
 
+def test_a_prompt_past_the_limit_gets_400_naming_the_prompt_and_the_flag(generators):
+    # A prompt is read in one pass that holds up its model's other requests: --max-prompt-tokens bounds it.
+    names = generators["names"]
+    with running(generators, Limits(max_prompt_tokens=6, max_tokens_limit=MAX_TOKENS)) as srv:
+        long, short = "mariann", "mari"
+        assert len(names.encode_prompt(long)) == 7 and len(names.encode_prompt(short)) == 4
+        code, out = _post(srv, "/v1/generate", {"model": "names", "prompt": long, "max_tokens": 2})
+        assert code == 400 and out["error"] == "the prompt is 7 tokens; this server reads at most 6 (lstmgen serve --max-prompt-tokens)"
+        code, out = _post(srv, "/v1/completions", {"model": "names", "prompt": long, "max_tokens": 2})
+        assert code == 400 and out["error"]["param"] == "prompt" and "at most 6" in out["error"]["message"]
+        code, out = _post(srv, "/v1/completions", {"model": "names", "prompt": names.encode_prompt(long), "max_tokens": 2})
+        assert code == 400 and out["error"]["param"] == "prompt"  # token ids count the same
+        assert _post(srv, "/v1/generate", {"model": "names", "prompt": short, "max_tokens": 2})[0] == 200
+        with urllib.request.urlopen(_url(srv, "/tokenizer_info?model=names"), timeout=60) as r:
+            assert json.loads(r.read())["model_max_length"] == 6  # what lm-eval and other clients truncate to
+
+
 def test_api_key_is_required_everywhere_but_health(generators):
     with running(generators, api_key="s3cret") as srv:
         with urllib.request.urlopen(_url(srv, "/v1/health"), timeout=60) as r:

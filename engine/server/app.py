@@ -150,7 +150,7 @@ async def on_bad_input(request: Request, e: LstmgenError) -> Response:
     if isinstance(e, OptionError):  # worded with the field as this route's callers write it (OpenAI's n for num)
         field = (e.option.openai_name or e.param) if error_shape(request) == OPENAI_ERRORS else e.param
         return answer_error(request, 400, e.spelled(field), param=field)
-    return answer_error(request, 400, str(e))
+    return answer_error(request, 400, str(e), param=getattr(e, "param", None))
 
 
 async def not_found(request: Request, e) -> Response:

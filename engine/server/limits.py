@@ -1,7 +1,7 @@
 """The server's limits, declared once: `Limits` owns each limit's default, its CLI flag and its help.
 
 `lstmgen serve`'s flags are derived from it (`add_cli_flags`, `from_args`), the app reads it
-(request sizes, the caps of max_tokens, n/num and logprobs in the request schemas, streams and
+(request sizes, the caps of max_tokens, n/num and logprobs in the request schemas, prompt lengths, streams and
 requests at once), and the connection guard reads it (connections, client timeout). This module
 imports nothing beyond the standard library, so `lstmgen serve --help` works without the `serve`
 extra installed.
@@ -29,6 +29,8 @@ class Limits:
     max_connections: int = _limit(4096, "--max-connections", "open connections; past it new ones get 503 and are closed")
     client_timeout: float = _limit(10.0, "--client-timeout", "seconds a client may take to send a request, or stay idle"
                                    " between requests", kind=float)
+    max_prompt_tokens: int = _limit(8192, "--max-prompt-tokens", "tokens of one generation prompt: a model reads a"
+                                    " prompt in one pass, which holds up its other requests until it ends")
     max_inspect_tokens: int = _limit(20_000, "--max-inspect-tokens", "tokens of one /v1/inspect text (its states are"
                                      " held in memory)")
     prefix_cache_bytes: int = _limit(64 << 20, "--prefix-cache-bytes", "bytes of model states kept after reading"
@@ -44,8 +46,9 @@ class Limits:
 
     @property
     def caps(self) -> dict[str, int]:
-        """The options whose range this server narrows: {option name: its highest value here}."""
-        return {"max_tokens": self.max_tokens_limit, "num": self.max_batch}
+        """The options whose range this server narrows: {option name: its highest value here}, and the
+        longest prompt a generation may have (prompt_tokens; see Generator.jobs)."""
+        return {"max_tokens": self.max_tokens_limit, "num": self.max_batch, "prompt_tokens": self.max_prompt_tokens}
 
 
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:

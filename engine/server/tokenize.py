@@ -85,5 +85,5 @@ def detokenize(gen: Generator, ids) -> str:
 
 
 def max_model_len(models: Models) -> int:
-    """An LSTM reads any length; the longest prompt this server takes is bounded by --max-body bytes."""
-    return models.limits.max_body
+    """An LSTM reads any length; the longest prompt this server generates from is --max-prompt-tokens."""
+    return models.limits.max_prompt_tokens
