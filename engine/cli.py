@@ -127,7 +127,8 @@ def _add_inspect(sub) -> None:
                         " default; h = output); repeatable (default: none)")
     n.add_argument("--top", type=int, default=5, help="cells listed per feature (default: %(default)s)")
     n.add_argument("--show-per-feature", type=int, default=1, help="best cells per feature drawn over the text (default: %(default)s)")
-    n.add_argument("--show-tokens", type=int, default=20000, help="tokens drawn in each coloured text; statistics use all (default: %(default)s)")
+    n.add_argument("--show-tokens", type=int, default=20000,
+                   help="tokens drawn in each coloured text; statistics use all (default: %(default)s)")
     add_runtime_flags(n)
 
 
@@ -177,7 +178,8 @@ def _add_info_and_list(sub) -> None:
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where ONNX Runtime runs (default: %(default)s: CUDA when onnxruntime-gpu has it, else CPU)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where ONNX Runtime runs (default: %(default)s: CUDA when onnxruntime-gpu has it, else CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime intra-op threads (default: 0 = automatic, as in every command)")
     p.add_argument("--debug", action="store_true", help="show tracebacks (default: off)")
@@ -508,14 +510,14 @@ def cmd_upgrade(args) -> int:
 
 def cmd_info(args) -> int:
     from .generator import resolve_model
-    from .manifest import FORMAT_VERSION, read_manifest
+    from .manifest import FORMAT_VERSION, graph_problem, read_manifest
 
     if args.model is None:
         if args.json:
             raise LstmgenError("info --json describes one model: name it (lstmgen list shows the shipped ones)")
         return cmd_list(args)
     folder = resolve_model(args.model)
-    m = read_manifest(folder)
+    m = read_manifest(folder, check_graphs=False)  # a broken generate.onnx is reported below, not fatal
     if args.json:
         print(m.to_json(), end="")
         return 0
@@ -538,7 +540,9 @@ def cmd_info(args) -> int:
     df = m.defaults
     lines.append(f"  defaults    temperature {df.temperature}, top-k {df.top_k}, top-p {df.top_p},"
                  f" max tokens {df.max_tokens}")
-    lines.append("  graph       generate.onnx (one-call generation for JS and other runtimes; omits "
+    problem = graph_problem(folder, m)
+    lines.append(f"  graph       unusable: {problem}" if problem else
+                 "  graph       generate.onnx (one-call generation for JS and other runtimes; omits "
                  f"{', '.join(m.generate_omits)})" if m.generate_sha256 else
                  f"  graph       none (add generate.onnx with `lstmgen add-graph {folder}`)")
     print("\n".join(lines))

@@ -81,10 +81,10 @@ class Generator:
         device: 'auto' (CUDA when onnxruntime-gpu sees a GPU, else CPU), 'cpu' or 'cuda'.
         threads: ONNX Runtime intra-op threads (default: up to 4, never more than the cores).
         Raises LstmgenError when the folder is missing, its manifest is invalid, or the model file
-        does not match the manifest.
+        does not match the manifest (generate.onnx is not read here: a missing one is no error).
         """
         folder = resolve_model(name_or_path)
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, check_graphs=False)  # generate.onnx is GraphGenerator's, checked there
         return cls(folder, manifest, OrtBackend(folder, manifest, device, threads))
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from .backend import open_session
 from .errors import LstmgenError
 from .generator import Generator
-from .manifest import GENERATE_FILE, PATTERN_INPUTS
+from .manifest import GENERATE_FILE, PATTERN_INPUTS, graph_problem
 from .options import GRAPH, SAMPLING_OPTIONS, refuse_unapplied
 from .patterns import TokenAutomaton
 from .sampling import SamplingParams
@@ -30,9 +30,12 @@ class GraphGenerator:
         self.generator = generator
         folder, m = generator.folder, generator.manifest
         path = folder / GENERATE_FILE
-        if m.generate_sha256 is None or not path.is_file():
+        if m.generate_sha256 is None:
             raise LstmgenError(f"{folder} has no {GENERATE_FILE} (exported before it existed); add it with"
                                f" `lstmgen add-graph {folder}` or re-export the model")
+        problem = graph_problem(folder, m)
+        if problem:
+            raise LstmgenError(problem)
         self.session = open_session(path, threads, ["CPUExecutionProvider"],
                                     "rebuild it with `lstmgen add-graph` or re-export the model")
 

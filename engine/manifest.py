@@ -212,7 +212,8 @@ def record_hashes(records) -> np.ndarray:
 
 def read_manifest(folder: str | os.PathLike, check_graphs: bool = True) -> Manifest:
     """Read and check folder/manifest.json and the sha256 of the files it names (but generate.onnx's and
-    generate-web.onnx's when not check_graphs: `lstmgen add-graph` rebuilds them, so a stale one is no error)."""
+    generate-web.onnx's when not check_graphs: the Python engine never reads them, and `lstmgen add-graph`
+    rebuilds them, so a stale or missing one is no error there)."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
@@ -233,12 +234,21 @@ def read_manifest(folder: str | os.PathLike, check_graphs: bool = True) -> Manif
         rec = folder / RECORDS_FILE
         if not rec.is_file() or sha256_file(rec) != m.records_sha256:
             raise LstmgenError(f"{rec} is missing or does not match its sha256 in the manifest; re-export the model")
+    problem = graph_problem(folder, m) if check_graphs else None
+    if problem:
+        raise LstmgenError(problem)
+    return m
+
+
+def graph_problem(folder: Path, m: Manifest) -> str | None:
+    """Why a graph file the manifest lists (generate.onnx, generate-web.onnx) cannot be trusted, or None.
+    Only what runs them needs them: the Python engine reads model.onnx alone."""
     for name, digest in ((GENERATE_FILE, m.generate_sha256), (GENERATE_WEB_FILE, m.generate_web_sha256)):
         gen = folder / name
-        if check_graphs and digest is not None and (not gen.is_file() or sha256_file(gen) != digest):
-            raise LstmgenError(f"{gen} is missing or does not match its sha256 in the manifest (truncated, replaced or"
-                               " corrupt); rebuild it with `lstmgen add-graph` or re-export the model")
-    return m
+        if digest is not None and (not gen.is_file() or sha256_file(gen) != digest):
+            return (f"{gen} is missing or does not match its sha256 in the manifest (truncated, replaced or"
+                    " corrupt); rebuild it with `lstmgen add-graph` or re-export the model")
+    return None
 
 
 def read_record_hashes(folder: str | os.PathLike) -> np.ndarray:
