@@ -248,6 +248,10 @@ def cmd_generate(args) -> int:
         print("lstmgen: note: this model's vocabulary is lower case; the prompt is read in lower case", file=sys.stderr)
     if args.regex is not None and gen.tokenizer.folds_case:
         print("lstmgen: note: this model's vocabulary is lower case; the pattern is matched ignoring case", file=sys.stderr)
+    unseen = _unseen_words(gen.tokenizer, args.prompt)
+    if unseen:
+        print(f"lstmgen: note: {len(unseen)} word(s) of the prompt are not in this model's vocabulary and are read as"
+              f" <unk>: {', '.join(repr(w) for w in unseen[:5])}{' ...' if len(unseen) > 5 else ''}", file=sys.stderr)
     hint = gen.prompt_hint(args.prompt)
     if hint:
         print(f"lstmgen: hint: {hint}", file=sys.stderr)
@@ -266,13 +270,20 @@ def cmd_generate(args) -> int:
     with _progress(options["num"] * len(prompts or [None])) as bar:
         out = gen.generate(prompt=args.prompt, prompts=prompts, progress=bar.update, **options)
     groups = out if prompts is not None else [out]
-    _warn_if_few_novel(groups, options)
+    _warn_if_few_novel(groups, options, gen)
     _warn_if_cut(groups, options, gen)
     if args.json:
         _print_json(gen, groups, prompts, options)
     else:
         print(("\n" if gen.records else "\n\n----\n\n").join(s for g in groups for s in g))
     return 0
+
+
+def _unseen_words(tokenizer, prompt: str | None) -> list[str]:
+    """A word model's prompt words it has no token for (it reads each as <unk>), in order, each once."""
+    if not prompt or tokenizer.level != "word":
+        return []
+    return list(dict.fromkeys(w for w in tokenizer.pieces(tokenizer.fold(prompt)) if w not in tokenizer.index))
 
 
 def _stream(gen, args, options: dict) -> int:
@@ -287,10 +298,13 @@ def _stream(gen, args, options: dict) -> int:
     return 0
 
 
-def _warn_if_few_novel(groups: list[list], options: dict) -> None:
+def _warn_if_few_novel(groups: list[list], options: dict, gen) -> None:
     if options["novel"] and any(len(g) < options["num"] for g in groups):
+        # A sample cut at --max-tokens before its pattern matched is no record, so it is never counted as new.
+        cut = (f"; with --regex, samples cut at --max-tokens {gen.settings(max_tokens=options['max_tokens'])['max_tokens']}"
+               " before they matched the pattern are not counted: raise --max-tokens") if options["regex"] else ""
         print(f"lstmgen: warning: found only {min(len(g) for g in groups)} novel samples of {options['num']} asked for"
-              " (raise --temperature, or add --allow-known)", file=sys.stderr)
+              f" (raise --temperature, or add --allow-known{cut})", file=sys.stderr)
 
 
 def _warn_if_cut(groups: list[list], options: dict, gen) -> None:

@@ -221,3 +221,13 @@ def test_engine_paths_never_import_torch(artifacts):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_word_models_prompt_words_it_lacks_are_named_on_stderr(capsys):
+    # a word model reads an unseen word as <unk>: the CLI says which, once each, and still generates
+    assert main(["generate", "moe", "--prompt", "xyzzyqq: hello frobnicate xyzzyqq:", "--max-tokens", "3", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("<unk> hello <unk> <unk>")
+    assert "2 word(s) of the prompt are not in this model's vocabulary and are read as <unk>: 'xyzzyqq:', 'frobnicate'" in out.err
+    assert main(["generate", "moe", "--prompt", "moe_szyslak: hello", "--max-tokens", "3", "--seed", "1"]) == 0
+    assert "<unk>" not in capsys.readouterr().err

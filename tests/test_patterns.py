@@ -272,6 +272,10 @@ def test_a_cut_sample_says_it_was_cut(capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["pattern_accepted"] == [False] * 10
     assert "10 of 10 samples were cut at --max-tokens 6 before they matched the pattern" in out.err
+    # novel (the default here): a cut sample is no record, so none is new; the warning names --max-tokens
+    assert main(["generate", "names", "--regex", "[a-z]+q", "--max-tokens", "6", "--seed", "1", "--num", "3"]) == 0
+    assert "found only 0 novel samples of 3 asked for" in (err := capsys.readouterr().err)
+    assert "samples cut at --max-tokens 6 before they matched the pattern are not counted: raise --max-tokens" in err
 
 
 def test_novel_leaves_out_samples_cut_before_they_matched():
