@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import LstmgenError
-from .options import MAX_SEED, PATTERN_OPTIONS, SESSION_OPTIONS, check_options
+from .options import BY_NAME, MAX_SEED, PATTERN_OPTIONS, SESSION_OPTIONS, UnknownOption, check_options
 from .patterns import compile_pattern
 from .sampling import RowSampler, SamplingParams
 from .tokenizer import Detokenizer
@@ -104,6 +104,9 @@ class Session:
     @classmethod
     def start(cls, gen, prompt: str | Sequence[int] | None, *, row: int = 0, cache=None, **options) -> "Session":
         """A session that has read the artifact's start tokens and the prompt (text or token ids)."""
+        unknown = sorted(set(options) - set(BY_NAME))
+        if unknown:  # listed with what a session takes, not every option of a generation
+            raise UnknownOption(unknown, ["prompt", "state", "row", *SESSION_OPTIONS])
         given = check_options(options)
         outside = sorted(set(given) - set(SESSION_OPTIONS))
         if outside:

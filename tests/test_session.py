@@ -151,8 +151,10 @@ def test_bad_options_get_the_tables_one_line(gens, options, message):
     with pytest.raises(LstmgenError) as e:
         gens["names"].session(prompt="ma", **options)
     assert message in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(UnknownOption):
+    with pytest.raises(UnknownOption) as e:
         gens["names"].session(prompt="ma", topk=3)
+    known = str(e.value).split("(known: ")[1].rstrip(")").split(", ")  # what a session takes, not generate's
+    assert {"top_k", "prompt", "state", "row"} <= set(known) and not {"num", "max_tokens", "novel", "echo"} & set(known)
 
 
 # -- saving and loading --------------------------------------------------------------------------------------
