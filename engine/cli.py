@@ -376,6 +376,8 @@ def cmd_score(args) -> int:
     from .generator import Generator
 
     _check_runtime(args)
+    if args.segments < 1:
+        raise LstmgenError(f"--segments must be an integer >= 1, got {args.segments}")
     gen = Generator.load(args.model, device=args.device, threads=args.threads)
     text = read_text(args.file)
     records = args.records or gen.records

@@ -285,12 +285,13 @@ class Generator:
         return is_listed(self._known_records(), record.strip())
 
     def _known_records(self) -> np.ndarray:
+        novel = option("novel")  # worded with the caller's spelling (--novel on the command line)
         if not self.records:
-            raise LstmgenError("novel=True works with records models only (it filters out items of the training data)")
+            raise OptionError(novel, "{name} works with records models only (it filters out items of the training data)")
         if self._record_hashes is None:
             if not self.lists_its_records:
-                raise LstmgenError(f"{self.folder} stores no record list, so novel=True cannot tell what is new;"
-                                   " re-export it from a records run")
+                raise OptionError(novel, "{folder} stores no record list, so {name} cannot tell what is new;"
+                                  " re-export it from a records run", folder=self.folder)
             self._record_hashes = read_record_hashes(self.folder)
         return self._record_hashes
 

@@ -92,9 +92,17 @@ def test_bad_feature_arguments_get_one_line_errors(gens, kwargs, match):
 
 
 def test_python_errors_name_arguments_not_flags(gens):
-    with pytest.raises(LstmgenError, match=r"novel=True works with records models only") as e:
+    with pytest.raises(LstmgenError, match=r"^novel works with records models only") as e:
         gens["shakespeare"].generate(num=2, novel=True)
     assert "--" not in str(e.value)
+
+
+def test_cli_errors_name_flags_not_arguments(artifacts, capsys):
+    # the same errors on the command line name the flags the user typed
+    assert main(["generate", str(artifacts["shakespeare"]), "--novel"]) == 2
+    assert capsys.readouterr().err == "lstmgen: error: --novel works with records models only (it filters out items of the training data)\n"
+    assert main(["score", str(artifacts["names"]), "/nonexistent.txt", "--segments", "0"]) == 2
+    assert capsys.readouterr().err == "lstmgen: error: --segments must be an integer >= 1, got 0\n"
 
 
 def test_each_prompt_keeps_its_own_rows(gens):
