@@ -257,7 +257,8 @@ def cmd_generate(args) -> int:
         print(f"lstmgen: hint: {hint}", file=sys.stderr)
     options = {name: getattr(args, name) for name in GENERATE_FLAGS}
     options["bias"] = _parse_bias(args.bias) or None
-    options["num"] = args.num if args.num is not None else (10 if gen.records and not args.stream else 1)
+    scoring = args.max_tokens == 0  # the prompt as read, with its scores under --json --logprobs: one is enough
+    options["num"] = args.num if args.num is not None else (10 if gen.records and not args.stream and not scoring else 1)
     options["seed"] = args.seed if args.seed is not None else new_seed()
     if args.logprobs is not None and not args.json:
         raise LstmgenError("--logprobs N prints log-probabilities in the JSON output: add --json")
@@ -266,7 +267,7 @@ def cmd_generate(args) -> int:
     prompts = _read_prompts(args.prompt_file) if args.prompt_file else None
     # A names model that hands back names from its own corpus is not what people run it for, so
     # records models default to new items when the artifact can tell which ones are new.
-    options["novel"] = args.novel if args.novel is not None else gen.lists_its_records
+    options["novel"] = args.novel if args.novel is not None else gen.lists_its_records and not scoring
     with _progress(options["num"] * len(prompts or [None])) as bar:
         out = gen.generate(prompt=args.prompt, prompts=prompts, progress=bar.update, **options)
     groups = out if prompts is not None else [out]

@@ -250,7 +250,8 @@ OPTIONS: tuple[Option, ...] = (
     # What a request asks for.
     Option("num", "int", 1, "samples per prompt", low=1, high=100_000, runtimes=EVERY_RUNTIME, openai_name="n",
            cap="max_batch", short="-n"),
-    Option("max_tokens", "int", 200, "tokens per sample at most; 0 (with echo) scores the prompt and writes nothing",
+    Option("max_tokens", "int", 200, "tokens per sample at most; 0 (with echo) scores the prompt and writes nothing"
+           " (its scores: logprobs)",
            low=0, high=100_000, manifest=True, runtimes=EVERY_RUNTIME, cap="max_tokens"),
     Option("seed", "int", None, "the same seed gives the same text; random when left out", low=0, high=MAX_SEED,
            high_open=True, runtimes=EVERY_RUNTIME | STEPWISE),

@@ -231,3 +231,10 @@ def test_a_word_models_prompt_words_it_lacks_are_named_on_stderr(capsys):
     assert "2 word(s) of the prompt are not in this model's vocabulary and are read as <unk>: 'xyzzyqq:', 'frobnicate'" in out.err
     assert main(["generate", "moe", "--prompt", "moe_szyslak: hello", "--max-tokens", "3", "--seed", "1"]) == 0
     assert "<unk>" not in capsys.readouterr().err
+
+
+def test_max_tokens_0_prints_the_prompt_once_not_as_novel_samples(capsys):
+    # --max-tokens 0 scores the prompt: one sample (the prompt as read) unless --num asks for more, novel off
+    assert main(["generate", "names", "--prompt", "ma", "--max-tokens", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["samples"] == ["ma"] and out["novel"] is False
