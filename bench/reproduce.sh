@@ -52,6 +52,8 @@ step "bench: full suite"
 lstmgen bench --steps 32 --repeats 5 --detail --json "$R/cpu.json" > "$R/cpu.txt"
 step "bench: batch-1 breakdown and fixed-cost candidates"
 python -m lstmgen.bench.breakdown --models char-medium,word-10k --out "$R"
+step "bench: generate.onnx's top-k nodes against the engine's sampler (word-10k's vocabulary)"
+python -m lstmgen.bench.sampler_ops --json "$R/sampler_ops.json" > "$R/sampler_ops.txt"
 step "bench: shipped models"
 MODELS=$(cd exported && ls -d */ | tr -d / | grep -v __pycache__)
 for m in $MODELS; do

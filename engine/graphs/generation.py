@@ -62,7 +62,9 @@ GRAPH_OMITS = graph_omits()  # what the options table says the graph does not ap
 PAD = -1  # tokens past a row's length
 EXTERNAL_MIN_BYTES = 4096  # initializers at least this big are read from model.onnx, not copied
 BLOCK = 16  # top-k pre-selection: tokens per block (contiguous ids)
-PRESELECT_MIN_VOCAB = 1024  # vocabularies this big pre-select blocks: TopK over 10k logits costs 6x more
+PRESELECT_MIN_VOCAB = 1024  # vocabularies this big pre-select blocks. Against one TopK over the row (top-40 of
+# 10k, bench/results/sampler_ops.txt): the same time at batch 1, half at batch 64, 1.4x at batch 8, where its
+# small TopKs fall under ONNX Runtime's threshold for a second thread
 
 
 class _Nodes:
