@@ -485,13 +485,20 @@ class DecodeLoop:
         return sum(b.n_live for b in self.blocks)
 
     def add(self, job: Job) -> None:
-        """Prefill the job's context (once) and let its first rows join the batch."""
+        """Prefill the job's context (once, unless `prefill` did) and let its first rows join the batch."""
+        self.prefill(job)
+        self._start_next_block(job)
+
+    def prefill(self, job: Job) -> None:
+        """Read the job's context into job.prefilled; a failure is the job's (job.error), not the loop's.
+        Reads nothing the loop's steps change, so another thread may call it while the loop steps
+        (the server prefills long prompts that way: lstmgen.server.scheduler)."""
+        if job.prefilled is not None or job.error is not None:
+            return
         try:
-            if job.prefilled is None:
-                job.prefilled = self._prefill(job)
+            job.prefilled = self._prefill(job)
         except Exception as e:  # surfaced to the request
             job.fail(e)
-        self._start_next_block(job)
 
     def _prefill(self, job: Job) -> tuple[np.ndarray, object]:
         """(logits of the first token [vocab], state) after the job's context; through the prefix cache

@@ -4,6 +4,7 @@ prompts; each through the Python API, the CLI and the server's scheduler."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -11,7 +12,7 @@ from lstmgen import Generator
 from lstmgen.cli import main
 from lstmgen.errors import LstmgenError
 from lstmgen.generator import PROMPT_ROW_STRIDE
-from lstmgen.server.scheduler import Scheduler
+from lstmgen.server.scheduler import PREFILL_INLINE_TOKENS, Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,39 @@ def test_scheduler_runs_every_feature_as_the_library_does(gens):
         assert [j.samples() for j in jobs] == g.generate(prompts=["ma", "li"], **kw)
         assert novel.results() == g.generate(num=5, seed=9, novel=True)
     finally:
+        sched.close()
+
+
+def test_a_long_prompt_is_read_beside_the_batch_not_in_its_way(gens, monkeypatch):
+    # The prefill thread holds a long prompt (its read is gated here): a short request still runs to its end
+    # meanwhile, and the long one then writes what Generator.generate writes for it; a failed read ends its job.
+    g = gens["shakespeare"]
+    sched = Scheduler(g, max_batch=8)
+    gate, reading = threading.Event(), threading.Event()
+    read = g.backend.prefill
+
+    def gated(ids):
+        if ids.shape[1] > PREFILL_INLINE_TOKENS:
+            reading.set()
+            assert gate.wait(60)
+        return read(ids)
+
+    monkeypatch.setattr(g.backend, "prefill", gated)
+    long = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 6
+    try:
+        slow = sched.submit(sched.job(prompt=long, max_tokens=6, seed=1))
+        assert reading.wait(60)
+        quick = sched.submit(sched.job(prompt="ROMEO:", max_tokens=6, seed=2))
+        assert quick.done.wait(60) and quick.error is None and not slow.done.is_set()
+        gate.set()
+        assert slow.done.wait(60) and slow.error is None
+        assert slow.results() == g.generate(1, prompt=long, max_tokens=6, seed=1)
+        assert quick.results() == g.generate(1, prompt="ROMEO:", max_tokens=6, seed=2)
+        monkeypatch.setattr(g.backend, "prefill", lambda ids: (_ for _ in ()).throw(RuntimeError("read failed")))
+        broken = sched.submit(sched.job(prompt=long, max_tokens=6, seed=1))
+        assert broken.done.wait(60) and isinstance(broken.error, RuntimeError)
+    finally:
+        gate.set()
         sched.close()
 
 
