@@ -29,8 +29,8 @@ class Limits:
     max_connections: int = _limit(4096, "--max-connections", "open connections; past it new ones get 503 and are closed")
     client_timeout: float = _limit(10.0, "--client-timeout", "seconds a client may take to send a request, or stay idle"
                                    " between requests", kind=float)
-    max_prompt_tokens: int = _limit(8192, "--max-prompt-tokens", "tokens of one generation prompt: a model reads a"
-                                    " prompt in one pass, which holds up its other requests until it ends")
+    max_prompt_tokens: int = _limit(8192, "--max-prompt-tokens", "tokens of one generation prompt (a long one is"
+                                    " read beside the batch, but takes the cores while it is read)")
     max_inspect_tokens: int = _limit(20_000, "--max-inspect-tokens", "tokens of one /v1/inspect text (its states are"
                                      " held in memory)")
     prefix_cache_bytes: int = _limit(64 << 20, "--prefix-cache-bytes", "bytes of model states kept after reading"
