@@ -26,7 +26,7 @@ import numpy as np
 
 from . import faults
 from .errors import LstmgenError
-from .options import MANIFEST_OPTIONS
+from .options import MANIFEST_OPTIONS, OptionError
 from .tokenizer import Tokenizer
 
 FORMAT_NAME = "lstmgen-artifact"
@@ -138,7 +138,7 @@ class Manifest:
             kw["io"] = _sub(IONames, d.get("io", {}), f"{where}: io")
             if version == 1:  # format 1 predates per-layer state: its model.onnx stacks the layers
                 kw["io"].state = STATE_STACKED
-            kw["defaults"] = _sub(SamplingDefaults, d.get("defaults", {}), f"{where}: defaults")
+            kw["defaults"] = _checked_defaults(_sub(SamplingDefaults, d.get("defaults", {}), f"{where}: defaults"), where)
             m = cls(**kw)
         except LstmgenError:
             raise
@@ -191,6 +191,17 @@ def _sub(klass, value: Any, where: str):
         if isinstance(v, bool) or not isinstance(v, want):
             raise LstmgenError(f"{where}.{f.name} must be of type {f.type}, got {v!r}")
     return obj
+
+
+def _checked_defaults(defaults, where: str):
+    """The artifact's defaults in the options' ranges, or an error naming the manifest's field (not a flag
+    or argument the user never gave)."""
+    for o in MANIFEST_OPTIONS:
+        try:
+            o.check(getattr(defaults, o.name))
+        except OptionError as e:
+            raise LstmgenError(f"{where}: {e.spelled('defaults.' + o.name)}; fix the file or re-export the model") from None
+    return defaults
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -46,6 +46,9 @@ def test_good_artifact_round_trips(art):
     (lambda d: d.update(model_sha256="0" * 64), "does not match the sha256"),
     (lambda d: d["dims"].update(hidden_size=-3), "positive integer"),
     (lambda d: d.update(start_ids=[10**6]), "start_ids"),
+    # an out-of-range default names the manifest's field, not a flag or argument the user never gave
+    (lambda d: d["defaults"].update(temperature=-5), r"manifest.json: defaults.temperature must be a number in \[0, 100\], got -5"),
+    (lambda d: d["defaults"].update(top_p=0), r"defaults.top_p must be"),
 ])
 def test_bad_manifests_are_refused_clearly(art, mutate, match):
     _edit(art, mutate)
