@@ -112,20 +112,20 @@ def read_text(path: str | os.PathLike) -> str:
     """Return the file's text with newlines normalised to '\\n', or raise a clear LstmgenError."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise LstmgenError(f"corpus file not found: {path} (check the path)")
+        raise LstmgenError(f"text file not found: {path} (check the path)")
     if os.path.isdir(path):
-        raise LstmgenError(f"corpus path is a directory, not a file: {path} (name a .txt or .csv file)")
+        raise LstmgenError(f"{path} is a directory, not a file (name a .txt or .csv file)")
     with open(path, "rb") as f:
         raw = f.read()
     if not raw.strip():
-        raise LstmgenError(f"corpus file is empty: {path} (give a file with text in it)")
+        raise LstmgenError(f"text file is empty: {path} (give a file with text in it)")
     if b"\x00" in raw:
-        raise LstmgenError(f"corpus file looks binary (it holds NUL bytes): {path} (give a UTF-8 text file)")
+        raise LstmgenError(f"{path} looks binary (it holds NUL bytes): give a UTF-8 text file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise LstmgenError(
-            f"corpus file is not UTF-8: {path} (byte {e.start} is invalid; convert it, e.g. with iconv -t utf-8)"
+            f"text file is not UTF-8: {path} (byte {e.start} is invalid; convert it, e.g. with iconv -t utf-8)"
         ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 

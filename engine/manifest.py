@@ -227,6 +227,8 @@ def read_manifest(folder: str | os.PathLike, check_graphs: bool = True) -> Manif
     rebuilds them, so a stale or missing one is no error there)."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
+    if folder.is_file():
+        raise LstmgenError(f"{folder} is a file, not a model folder (give an exported artifact folder or a shipped model name)")
     if not folder.is_dir():
         raise LstmgenError(f"model folder not found: {folder} (give an exported artifact folder or a shipped model name)")
     if not path.is_file():

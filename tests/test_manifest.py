@@ -76,6 +76,9 @@ def test_missing_truncated_and_foreign_model_files(art, artifacts, tmp_path):
 def test_not_json_and_not_a_folder(art, tmp_path):
     with pytest.raises(LstmgenError, match="not found"):
         Generator.load(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(LstmgenError, match="notes.txt is a file, not a model folder"):
+        Generator.load(tmp_path / "notes.txt")
     (art / "manifest.json").write_text("{not json")
     with pytest.raises(LstmgenError, match="not valid JSON"):
         Generator.load(art)
