@@ -90,7 +90,9 @@ def test_malformed_and_hostile_bodies_get_a_400(server, raw):
 
 @pytest.mark.parametrize("body, message", [
     ({"model": "names", "stream": "true"}, "stream: input should be a valid boolean"),
-    ({"model": "names", "echo": "x"}, "echo must be true or false, got 'x'"),
+    ({"model": "names", "echo": "x"}, 'echo must be true or false, got "x"'),  # the value as JSON, as it was sent
+    ({"model": "names", "num": True}, "num must be an integer in [1, 4], got true"),
+    ({"model": "names", "prompt": 5}, "prompt: input should be a valid string, got 5"),
     ({"model": "names", "allow_unk": "x"}, "allow_unk must be true or false"),
     ({"model": "names", "max_tokens": 1.5}, "max_tokens must be an integer in [0, 20], got 1.5"),
     ({"model": "names", "max_tokens": 21}, "max_tokens must be an integer in [0, 20], got 21"),  # the server's cap
@@ -101,6 +103,15 @@ def test_malformed_and_hostile_bodies_get_a_400(server, raw):
 def test_wrong_types_and_ranges_are_named_as_the_http_caller_wrote_them(server, body, message):
     status, out = post(server, "/v1/generate", body)
     assert status == 400 and message in out["error"], out
+
+
+@pytest.mark.parametrize("prompt", [[], [1, "a"], [[]], 5])
+def test_a_prompt_of_no_allowed_shape_is_told_every_shape(server, prompt):
+    # /v1/completions takes four shapes of prompt: the message names them all, not the first one pydantic tried
+    status, out = post(server, "/v1/completions", {"model": "names", "prompt": prompt})
+    assert status == 400 and out["error"]["param"] == "prompt"
+    assert out["error"]["message"] == ("prompt must be a text, a list of texts, token ids, or a list of lists of token"
+                                       f" ids (no list empty), got {json.dumps(prompt)}")
 
 
 def test_score_refuses_a_string_where_a_boolean_belongs(server):

@@ -226,7 +226,7 @@ def test_inspect_endpoint_totals_equal_the_score(server, model, text):
     ({"model": "moe"}, "text is required"),
     ({"model": "moe", "text": "hey", "colour": 1}, "unknown field 'colour' (known: cells, model, text, top)"),
     ({"model": "moe", "text": "hey moe", "top": 0}, "top: input should be greater than or equal to 1, got 0"),
-    ({"model": "moe", "text": "hey moe", "cells": "c1:2"}, "cells: input should be a valid array, got 'c1:2'"),
+    ({"model": "moe", "text": "hey moe", "cells": "c1:2"}, "cells: input should be a valid array, got \"c1:2\""),
     ({"model": "moe", "text": "hey moe", "cells": ["c9:0"]}, "layer 9 is out of range"),
     ({"model": "moe", "text": "hey"}, "text too short to score"),
     ({"model": "moe", "text": "moe " * 20_001}, "inspect reads at most 20,000 at once"),

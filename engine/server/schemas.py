@@ -14,6 +14,7 @@ each endpoint answers; the tests validate real answers against them.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
@@ -171,7 +172,7 @@ class Schemas:
                           Annotated[list[TokenId], Field(min_length=1)],
                           Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_PROMPTS)],
                           None],
-                    Field(None, description="a text, a list of texts, token ids, or a list of lists of token ids")),
+                    Field(None, description="a text, a list of texts, token ids, or a list of lists of token ids (no list empty)")),
             stream=(Optional[bool], Field(None)), stream_options=(Optional[StreamOptions], Field(None)),
             user=(Optional[str], Field(None, description="ignored")),
             suffix=(Optional[Literal[""]], Field(None, description="not supported: null or left out")),
@@ -226,7 +227,11 @@ def explain(error: ValidationError, model: type[BaseModel], caps: dict) -> tuple
         return f"{field} is required", field
     option = BY_NAME.get(_option_name(field))
     if option is not None:
-        return option.bad(e["input"], caps.get(option.name)).spelled(field), field
+        return option.bad(_AsJson(e["input"]), caps.get(option.name)).spelled(field), field
+    info = model.model_fields.get(field)
+    if len(loc) > 1 and _is_type_tag(loc[1]) and info is not None and info.description:
+        # a union (prompt: text, texts, token ids...): pydantic reports its first member; say what any may be
+        return f"{field} must be {info.description}, got {_short(e['input'])}", field
     where = ".".join(str(x) for x in loc if not _is_type_tag(x))
     return f"{where}: {e['msg'][0].lower()}{e['msg'][1:]}, got {_short(e['input'])}", field
 
@@ -241,8 +246,19 @@ def _is_type_tag(part) -> bool:
 
 
 def _short(value) -> str:
-    text = repr(value)
+    """The value as the caller wrote it (JSON: true, null), cut to 60 characters."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _AsJson:
+    """A request's value that an option's message shows as JSON (true, not Python's True)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return json.dumps(self.value, ensure_ascii=False, default=str)
 
 
 # -- responses --------------------------------------------------------------------------------------------
