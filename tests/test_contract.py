@@ -103,6 +103,7 @@ def test_malformed_and_hostile_bodies_get_a_400(server, raw):
 def test_wrong_types_and_ranges_are_named_as_the_http_caller_wrote_them(server, body, message):
     status, out = post(server, "/v1/generate", body)
     assert status == 400 and message in out["error"], out
+    assert out["param"] == message.split(":")[0].split(" ")[0]  # the field at fault, for a form to point at
 
 
 @pytest.mark.parametrize("prompt", [[], [1, "a"], [[]], 5])

@@ -301,7 +301,8 @@ def test_a_prompt_past_the_limit_gets_400_naming_the_prompt_and_the_flag(generat
         long, short = "mariann", "mari"
         assert len(names.encode_prompt(long)) == 7 and len(names.encode_prompt(short)) == 4
         code, out = _post(srv, "/v1/generate", {"model": "names", "prompt": long, "max_tokens": 2})
-        assert code == 400 and out["error"] == "the prompt is 7 tokens; this server reads at most 6 (lstmgen serve --max-prompt-tokens)"
+        assert code == 400 and out["param"] == "prompt"
+        assert out["error"] == "the prompt is 7 tokens; this server reads at most 6 (lstmgen serve --max-prompt-tokens)"
         code, out = _post(srv, "/v1/completions", {"model": "names", "prompt": long, "max_tokens": 2})
         assert code == 400 and out["error"]["param"] == "prompt" and "at most 6" in out["error"]["message"]
         code, out = _post(srv, "/v1/completions", {"model": "names", "prompt": names.encode_prompt(long), "max_tokens": 2})

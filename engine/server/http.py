@@ -41,7 +41,7 @@ def error_response(shape: str, status: int, message: str, retry_after: int | Non
         body = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"), "param": param,
                           "code": "invalid_api_key" if status == 401 else None}}
     else:
-        body = {"error": message}
+        body = {"error": message} | ({"param": param} if param else {})
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -264,6 +264,7 @@ class _AsJson:
 # -- responses --------------------------------------------------------------------------------------------
 class NativeError(BaseModel):
     error: str = Field(description="one line: what is wrong and how to fix it")
+    param: Optional[str] = Field(None, description="the request's field at fault, as the caller wrote it (when one is)")
 
 
 class OpenAIErrorDetail(BaseModel):
