@@ -479,11 +479,16 @@ def cmd_add_graph(args) -> int:
 
     _need_onnx("add-graph")
     from .graphs.generation import add_generation_graph
+    from .manifest import graph_problem, read_manifest
 
     for name in args.models:
         folder = resolve_model(name)
-        add_generation_graph(folder)
-        print(f"wrote {folder / 'generate.onnx'}")
+        before = read_manifest(folder, check_graphs=False)
+        was_sound = before.generate_sha256 is not None and graph_problem(folder, before) is None
+        after = add_generation_graph(folder)
+        same = (after.generate_sha256, after.generate_web_sha256) == (before.generate_sha256, before.generate_web_sha256)
+        print(f"{folder / 'generate.onnx'}: already up to date (rebuilt to the same bytes)" if was_sound and same
+              else f"wrote {folder / 'generate.onnx'}")
     return 0
 
 

@@ -98,6 +98,9 @@ def test_old_artifact_still_generates_and_add_graph_upgrades_it(tmp_path, capsys
     assert read_manifest(folder).generate_sha256 == sha256_file(folder / GENERATE_FILE)
     assert GraphGenerator.load(folder).generate(5, seed=3) == Generator.load(folder).generate(5, seed=3)
     assert not list(folder.glob(".*.tmp"))
+    assert capsys.readouterr().out == f"wrote {folder / GENERATE_FILE}\n"
+    assert main(["add-graph", str(folder)]) == 0  # again: nothing to add, and it says so
+    assert capsys.readouterr().out == f"{folder / GENERATE_FILE}: already up to date (rebuilt to the same bytes)\n"
 
 
 @pytest.mark.parametrize("graph_file,damage", [(GENERATE_FILE, "append"), (GENERATE_WEB_FILE, "append"),
