@@ -455,7 +455,7 @@ def _compile(tokenizer: Tokenizer, texts: TokenTexts, regex, min_length, max_len
     if not records and (min_length is not None or max_length is not None):
         which = option("min_length" if min_length is not None else "max_length")
         raise OptionError(which, "{name} applies to records models (a record's length); this model writes running"
-                          " text: bound it with max_tokens or a pattern such as .{{0,80}}")
+                          " text: bound its length with the maximum number of tokens, or a pattern such as .{{0,80}}")
     if min_length is not None and max_length is not None and min_length > max_length:
         raise OptionError(option("min_length"), "{name} ({low}) is above the maximum length ({high})", low=min_length,
                           high=max_length)
