@@ -85,10 +85,11 @@ def main(argv: Sequence[str]) -> int:
 
 def _run(args) -> int:
     batch_sizes = _ints(args.batch_sizes, "--batch-sizes") if args.batch_sizes else ([1, 64] if args.quick else [1, 8, 64, 256])
-    steps = args.steps or (32 if args.quick else 64)
-    repeats = args.repeats or (3 if args.quick else 5)
-    if steps < 2 or repeats < 1 or args.threads < 1:
-        raise LstmgenError("--steps must be >= 2, --repeats and --threads >= 1")
+    steps = (32 if args.quick else 64) if args.steps is None else args.steps  # 0 is refused, not a default
+    repeats = (3 if args.quick else 5) if args.repeats is None else args.repeats
+    for flag, value, low in (("--steps", steps, 2), ("--repeats", repeats, 1), ("--threads", args.threads, 1)):
+        if value < low:
+            raise LstmgenError(f"{flag} must be an integer >= {low}, got {value}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - set(BACKENDS)
     if unknown:
@@ -122,6 +123,8 @@ def _run(args) -> int:
     print(summary_table(result))
     if args.detail:
         print("\n" + detail_table(result))
+    else:
+        print("--detail adds each row's spread, time to first token, memory and how close it comes to this machine's limits.")
     if baseline is not None:
         result["baseline"] = {"file": args.baseline, "created": baseline.get("created"), "machine": baseline["machine"],
                               "rows": compare(result, baseline), "note": "indicative only: another run"}

@@ -66,18 +66,20 @@ def summary_table(result: dict) -> str:
         line = f"{model:12s} {batch:>5d}  {cells}"
         if with_ratio:
             ratio = engine_vs_torch(rows, model, batch)
-            line += f"  {'-' if ratio is None else format(ratio, '.2f'):>14s}"
+            noisy = any((r or {}).get("noisy") for r in (_find(rows, b, model, batch) for b in ("engine-fp32", "torch-tuned")))
+            line += f"  {'-' if ratio is None else format(ratio, '.2f') + (NOISY_MARK if noisy else ''):>14s}"
         lines.append(line)
     skipped = dict.fromkeys((r["backend"], r["skipped"]) for r in rows if r.get("tokens_per_s") is None)
     lines += [f"{backend} skipped: {why}" for backend, why in skipped]
-    lines += ["", "Columns:", "  model, batch: the model (random weights of its size) and the rows generated at once"]
+    what = f"the artifact {s['artifact']}" if s.get("artifact") else "the model (random weights of its size)"
+    lines += ["", "Columns:", f"  model, batch: {what} and the rows generated at once"]
     lines += [f"  {b}: {BACKEND_HELP.get(b, b)}" for b in backends]
     if with_ratio:
-        lines.append(f"  {ENGINE_VS_TORCH}: engine-fp32 tokens/s over torch-tuned's (same precision; above 1 the engine is faster)")
+        lines.append(f"  {ENGINE_VS_TORCH}: engine-fp32 tokens/s over torch-tuned's (same precision; above 1 the engine is faster;"
+                     f" {NOISY_MARK} when either is)")
     lines.append(f"Each figure: tokens/s, the median of {s['repeats']} runs of {s['steps']} tokens per row ({s['sampling']});"
                  f" {NOISY_MARK} marks runs that spread over {100 * s['noisy_spread']:.0f}%: rerun those before reading a ratio.")
-    return "\n".join(lines + footer(result) + ["--detail adds each row's spread, time to first token, memory and how"
-                                               " close it comes to this machine's limits."])
+    return "\n".join(lines + load_line(result) + footer(result))
 
 
 DETAIL_HELP = [
@@ -118,6 +120,19 @@ def detail_table(result: dict) -> str:
     return "\n".join(lines + footer(result))
 
 
+BUSY_LOAD = 0.5  # a 1-minute load average above this at the start: other processes shared the cores
+
+
+def load_line(result: dict) -> list[str]:
+    """A warning when the machine was busy as the run began (its figures then swing), else nothing."""
+    load = (result["machine"].get("load_average_at_start") or [0.0])[0]
+    if load <= BUSY_LOAD:
+        return []
+    return [f"WARNING: load average {load:.1f} when the run began (an idle machine reads near 0): other processes"
+            " shared the cores, so these figures are low and uneven; compare only ratios measured side by side,"
+            " or rerun on an idle machine"]
+
+
 def footer(result: dict) -> list[str]:
     """The lines every table ends with: what was left out, the BLAS kernel, the GPU."""
     out = [f"left out: {n}" for n in result["settings"]["left_out"]]
@@ -135,7 +150,8 @@ def compare(result: dict, baseline: dict) -> list[dict]:
                     == (r["backend"], r["model"], r["batch_size"], r["device"])), None)
         now, then = r.get("tokens_per_s"), old.get("tokens_per_s") if old else None
         out.append({"model": r["model"], "batch_size": r["batch_size"], "backend": r["backend"], "tokens_per_s": now,
-                    "baseline_tokens_per_s": then, "ratio": now / then if now and then else None})
+                    "baseline_tokens_per_s": then, "ratio": now / then if now and then else None,
+                    "noisy": bool(r.get("noisy") or (old or {}).get("noisy"))})
     return out
 
 
@@ -150,10 +166,19 @@ def baseline_table(result: dict, baseline: dict, path: str) -> str:
     lines = [f"Against the saved run {path}: INDICATIVE ONLY (another run, maybe another machine, load and versions)",
              f"  now:      {describe(result)}", f"  baseline: {describe(baseline)}", head, "-" * len(head)]
     num = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
+    lines[3:3] = settings_differ(result, baseline)
     for c in compare(result, baseline):
-        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}{NOISY_MARK if c['noisy'] else ''}"
         lines.append(f"{c['model']:12s} {c['batch_size']:>5d} {c['backend']:14s} {num(c['tokens_per_s']):>11s}"
                      f" {num(c['baseline_tokens_per_s']):>11s} {ratio:>13s}")
     lines.append("now/baseline: this run's tokens/s over the saved run's for the same model, batch and backend"
-                 " ('-': one of them did not run it)")
+                 f" ('-': one of them did not run it; {NOISY_MARK}: either run of the row was noisy)")
     return "\n".join(lines)
+
+
+def settings_differ(result: dict, baseline: dict) -> list[str]:
+    """One line naming the settings the two runs did not share (steps, repeats, threads, torch.compile)."""
+    now, then = result["settings"], baseline.get("settings", {})
+    keys = ("steps", "repeats", "threads", "device", "torch_compile")
+    diff = [f"{k} {then.get(k, '?')} -> {now.get(k)}" for k in keys if then.get(k) != now.get(k)]
+    return [f"  settings differ (baseline -> now): {', '.join(diff)}"] if diff else []

@@ -192,7 +192,8 @@ def run_suite(*, models: list[ModelSpec], backends: list[str], batch_sizes: list
             "machine": {**machine(), "load_average_at_start": load_at_start},
             "settings": {"steps": steps, "repeats": repeats, "threads": threads, "device": device,
                          "sampling": "temperature 0.8, top-k 40, inside the timed loop",
-                         "torch_compile": compile_torch, "left_out": left_out, "noisy_spread": NOISY_SPREAD},
+                         "torch_compile": compile_torch, "left_out": left_out, "noisy_spread": NOISY_SPREAD,
+                         "artifact": artifact},
             "ceilings": limits, "rows": rows}
 
 

@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 TEMPERATURE, TOP_K = 0.8, 40
@@ -143,6 +144,7 @@ def torch_rows(job: dict, tuned: bool) -> list[dict]:
 
 def _torch_model(job: dict, device):
     """The PyTorch model of the job: the artifact's weights (job["onnx"]) or the spec's random ones; (model, vocab)."""
+    import numpy as np
     import torch
 
     from lstmgen.bench.models import ModelSpec, random_weights
@@ -159,7 +161,7 @@ def _torch_model(job: dict, device):
     else:
         sd_np = random_weights(spec, job["seed"])
     model = LSTMLanguageModel(ModelConfig(spec.vocab, spec.embed, spec.hidden, spec.layers, dropout=0.0))
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd_np.items()})
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd_np.items()})  # a writable copy: onnx hands read-only views
     return model.eval().to(device), spec.vocab
 
 
@@ -227,6 +229,8 @@ def _fused_step(model):
 
 
 def main(argv: list[str]) -> int:
+    # PyTorch's notes on TF32 and oneDNN settings the variants try would land in the bench's progress lines
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     job = json.loads(argv[0])
     with tempfile.TemporaryDirectory() as tmp:
         backend = job["backend"]

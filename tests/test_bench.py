@@ -92,6 +92,9 @@ def test_bench_rejects_bad_flags(capsys):
     assert main(["bench", "--batch-sizes", "0"]) == 2
     assert main(["bench", "--backends", "tensorflow"]) == 2
     assert "unknown backend" in capsys.readouterr().err
+    for flag, low in (("--steps", 2), ("--repeats", 1), ("--threads", 1)):  # 0 is refused, not taken as the default
+        assert main(["bench", "--quick", flag, "0"]) == 2
+        assert capsys.readouterr().err == f"lstmgen: error: {flag} must be an integer >= {low}, got 0\n"
 
 
 def _row(backend: str, *candidates: tuple[str, float]) -> dict:
@@ -228,13 +231,25 @@ def test_summary_table_has_each_backend_side_by_side_and_explains_every_column()
     head = next(line for line in lines if line.startswith("model"))
     assert head.split() == ["model", "batch", "torch-default", "torch-tuned", "engine-fp32", "graph-int8", "engine", "x", "torch"]
     [one] = [line.split() for line in lines if line.startswith("m ") and line.split()[1] == "1"]
-    assert one == ["m", "1", "100", "400", "1,000!", "3,000", "2.50"]  # ! marks a noisy row; 1,000 / 400
+    assert one == ["m", "1", "100", "400", "1,000!", "3,000", "2.50!"]  # ! marks a noisy row, and a ratio made of one
     [other] = [line.split() for line in lines if line.startswith("m ") and line.split()[1] == "64"]
     assert other == ["m", "64", "skipped", "-", "5,000", "-", "-"]
     for backend in ("torch-default", "torch-tuned", "engine-fp32", "graph-int8"):
         assert f"  {backend}: {BACKEND_HELP[backend]}" in lines
     assert any(line.startswith("  engine x torch: ") for line in lines)
     assert "BLAS kernel of the ceiling probe: openblas 0.3 Haswell" in text and len(max(lines[:10], key=len)) < 120
+    assert "model (random weights of its size)" in text and "WARNING: load average" not in text
+
+
+def test_summary_warns_of_a_busy_machine_and_names_a_real_artifact():
+    from lstmgen.bench.report import summary_table
+
+    result = _result([("engine-fp32", "m", 1, 1000.0, False)])
+    result["machine"]["load_average_at_start"] = [1.9, 1.5, 1.2]
+    result["settings"]["artifact"] = "exported/names"
+    text = summary_table(result)
+    assert "WARNING: load average 1.9 when the run began" in text
+    assert "model, batch: the artifact exported/names and the rows generated at once" in text
 
 
 def test_detail_table_explains_each_of_its_columns():
@@ -264,7 +279,10 @@ def test_baseline_ratios_match_rows_and_say_they_are_indicative():
     then = _result([("engine-fp32", "m", 1, 800.0, False), ("engine-fp32", "m", 8, 5.0, False)])
     assert [(c["backend"], c["ratio"]) for c in compare(now, then)] == [("engine-fp32", 1.25), ("engine-int8", None)]
     text = baseline_table(now, then, "old.json")
-    assert "INDICATIVE ONLY" in text.splitlines()[0] and "1.25" in text
+    assert "INDICATIVE ONLY" in text.splitlines()[0] and "1.25" in text and "settings differ" not in text
+    then["settings"]["repeats"], then["rows"][0]["noisy"] = 3, True
+    text = baseline_table(now, then, "old.json")
+    assert "settings differ (baseline -> now): repeats 3 -> 5" in text and "1.25!" in text
 
 
 def test_bench_baseline_prints_and_records_each_rows_ratio(tmp_path, capsys):
