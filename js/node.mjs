@@ -1,6 +1,7 @@
 // Node.js loader: an artifact folder on disk -> a Generator running on onnxruntime-node.
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 
 import * as ort from "onnxruntime-node";
 
@@ -29,9 +30,30 @@ async function readOrNull(file) {
   }
 }
 
-/** Load the artifact in `folder` (manifest.json + generate.onnx + model.onnx) and check its hashes; a
- * Session opens model.onnx (its hash checked then) when it first runs. */
-export async function load(folder) {
+const SHIPPED = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "exported");
+
+/** The folder of `nameOrFolder`: the folder itself, or a shipped model's (exported/NAME), as Python resolves it. */
+async function resolveModel(nameOrFolder) {
+  if (await exists(nameOrFolder)) return nameOrFolder;
+  const shipped = path.join(SHIPPED, nameOrFolder);
+  if (!nameOrFolder.includes(path.sep) && await exists(path.join(shipped, MANIFEST_FILE))) return shipped;
+  throw new LstmgenError(`model folder not found: ${nameOrFolder} (give an exported artifact folder or a shipped model name)`);
+}
+
+async function exists(file) {
+  try {
+    await stat(file);
+    return true;
+  } catch (e) {
+    if (e.code === "ENOENT") return false;
+    throw e;
+  }
+}
+
+/** Load the artifact in `folder` (manifest.json + generate.onnx + model.onnx; or a shipped model's name) and
+ * check its hashes; a Session opens model.onnx (its hash checked then) when it first runs. */
+export async function load(nameOrFolder) {
+  const folder = await resolveModel(nameOrFolder);
   const manifestBytes = await readOrNull(path.join(folder, MANIFEST_FILE));
   if (manifestBytes === null) {
     throw new LstmgenError(`${folder} has no ${MANIFEST_FILE}: not an lstmgen artifact folder`);

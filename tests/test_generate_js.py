@@ -61,6 +61,13 @@ def test_node_example_writes_lstmgen_generates_text(capsys, model, flags):
 
 
 @needs_node
+def test_node_takes_a_shipped_models_name_as_python_does(capsys):
+    run = node("moe", "--json", "--seed", "3", "--max-tokens", "12")  # no folder named moe in the repository root
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["samples"] == python_samples(capsys, "moe", "--seed", "3", "--max-tokens", "12")
+
+
+@needs_node
 @pytest.mark.parametrize("name", ["names-tiny-int8", "shakespeare-tiny"])
 def test_node_runs_format1_artifacts_and_their_upgrade(tmp_path, capsys, name):
     folder = tmp_path / name
@@ -101,6 +108,12 @@ def corrupt_graph(tmp_path):
     (artifact_copy, ["--num", "0"], f"num must be {option('num').describe()}, got 0"),
     (artifact_copy, ["--seed", "-4"], "seed must be an integer in [0, 2^63)"),
     (artifact_copy, ["--ban", "Q"], '"Q" is not a token of this model\'s vocabulary'),
+    # what the graph leaves out is refused by the generator, in its words, not by the flag parser
+    (artifact_copy, ["--min-p", "0.1"], "generate.onnx does not apply minP; leave it out"),
+    (artifact_copy, ["--logprobs", "3"], "generate.onnx does not apply logprobs"),
+    (artifact_copy, ["--seed", "x"], "--seed must be an integer, got 'x'"),
+    (artifact_copy, ["--temperature", "abc"], "--temperature must be a number, got 'abc'"),
+    (lambda tmp: "no-such-model", [], "model folder not found: no-such-model"),
 ])
 def test_node_bad_input_gets_one_line(tmp_path, make, flags, message):
     run = node(str(make(tmp_path)), *flags)

@@ -191,6 +191,18 @@ def test_the_scripts_exercise_every_session_option():
 
 
 @needs_node
+@pytest.mark.parametrize("flags,message", [
+    (["--seed", "x"], "--seed must be an integer, got 'x'"),
+    (["--temperature", "-1"], "temperature must be a number in [0, 100], got -1"),
+    (["--load", "/nonexistent/state.bin"], "file not found: /nonexistent/state.bin"),
+])
+def test_the_node_session_example_gets_one_line_for_bad_input(flags, message):
+    run = subprocess.run([NODE, "js/examples/session.mjs", "shakespeare", *flags], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert run.returncode == 2 and run.stderr == f"lstmgen: error: {message}\n", run.stderr
+
+
+@needs_node
 def test_the_node_example_autocompletes_and_continues_as_python(shipped_gens):
     run = subprocess.run([NODE, "js/examples/session.mjs", "exported/shakespeare", "--prompt", "ROMEO:", "--top", "3",
                           "--sample", "20", "--seed", "7"], capture_output=True, text=True, timeout=300, cwd=REPO)
