@@ -475,20 +475,36 @@ def _need_onnx(command: str) -> None:
 
 
 def cmd_add_graph(args) -> int:
-    from .generator import resolve_model
-
     _need_onnx("add-graph")
     from .graphs.generation import add_generation_graph
     from .manifest import graph_problem, read_manifest
 
-    for name in args.models:
-        folder = resolve_model(name)
+    def add(folder) -> None:
         before = read_manifest(folder, check_graphs=False)
         was_sound = before.generate_sha256 is not None and graph_problem(folder, before) is None
         after = add_generation_graph(folder)
         same = (after.generate_sha256, after.generate_web_sha256) == (before.generate_sha256, before.generate_web_sha256)
         print(f"{folder / 'generate.onnx'}: already up to date (rebuilt to the same bytes)" if was_sound and same
               else f"wrote {folder / 'generate.onnx'}")
+
+    return _each_artifact(args.models, add)
+
+
+def _each_artifact(names, work) -> int:
+    """Run work(folder) on each artifact named; every one is found and its manifest read before any folder
+    changes, and an error on one says which were not attempted after it (those before it are done, and said so)."""
+    from .generator import resolve_model
+    from .manifest import read_manifest
+
+    folders = [resolve_model(name) for name in names]
+    for folder in folders:
+        read_manifest(folder, check_graphs=False)
+    for i, folder in enumerate(folders):
+        try:
+            work(folder)
+        except LstmgenError as e:
+            left = folders[i + 1:]
+            raise LstmgenError(f"{e} (not attempted: {', '.join(map(str, left))})" if left else str(e)) from None
     return 0
 
 
@@ -515,19 +531,17 @@ def cmd_compile_pattern(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from .generator import resolve_model
-
     _need_onnx("upgrade")
     from .graphs.upgrade import upgrade_artifact
 
-    for name in args.models:
-        folder = resolve_model(name)
+    def upgrade(folder) -> None:
         try:
             m, changed = upgrade_artifact(folder)
         except OSError as e:
             raise LstmgenError(f"cannot rewrite {folder} ({e.strerror or e}); copy it somewhere writable and upgrade the copy") from None
         print(f"{folder}: {'upgraded to' if changed else 'already'} format {m.format_version}")
-    return 0
+
+    return _each_artifact(args.models, upgrade)
 
 
 def cmd_info(args) -> int:

@@ -83,6 +83,29 @@ def test_upgrade_keeps_every_sample_and_every_weight(tmp_path, capsys, name):
     assert not [p.name for p in tmp_path.iterdir() if p.name != name]  # no temporary folder left behind
 
 
+def test_upgrading_several_checks_them_all_first_and_names_what_was_not_attempted(tmp_path, capsys):
+    a, b = old_copy(tmp_path, OLD[0]), old_copy(tmp_path, OLD[1])
+    assert main(["upgrade", str(a), str(tmp_path / "nosuch"), str(b)]) == 2  # found missing before anything changed
+    assert "model folder not found" in capsys.readouterr().err
+    assert read_manifest(a).format_version == read_manifest(b).format_version == 1
+    (b / MODEL_FILE).write_bytes(b"not onnx")  # a damaged model too is found before anything changes
+    assert main(["upgrade", str(a), str(b)]) == 2 and read_manifest(a).format_version == 1
+    assert f"{b / MODEL_FILE} does not match the sha256" in capsys.readouterr().err
+    # a failure while working on one names those after it, which were not attempted
+    from lstmgen.cli import _each_artifact
+
+    c, done = old_copy(tmp_path, OLD[2]), []
+
+    def work(folder):
+        if folder == a:
+            raise LstmgenError("a broke")
+        done.append(folder)
+
+    with pytest.raises(LstmgenError) as e:
+        _each_artifact([str(a), str(c)], work)
+    assert str(e.value) == f"a broke (not attempted: {c})" and done == []
+
+
 def test_records_list_and_other_files_survive_the_upgrade(tmp_path):
     folder = tmp_path / "names"
     shutil.copytree(EXPORTED / "names", folder)
