@@ -205,8 +205,12 @@ const RUNTIMES = {
 export function checkOptions(opts, defaults, runtime = "generate") {
   const rt = RUNTIMES[runtime];
   const unknown = Object.keys(opts).filter((k) => !BY_JS_NAME.has(k) && !rt.extra.has(k));
-  if (unknown.length) {
-    throw new LstmgenError(`unknown option(s) ${unknown.join(", ")} (known: ${[...BY_JS_NAME.keys()].sort().join(", ")})`);
+  if (unknown.length) {  // listed with what this runtime takes; a miscased name (topk) gets its spelling
+    const known = [...rt.extra, ...OPTIONS.filter((o) => rt.takes(o) && rt.applies(o)).map((o) => o.js)].sort();
+    const meant = unknown.map((k) => known.find((n) => n.toLowerCase() === k.toLowerCase().replaceAll("_", "")))
+      .filter(Boolean);
+    throw new LstmgenError(`unknown option(s) ${unknown.join(", ")}${meant.length ? ` (did you mean ${meant.join(", ")}?)` : ""}`
+      + ` (known: ${known.join(", ")})`);
   }
   const shaping = OPTIONS.filter((o) => !rt.takes(o) && opts[o.js] !== undefined && opts[o.js] !== null).map((o) => o.js);
   if (shaping.length) {
@@ -380,8 +384,9 @@ export class Generator {
     }
     if (p.spec.records !== Boolean(this.records)) throw new LstmgenError("pattern was compiled for another kind of model (records or running text)");
     if (JSON.stringify(p.spec.banned) !== JSON.stringify(banned)) {
-      throw new LstmgenError(`pattern was compiled with banned tokens [${p.spec.banned}] but this call bans [${banned}];`
-        + " compile it with the same --ban and --allow-unk");
+      const shown = (ids) => `[${ids.map((i) => JSON.stringify(this.tokenizer.tokens[i])).join(", ")}]`;
+      throw new LstmgenError(`pattern was compiled with banned tokens ${shown(p.spec.banned)} but this call bans`
+        + ` ${shown(banned)}; compile it with the same --ban and --allow-unk`);
     }
     const T = this.ort.Tensor;
     return {

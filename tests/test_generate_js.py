@@ -206,3 +206,15 @@ def test_js_tokenizer_encodes_and_decodes_as_python():
     js = json.loads(run.stdout)
     assert js["decoded"] == [tok.decode(s) for s in sequences]
     assert js["encoded"] == [tok.encode(x) for x in texts]
+
+
+@needs_node
+def test_an_unknown_js_option_lists_what_the_call_takes_and_suggests_the_spelling():
+    script = ("import { load } from './js/node.mjs'; const gen = await load('names');"
+              "for (const [call, opts] of [['generate', { topk: 3 }], ['session', { max_tokens: 3 }]]) {"
+              "  try { await gen[call](opts); } catch (e) { console.log(e.message); } }")
+    run = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    generate, session = run.stdout.splitlines()
+    assert generate.startswith("unknown option(s) topk (did you mean topK?) (known: ") and "minP" not in generate
+    assert "pattern" in generate.split("known: ")[1]
+    assert session.startswith("unknown option(s) max_tokens (known: ") and "state" in session and "num" not in session

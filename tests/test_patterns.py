@@ -171,7 +171,7 @@ def test_node_writes_pythons_constrained_text(tmp_path, capsys, model, prompt, k
 
 @needs_node
 @pytest.mark.parametrize("flags,message", [
-    (["--ban", "e"], "compiled with banned tokens [] but this call bans [5]"),
+    (["--ban", "e"], "compiled with banned tokens [] but this call bans [\"e\"]"),  # tokens as text, not ids
     (["--regex", "x"], "regex is compiled in Python: write the tables with `lstmgen compile-pattern MODEL --regex"),
     (["--min-length", "3"], "minLength is compiled in Python"),
     (["--max-tokens", "3"], "the shortest sample that matches the pattern takes"),
