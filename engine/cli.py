@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     for add in (_add_generate, _add_score, _add_serve, _add_inspect, _add_add_graph, _add_upgrade, _add_compile_pattern,
                 _add_info_and_list):
         add(sub)
+    for choice in sub._choices_actions:  # a command's --help opens with what it does: its one-line help, unless it says more
+        command = sub.choices[choice.dest]
+        command.description = command.description or f"{choice.help[0].upper()}{choice.help[1:]}."
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 

@@ -207,6 +207,11 @@ def test_every_flag_of_every_command_shows_its_default():
                 missing.append(f"{command} {'/'.join(action.option_strings) or action.dest}")
             assert "(default: None)" not in shown and "(default: [])" not in shown, f"{command}: {shown}"
     assert not missing, f"--help shows no default for: {', '.join(missing)}"
+    import argparse
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert all(c.description for name, c in commands.items() if name not in ("train", "export", "bench")), \
+        "every engine command's --help says what it does"
 
 
 def test_engine_paths_never_import_torch(artifacts):
