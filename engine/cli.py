@@ -236,6 +236,15 @@ def _worded_for_the_cli(e: LstmgenError) -> str:
     return cli_message(e) if isinstance(e, OptionError) else str(e)
 
 
+def _training_lines(t: dict) -> list[str]:
+    """info's lines on how the model was trained: what the manifest records of it, or that it records nothing."""
+    if not t.get("corpus") and "steps" not in t:
+        return ["  trained on  (not recorded in the manifest)"]
+    return [f"  trained on  {t.get('corpus', '?')} on {t.get('machine', '?')}",
+            f"  exported    {t.get('checkpoint', 'checkpoint')} from step {t.get('steps', '?')}"
+            + (f" of a {t['run_steps']}-step run" if "run_steps" in t else "") + f" ({t.get('train_seconds', '?')} s of training)"]
+
+
 def _check_runtime(args) -> None:
     if args.threads is not None and not (0 <= args.threads <= 1024):
         raise LstmgenError(f"--threads must be in [0, 1024] (0 = automatic), got {args.threads}")
@@ -568,14 +577,13 @@ def cmd_info(args) -> int:
                                                          f" (`lstmgen upgrade {folder}` makes it v{FORMAT_VERSION}: a faster step)"),
         f"  folder      {folder} ({size / 1e6:.2f} MB)",
         f"  dims        vocab {d.vocab_size}, embed {d.embed_dim}, hidden {d.hidden_size} x {d.num_layers} layers",
-        f"  trained on  {t.get('corpus', '?')} on {t.get('machine', '?')}",
-        f"  exported    {t.get('checkpoint', 'checkpoint')} from step {t.get('steps', '?')}"
-        + (f" of a {t['run_steps']}-step run" if "run_steps" in t else "") + f" ({t.get('train_seconds', '?')} s of training)",
+        *_training_lines(t),
     ]
     val = m.validation_nats if m.validation_nats is not None else t.get("val_nats_per_token")
     if val is not None:
         lines.append(f"  validation  {val:.4f} nats/token")
-    lines.append(f"  parity      max |diff| {m.export.get('parity_max_abs_diff', float('nan')):.1e} vs PyTorch")
+    if "parity_max_abs_diff" in m.export:
+        lines.append(f"  parity      max |diff| {m.export['parity_max_abs_diff']:.1e} vs PyTorch")
     df = m.defaults
     lines.append(f"  defaults    temperature {df.temperature}, top-k {df.top_k}, top-p {df.top_p},"
                  f" max tokens {df.max_tokens}")
