@@ -117,6 +117,11 @@ def detail_table(result: dict) -> str:
     lines.append(f"Ceilings: fp32 {lim['peak_ops_per_s']['fp32'] / 1e9:.1f} GFLOP/s (the best float32 matrix product of"
                  f" NumPy, ONNX Runtime and PyTorch), int8 {lim['peak_ops_per_s']['int8'] / 1e9:.1f} Gop/s (ONNX Runtime"
                  " MatMulInteger); floors: bench/README.md.")
+    floors = lim.get("floor_s", {})
+    if floors:  # step/floor's denominators, so that the column can be checked from this table alone
+        lines.append("Floors (one batch-1 pass over the weights, us): " + "; ".join(
+            f"{model} " + ", ".join(f"{precision} {seconds * 1e6:.1f}" for precision, seconds in per.items())
+            for model, per in floors.items()))
     return "\n".join(lines + footer(result))
 
 

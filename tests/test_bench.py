@@ -255,7 +255,10 @@ def test_summary_warns_of_a_busy_machine_and_names_a_real_artifact():
 def test_detail_table_explains_each_of_its_columns():
     from lstmgen.bench.report import DETAIL_HELP, detail_table
 
-    text = detail_table(_result([("engine-fp32", "m", 1, 1000.0, False)]))
+    result = _result([("engine-fp32", "m", 1, 1000.0, False)])
+    result["ceilings"]["floor_s"] = {"m": {"fp32": 2.5e-4, "int8": 1e-4}}
+    text = detail_table(result)
+    assert "Floors (one batch-1 pass over the weights, us): m fp32 250.0, int8 100.0" in text
     head = text.splitlines()[0]
     for names, _ in DETAIL_HELP:
         assert all(name in head for name in names.split(", ")), names
