@@ -100,3 +100,11 @@ async def finish_or_disconnect(runs: list[JobRun], receive) -> bool:
     for r in runs:
         r.cancel()
     return False
+
+
+def usage(runs: list[JobRun], samples: list[Sample]) -> dict:
+    """OpenAI's usage from the loop's facts: each prompt counted once (as OpenAI does), every written token
+    once (end markers too); every endpoint that generates reports it so."""
+    prompt = sum(len(run.job.request.prompt_ids) for run in runs)
+    completion = sum(s.completion_tokens for s in samples)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -13,10 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..decoding import Sample
 from ..errors import LstmgenError
 from ..sampling import new_seed
-from .bridge import JobRun, finish_or_disconnect
+from .bridge import JobRun, finish_or_disconnect, usage
 from .http import EventStream, given, read_body, sse
 from .served import Models
 
@@ -37,18 +36,11 @@ async def generate(request: Request) -> Response:
     detailed = args.get("logprobs") is not None
     samples = [[s.to_dict() if detailed else s.text for s in group] for group in groups]
     reasons = [[s.finish_reason for s in group] for group in groups]
-    usage = usage_of(runs, groups)
-    note_tokens(request, name, usage["completion_tokens"])
+    used = usage(runs, [s for group in groups for s in group])
+    note_tokens(request, name, used["completion_tokens"])
     several = "prompts" in args
     return JSONResponse({"model": name, "seed": args["seed"], "samples": samples if several else samples[0],
-                         "finish_reasons": reasons if several else reasons[0], "usage": usage})
-
-
-def usage_of(runs: list[JobRun], groups: list[list[Sample]]) -> dict:
-    """OpenAI's usage from the loop's facts: each prompt counted once, every written token (end markers too)."""
-    prompt = sum(len(run.job.request.prompt_ids) for run in runs)
-    completion = sum(s.completion_tokens for group in groups for s in group)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                         "finish_reasons": reasons if several else reasons[0], "usage": used})
 
 
 def generate_stream(request: Request, models: Models, name: str, args: dict) -> Response:

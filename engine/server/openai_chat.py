@@ -18,10 +18,10 @@ from starlette.responses import JSONResponse, Response
 from ..chat import ChatTemplate
 from ..decoding import Sample, TokenLogprob
 from ..sampling import new_seed
-from .bridge import JobRun, finish_or_disconnect
+from .bridge import JobRun, finish_or_disconnect, usage
 from .http import EventStream, given, read_body, sse
 from .native import note_tokens
-from .openai_compat import FINGERPRINT, OPENAI_FINISH, usage
+from .openai_compat import FINGERPRINT, OPENAI_FINISH
 from .served import Models
 
 NOT_OPTIONS = ("model", "messages", "stream", "stream_options", "user", "logprobs", "top_logprobs",

@@ -32,7 +32,7 @@ from .. import __version__
 from ..decoding import FinishReason, Sample
 from ..sampling import new_seed
 from ..tokenizer import Detokenizer
-from .bridge import JobRun, finish_or_disconnect
+from .bridge import JobRun, finish_or_disconnect, usage
 from .http import EventStream, given, read_body, sse
 from .native import note_tokens
 from .served import Models
@@ -104,13 +104,6 @@ def prompt_list(prompt) -> list:
     if prompt and isinstance(prompt[0], int):
         return [prompt]  # one prompt of token ids
     return list(prompt)
-
-
-def usage(runs: list[JobRun], samples: list[Sample]) -> dict:
-    """Each prompt counted once (as OpenAI does), every written token once."""
-    prompt = sum(len(r.job.request.prompt_ids) for r in runs)
-    completion = sum(s.completion_tokens for s in samples)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def logprobs_object(tokens: list[tuple[str, float, dict[str, float]]], text_offset: int = 0) -> dict:
