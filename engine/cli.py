@@ -489,10 +489,9 @@ def _need_onnx(command: str) -> None:
 def cmd_add_graph(args) -> int:
     _need_onnx("add-graph")
     from .graphs.generation import add_generation_graph
-    from .manifest import graph_problem, read_manifest
+    from .manifest import graph_problem
 
-    def add(folder) -> None:
-        before = read_manifest(folder, check_graphs=False)
+    def add(folder, before) -> None:
         was_sound = before.generate_sha256 is not None and graph_problem(folder, before) is None
         after = add_generation_graph(folder)
         same = (after.generate_sha256, after.generate_web_sha256) == (before.generate_sha256, before.generate_web_sha256)
@@ -503,17 +502,17 @@ def cmd_add_graph(args) -> int:
 
 
 def _each_artifact(names, work) -> int:
-    """Run work(folder) on each artifact named; every one is found and its manifest read before any folder
-    changes, and an error on one says which were not attempted after it (those before it are done, and said so)."""
+    """Run work(folder, manifest) on each artifact named; every one is found and its manifest read (once, and
+    handed to work) before any folder changes, and an error on one says which were not attempted after it
+    (those before it are done, and said so)."""
     from .generator import resolve_model
     from .manifest import read_manifest
 
     folders = [resolve_model(name) for name in names]
-    for folder in folders:
-        read_manifest(folder, check_graphs=False)
-    for i, folder in enumerate(folders):
+    manifests = [read_manifest(folder, check_graphs=False) for folder in folders]
+    for i, (folder, manifest) in enumerate(zip(folders, manifests)):
         try:
-            work(folder)
+            work(folder, manifest)
         except LstmgenError as e:
             left = folders[i + 1:]
             raise LstmgenError(f"{e} (not attempted: {', '.join(map(str, left))})" if left else str(e)) from None
@@ -546,7 +545,7 @@ def cmd_upgrade(args) -> int:
     _need_onnx("upgrade")
     from .graphs.upgrade import upgrade_artifact
 
-    def upgrade(folder) -> None:
+    def upgrade(folder, _) -> None:
         try:
             m, changed = upgrade_artifact(folder)
         except OSError as e:

@@ -96,7 +96,7 @@ def test_upgrading_several_checks_them_all_first_and_names_what_was_not_attempte
 
     c, done = old_copy(tmp_path, OLD[2]), []
 
-    def work(folder):
+    def work(folder, manifest):
         if folder == a:
             raise LstmgenError("a broke")
         done.append(folder)

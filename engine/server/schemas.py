@@ -247,7 +247,7 @@ def _is_type_tag(part) -> bool:
 
 def _short(value) -> str:
     """The value as the caller wrote it (JSON: true, null), cut to 60 characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = repr(_AsJson(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
