@@ -18,7 +18,7 @@ This bench times, on the same random logits [batch, vocab]:
 The graph's figure leaves out the rest of its sampler (the scaled exponentials, the cumulative sum,
 the draw: about a dozen small nodes), so it is a lower bound of the graph's sampling cost. Variants run
 interleaved, round after round; each figure is the best round (other processes only add time) with
-the median beside it, in microseconds per row.
+the median beside it, in microseconds per row (lstmgen.bench.breakdown's `interleaved`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import numpy as np
+
+from .breakdown import interleaved
 
 CALLS = 20  # calls per timed block (distinct logits, so no cache holds the answer)
 
@@ -76,15 +77,8 @@ def measure(vocab: int, top_k: int, batch: int, rounds: int) -> dict:
     """Microseconds per row of each variant at `batch`: best round, median; graph rows net of the one-node call."""
     rng = np.random.default_rng(batch)
     logits = [(rng.standard_normal((batch, vocab)) * 3).astype(np.float32) for _ in range(CALLS)]
-    fns = variants(vocab, top_k, batch, logits)
-    for fn in fns.values():
-        fn()  # warm-up: Numba compiles, sessions allocate
-    runs = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            runs[name].append((time.perf_counter() - t0) / CALLS / batch * 1e6)
+    timed = interleaved(variants(vocab, top_k, batch, logits), tokens=1, rounds=rounds)  # warm-up included
+    runs = {name: [us / CALLS / batch for us in t["runs_us"]] for name, t in timed.items()}
     call = runs.pop("one-node graph")
     net = {name: [t - c for t, c in zip(r, call)] if name != "engine sampler (Numba)" else r for name, r in runs.items()}
     return {name: {"best_us": min(r), "median_us": statistics.median(r)} for name, r in net.items()} | \
